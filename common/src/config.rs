@@ -1,0 +1,253 @@
+//! Server configuration: one TOML file per server, every option with a
+//! documented default. `deploy/storage.toml` and `deploy/index.toml` are
+//! commented samples whose values are these defaults (a test checks it).
+//! Command-line flags override the file (see each binary's `--help`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ids::NodeId;
+
+/// Default address a storage server listens on.
+pub const DEFAULT_STORAGE_LISTEN: &str = "127.0.0.1:7101";
+/// Default address an index server listens on.
+pub const DEFAULT_INDEX_LISTEN: &str = "127.0.0.1:7001";
+
+/// Reads a TOML config file; a missing file is an error that names it.
+pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid(format!("cannot read config {}: {e}", path.display())))?;
+    toml::from_str(&text)
+        .map_err(|e| Error::invalid(format!("config {} is not valid: {e}", path.display())))
+}
+
+/// Certificates for mutual TLS, or plaintext when `insecure` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the cluster's certificate authority; peers must present
+    /// certificates it signed.
+    pub ca: PathBuf,
+    /// PEM certificate this process presents (as server and as client).
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// Plaintext gRPC instead of TLS. For experiments only: logs a warning.
+    pub insecure: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca: "certs/ca.pem".into(),
+            cert: "certs/node.pem".into(),
+            key: "certs/node.key".into(),
+            insecure: false,
+        }
+    }
+}
+
+/// A storage server of the static bootstrap member list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// The server's node id.
+    pub id: u64,
+    /// Its address as other servers dial it (`host:port`).
+    pub addr: String,
+}
+
+/// Raft timing and log compaction, shared by every group on a server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    /// Leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout; must exceed the
+    /// heartbeat interval several times over.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and compact the log) after this many entries
+    /// since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, so that a briefly lagging
+    /// follower catches up from the log instead of a full snapshot.
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_after_entries: 10_000,
+            keep_entries_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// A storage server's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// This server's node id; must appear in `members`.
+    pub node_id: u64,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for Raft logs and SQLite databases (created if missing).
+    pub data_dir: PathBuf,
+    /// The storage servers that form the cluster at bootstrap. Every
+    /// server gets the same list; the one with the lowest id initializes
+    /// the groups the first time the cluster starts.
+    pub members: Vec<Member>,
+    /// Log filter (`error`, `warn`, `info`, `debug`, or a tracing
+    /// directive such as `drsdb_storage=debug`).
+    pub log: String,
+    /// Most client writes batched into one Raft entry (group commit).
+    pub max_batch: usize,
+    /// An explicit transaction idle for this long is rolled back.
+    pub txn_idle_timeout_ms: u64,
+    /// TLS.
+    pub tls: TlsConfig,
+    /// Raft tuning.
+    pub raft: RaftConfig,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            listen: DEFAULT_STORAGE_LISTEN.parse().expect("valid default address"),
+            data_dir: "data".into(),
+            members: vec![Member { id: 1, addr: DEFAULT_STORAGE_LISTEN.into() }],
+            log: "info".into(),
+            max_batch: 256,
+            txn_idle_timeout_ms: 30_000,
+            tls: TlsConfig::default(),
+            raft: RaftConfig::default(),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Checks what serde cannot: ids, membership, timing.
+    pub fn validate(&self) -> Result<()> {
+        if !self.members.iter().any(|m| m.id == self.node_id) {
+            return Err(Error::invalid(format!(
+                "node_id {} is not in members; add it to the member list",
+                self.node_id
+            )));
+        }
+        let mut ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.members.len() || ids.contains(&0) {
+            return Err(Error::invalid("member ids must be distinct and non-zero"));
+        }
+        let r = &self.raft;
+        if r.election_timeout_min_ms < 3 * r.heartbeat_interval_ms
+            || r.election_timeout_max_ms <= r.election_timeout_min_ms
+        {
+            return Err(Error::invalid(
+                "raft timing: need heartbeat*3 <= election_timeout_min < election_timeout_max",
+            ));
+        }
+        if self.max_batch == 0 {
+            return Err(Error::invalid("max_batch must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        NodeId(self.node_id)
+    }
+
+    /// The idle timeout of explicit transactions.
+    pub fn txn_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.txn_idle_timeout_ms)
+    }
+}
+
+/// An index server's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Address clients use to reach this server, published to the meta
+    /// group; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// Storage servers to ask first; the rest are learned from the meta group.
+    pub storage_seeds: Vec<String>,
+    /// How often this server announces itself in the meta group.
+    pub announce_interval_ms: u64,
+    /// Most rows in one streamed batch to the client.
+    pub rows_per_batch: usize,
+    /// Log filter, as for storage servers.
+    pub log: String,
+    /// TLS.
+    pub tls: TlsConfig,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_INDEX_LISTEN.parse().expect("valid default address"),
+            advertise: None,
+            storage_seeds: vec![DEFAULT_STORAGE_LISTEN.into()],
+            announce_interval_ms: 2_000,
+            rows_per_batch: 256,
+            log: "info".into(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl IndexConfig {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.storage_seeds.is_empty() {
+            return Err(Error::invalid("storage_seeds is empty; name at least one storage server"));
+        }
+        if self.rows_per_batch == 0 || self.announce_interval_ms == 0 {
+            return Err(Error::invalid("rows_per_batch and announce_interval_ms must be positive"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name)
+    }
+
+    #[test]
+    fn storage_sample_matches_defaults() {
+        let c: StorageConfig = load(&sample("storage.toml")).unwrap();
+        assert_eq!(c, StorageConfig::default());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn index_sample_matches_defaults() {
+        let c: IndexConfig = load(&sample("index.toml")).unwrap();
+        assert_eq!(c, IndexConfig::default());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_option_is_refused() {
+        let e = toml::from_str::<StorageConfig>("nodeid = 3").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+}

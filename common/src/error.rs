@@ -1,0 +1,184 @@
+//! drsdb's one error type, grouped by what the caller should do about it,
+//! and the one place where it crosses the wire as a `tonic::Status`.
+//!
+//! | kind | caller should | gRPC code |
+//! | --- | --- | --- |
+//! | `InvalidInput` | fix the statement or its arguments | `InvalidArgument` |
+//! | `Retryable` | retry the whole statement or transaction | `Aborted` |
+//! | `NotLeader` | send again to the named leader | `FailedPrecondition` |
+//! | `Unavailable` | try another server, or later | `Unavailable` |
+//! | `Corrupt` | stop and restore from a replica | `DataLoss` |
+//! | `Io` | check the disk or network named in the message | `Internal` |
+
+use std::fmt;
+
+use crate::ids::{GroupId, NodeId};
+
+/// The result type used across drsdb.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error, classified by the action it asks of the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum Error {
+    /// The request cannot succeed as sent: malformed SQL, an unknown table,
+    /// a constraint violation, a wrong type. Retrying it unchanged fails again.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A transient conflict or interruption; the same request may succeed
+    /// if sent again (for a transaction: from its BEGIN).
+    #[error("{0} (retryable)")]
+    Retryable(String),
+    /// This replica is not the leader of `group`; `leader` names the one it
+    /// believes leads, if any.
+    #[error("node is not the leader of group {group}{}", leader.map(|l| format!("; try node {l}")).unwrap_or_default())]
+    NotLeader {
+        /// The group the request was for.
+        group: GroupId,
+        /// The leader this replica knows of.
+        leader: Option<NodeId>,
+    },
+    /// The server or group cannot serve now (no leader, shutting down, not
+    /// reachable). Try another server or wait.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Stored data failed a check. The replica must not serve it.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// A disk or network operation failed.
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidInput`].
+    pub fn invalid(msg: impl fmt::Display) -> Self {
+        Error::InvalidInput(msg.to_string())
+    }
+
+    /// Shorthand for [`Error::Unavailable`].
+    pub fn unavailable(msg: impl fmt::Display) -> Self {
+        Error::Unavailable(msg.to_string())
+    }
+
+    /// Shorthand for [`Error::Io`].
+    pub fn io(msg: impl fmt::Display) -> Self {
+        Error::Io(msg.to_string())
+    }
+
+    /// True when sending the same request again (possibly elsewhere) may
+    /// succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Retryable(_) | Error::NotLeader { .. } | Error::Unavailable(_)
+        )
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}
+
+/// Metadata keys that carry the error kind and leader hint across gRPC.
+const KIND_KEY: &str = "drsdb-error";
+const GROUP_KEY: &str = "drsdb-group";
+const LEADER_KEY: &str = "drsdb-leader";
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Code;
+        let (code, kind) = match &e {
+            Error::InvalidInput(_) => (Code::InvalidArgument, "invalid"),
+            Error::Retryable(_) => (Code::Aborted, "retryable"),
+            Error::NotLeader { .. } => (Code::FailedPrecondition, "not-leader"),
+            Error::Unavailable(_) => (Code::Unavailable, "unavailable"),
+            Error::Corrupt(_) => (Code::DataLoss, "corrupt"),
+            Error::Io(_) => (Code::Internal, "io"),
+        };
+        let message = match &e {
+            Error::InvalidInput(m)
+            | Error::Retryable(m)
+            | Error::Unavailable(m)
+            | Error::Corrupt(m)
+            | Error::Io(m) => m.clone(),
+            Error::NotLeader { .. } => e.to_string(),
+        };
+        let mut status = tonic::Status::new(code, message);
+        let md = status.metadata_mut();
+        md.insert(KIND_KEY, tonic::metadata::MetadataValue::from_static(kind));
+        if let Error::NotLeader { group, leader } = &e {
+            md.insert(GROUP_KEY, group.0.into());
+            if let Some(l) = leader {
+                md.insert(LEADER_KEY, l.0.into());
+            }
+        }
+        status
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code;
+        let md = s.metadata();
+        let number = |key: &str| -> Option<u64> { md.get(key)?.to_str().ok()?.parse().ok() };
+        let kind = md.get(KIND_KEY).and_then(|v| v.to_str().ok());
+        let msg = s.message().to_string();
+        match kind {
+            Some("invalid") => Error::InvalidInput(msg),
+            Some("retryable") => Error::Retryable(msg),
+            Some("not-leader") => Error::NotLeader {
+                group: GroupId(number(GROUP_KEY).unwrap_or_default()),
+                leader: number(LEADER_KEY).map(NodeId),
+            },
+            Some("unavailable") => Error::Unavailable(msg),
+            Some("corrupt") => Error::Corrupt(msg),
+            Some("io") => Error::Io(msg),
+            // A status that did not come from drsdb: transport failures,
+            // TLS refusals, timeouts.
+            _ => match s.code() {
+                Code::InvalidArgument | Code::OutOfRange | Code::NotFound | Code::AlreadyExists => {
+                    Error::InvalidInput(msg)
+                }
+                Code::Aborted => Error::Retryable(msg),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(
+                    if msg.is_empty() { "server unavailable".into() } else { msg },
+                ),
+                Code::Unauthenticated | Code::PermissionDenied => Error::InvalidInput(format!(
+                    "refused: {msg}; check the client certificate and CA"
+                )),
+                Code::DataLoss => Error::Corrupt(msg),
+                _ => Error::Io(format!("{}: {msg}", s.code())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_status() {
+        let errors = [
+            Error::InvalidInput("no such table: t".into()),
+            Error::Retryable("conflict".into()),
+            Error::NotLeader { group: GroupId(3), leader: Some(NodeId(2)) },
+            Error::NotLeader { group: GroupId(1), leader: None },
+            Error::Unavailable("no leader".into()),
+            Error::Corrupt("bad checksum".into()),
+            Error::Io("disk full".into()),
+        ];
+        for e in errors {
+            let status: tonic::Status = e.clone().into();
+            assert_eq!(Error::from(status), e);
+        }
+    }
+
+    #[test]
+    fn foreign_status_maps_by_code() {
+        let e = Error::from(tonic::Status::unavailable("connection refused"));
+        assert!(e.is_transient(), "{e:?}");
+    }
+}

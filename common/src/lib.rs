@@ -1,0 +1,16 @@
+//! What more than one tier of drsdb shares: the error type and its gRPC
+//! mapping, ids, SQL values, configuration, TLS, and lexical SQL helpers.
+//!
+//! Nothing here does I/O beyond reading config and certificate files.
+
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod logging;
+pub mod sql;
+pub mod tls;
+pub mod value;
+
+pub use error::{Error, Result};
+pub use ids::{GroupId, NodeId, TxnId};
+pub use value::Value;

@@ -1,0 +1,28 @@
+//! Process plumbing shared by the binaries: the tracing subscriber and the
+//! shutdown signal.
+
+use crate::error::{Error, Result};
+
+/// Installs a tracing subscriber writing to stderr with `filter` (`info`,
+/// `debug`, or tracing directives); `RUST_LOG` wins when set.
+pub fn init(filter: &str) -> Result<()> {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .map_err(|e| Error::invalid(format!("bad log filter {filter:?}: {e}")))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT, for a clean shutdown.
+pub async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,304 @@
+//! Lexical work on SQL text shared by the client and the index server:
+//! splitting a script into statements, classifying a statement, parsing it
+//! with sqlparser for a syntax check, and pinning the wall clock so that
+//! replicas agree on `'now'`.
+//!
+//! Statements travel as their original text: SQLite derives result column
+//! names from it, so re-printing an AST would change answers. Rewrites are
+//! splices at token positions.
+//!
+//! sqlparser does not know all of SQLite's grammar (triggers, some pragmas,
+//! `REINDEX`). Where it fails, the client asks SQLite's own parser before
+//! calling the statement malformed (see the client's syntax check).
+
+use sqlparser::dialect::SQLiteDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+
+use crate::error::{Error, Result};
+
+/// What a statement does, which decides where it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Reads only (`SELECT`, `VALUES`, `WITH … SELECT`, `EXPLAIN`).
+    Read,
+    /// Changes rows (`INSERT`, `UPDATE`, `DELETE`, `REPLACE`) or anything
+    /// else that must go through the log.
+    Write,
+    /// Changes the schema (`CREATE`, `DROP`, `ALTER`, `REINDEX`, `ANALYZE`).
+    Ddl,
+    /// `BEGIN` / `START TRANSACTION`.
+    Begin,
+    /// `COMMIT` / `END`.
+    Commit,
+    /// `ROLLBACK` (of the whole transaction; `ROLLBACK TO` is a [`Kind::Write`]).
+    Rollback,
+    /// `SHOW …`: cluster introspection answered by the index server.
+    Show,
+}
+
+impl Kind {
+    /// True for statements that end or start a transaction.
+    pub fn is_transaction_control(self) -> bool {
+        matches!(self, Kind::Begin | Kind::Commit | Kind::Rollback)
+    }
+}
+
+fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>> {
+    Tokenizer::new(&SQLiteDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::invalid(format!("malformed SQL: {e}")))
+}
+
+fn is_trivia(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_))
+}
+
+fn keyword(t: &Token) -> Option<Keyword> {
+    match t {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.keyword),
+        _ => None,
+    }
+}
+
+/// Byte offsets of token positions, from sqlparser's 1-based line/column
+/// (columns count characters).
+struct Offsets<'a> {
+    text: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Offsets<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self { text, line_starts }
+    }
+
+    fn byte(&self, loc: sqlparser::tokenizer::Location) -> usize {
+        let Some(&start) = self.line_starts.get((loc.line as usize).saturating_sub(1)) else {
+            return self.text.len();
+        };
+        let col = (loc.column as usize).saturating_sub(1);
+        self.text[start..].char_indices().nth(col).map_or(self.text.len(), |(i, _)| start + i)
+    }
+
+    /// Byte range of a token (span ends are inclusive in sqlparser).
+    fn range(&self, t: &TokenWithSpan) -> std::ops::Range<usize> {
+        let start = self.byte(t.span.start);
+        let end = self.byte(t.span.end);
+        start..end.max(start)
+    }
+}
+
+/// Splits a script into statements at top-level semicolons, keeping each
+/// statement's text (without the `;`). Trigger bodies (`BEGIN … END`) stay
+/// whole. Empty statements and comments between statements are dropped.
+pub fn split_script(script: &str) -> Result<Vec<String>> {
+    let tokens = tokenize(script)?;
+    let offsets = Offsets::new(script);
+    let mut statements = Vec::new();
+    let mut start: Option<usize> = None;
+    // Words seen at the start of the current statement, to spot triggers.
+    let mut leading: Vec<Keyword> = Vec::new();
+    let mut in_trigger_body = false;
+    let mut last_word: Option<Keyword> = None;
+    for t in &tokens {
+        if is_trivia(&t.token) {
+            continue;
+        }
+        let range = offsets.range(t);
+        if t.token == Token::SemiColon {
+            let ends_trigger = in_trigger_body && last_word == Some(Keyword::END);
+            if in_trigger_body && !ends_trigger {
+                last_word = None;
+                continue;
+            }
+            if let Some(s) = start.take() {
+                statements.push(script[s..range.start].trim().to_string());
+            }
+            leading.clear();
+            in_trigger_body = false;
+            last_word = None;
+            continue;
+        }
+        if start.is_none() {
+            start = Some(range.start);
+        }
+        let kw = keyword(&t.token);
+        if leading.len() < 4 {
+            leading.push(kw.unwrap_or(Keyword::NoKeyword));
+        }
+        let is_trigger = leading.first() == Some(&Keyword::CREATE)
+            && leading[1..].iter().any(|k| *k == Keyword::TRIGGER);
+        if is_trigger && kw == Some(Keyword::BEGIN) {
+            in_trigger_body = true;
+        }
+        last_word = kw;
+    }
+    if let Some(s) = start {
+        let rest = script[s..].trim();
+        if !rest.is_empty() {
+            statements.push(rest.to_string());
+        }
+    }
+    Ok(statements)
+}
+
+/// Classifies one statement by its leading keywords.
+pub fn classify(sql: &str) -> Result<Kind> {
+    let tokens = tokenize(sql)?;
+    let words: Vec<Option<Keyword>> = tokens
+        .iter()
+        .filter(|t| !is_trivia(&t.token))
+        .take(2)
+        .map(|t| keyword(&t.token))
+        .collect();
+    let first = words.first().copied().flatten();
+    Ok(match first {
+        Some(Keyword::SELECT | Keyword::VALUES | Keyword::EXPLAIN) => Kind::Read,
+        Some(Keyword::WITH) => {
+            // WITH … INSERT/UPDATE/DELETE writes; WITH … SELECT reads.
+            let writes = tokens.iter().any(|t| {
+                matches!(
+                    keyword(&t.token),
+                    Some(Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::REPLACE)
+                )
+            });
+            if writes { Kind::Write } else { Kind::Read }
+        }
+        Some(Keyword::BEGIN | Keyword::START) => Kind::Begin,
+        Some(Keyword::COMMIT | Keyword::END) => Kind::Commit,
+        Some(Keyword::ROLLBACK) => {
+            let to = tokens.iter().any(|t| keyword(&t.token) == Some(Keyword::TO));
+            if to { Kind::Write } else { Kind::Rollback }
+        }
+        Some(
+            Keyword::CREATE | Keyword::DROP | Keyword::ALTER | Keyword::REINDEX | Keyword::ANALYZE,
+        ) => Kind::Ddl,
+        Some(Keyword::SHOW) => Kind::Show,
+        _ => Kind::Write,
+    })
+}
+
+/// Parses one statement with sqlparser's SQLite dialect. `Ok(false)` when
+/// sqlparser does not understand it (the caller may then ask SQLite);
+/// the error text is returned alongside for the message.
+pub fn sqlparser_accepts(sql: &str) -> std::result::Result<(), String> {
+    match Parser::parse_sql(&SQLiteDialect {}, sql) {
+        Ok(stmts) if stmts.len() == 1 => Ok(()),
+        Ok(stmts) => Err(format!("expected one statement, found {}", stmts.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Functions whose first argument may be the time value `'now'`.
+const TIME_FUNCTIONS: &[&str] = &["date", "time", "datetime", "julianday", "unixepoch", "timediff"];
+
+/// Replaces every reading of the wall clock in `sql` with the instant
+/// `now_ms` (milliseconds since the Unix epoch, UTC): `'now'` as a time
+/// value of SQLite's date functions, and `CURRENT_TIMESTAMP`,
+/// `CURRENT_DATE`, `CURRENT_TIME`. The result reads the same clock on every
+/// replica. Returns the text unchanged when it reads no clock.
+pub fn pin_clock(sql: &str, now_ms: i64) -> Result<String> {
+    let tokens: Vec<TokenWithSpan> =
+        tokenize(sql)?.into_iter().filter(|t| !is_trivia(&t.token)).collect();
+    let offsets = Offsets::new(sql);
+    let instant = chrono::DateTime::from_timestamp_millis(now_ms)
+        .ok_or_else(|| Error::invalid("clock out of range"))?;
+    let mut splices: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let replacement = match &t.token {
+            Token::Word(w) if w.quote_style.is_none() => match w.keyword {
+                Keyword::CURRENT_TIMESTAMP => Some(instant.format("'%Y-%m-%d %H:%M:%S'")),
+                Keyword::CURRENT_DATE => Some(instant.format("'%Y-%m-%d'")),
+                Keyword::CURRENT_TIME => Some(instant.format("'%H:%M:%S'")),
+                _ => None,
+            },
+            Token::SingleQuotedString(s) if s.eq_ignore_ascii_case("now") => {
+                is_time_argument(&tokens, i).then(|| instant.format("'%Y-%m-%d %H:%M:%S%.3f'"))
+            }
+            _ => None,
+        };
+        if let Some(r) = replacement {
+            splices.push((offsets.range(t), r.to_string()));
+        }
+    }
+    let mut out = sql.to_string();
+    for (range, text) in splices.into_iter().rev() {
+        out.replace_range(range, &text);
+    }
+    Ok(out)
+}
+
+/// True when token `i` is the time value of a date function call:
+/// `f('now' …)` for the functions above, or `strftime(fmt, 'now' …)`.
+fn is_time_argument(tokens: &[TokenWithSpan], i: usize) -> bool {
+    let name_at = |j: usize| match tokens.get(j).map(|t| &t.token) {
+        Some(Token::Word(w)) => Some(w.value.to_ascii_lowercase()),
+        _ => None,
+    };
+    let is = |j: usize, tok: Token| tokens.get(j).map(|t| &t.token) == Some(&tok);
+    if i >= 2 && is(i - 1, Token::LParen) {
+        if let Some(name) = name_at(i - 2) {
+            return TIME_FUNCTIONS.contains(&name.as_str());
+        }
+    }
+    i >= 4
+        && is(i - 1, Token::Comma)
+        && is(i - 3, Token::LParen)
+        && name_at(i - 4).as_deref() == Some("strftime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_statements_and_keeps_text() {
+        let s = split_script("SELECT 1 ;\n  insert into t values('a;b');; -- c\n").unwrap();
+        assert_eq!(s, vec!["SELECT 1", "insert into t values('a;b')"]);
+    }
+
+    #[test]
+    fn keeps_trigger_bodies_whole() {
+        let script = "CREATE TRIGGER t1 AFTER INSERT ON t BEGIN DELETE FROM u; INSERT INTO u VALUES(1); END; SELECT 2";
+        let s = split_script(script).unwrap();
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(s[0].ends_with("END"));
+    }
+
+    #[test]
+    fn classifies() {
+        for (sql, kind) in [
+            ("select 1", Kind::Read),
+            ("WITH x AS (SELECT 1) SELECT * FROM x", Kind::Read),
+            ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", Kind::Write),
+            ("INSERT INTO t VALUES(1)", Kind::Write),
+            ("REPLACE INTO t VALUES(1)", Kind::Write),
+            ("create table t(a)", Kind::Ddl),
+            ("BEGIN", Kind::Begin),
+            ("END TRANSACTION", Kind::Commit),
+            ("ROLLBACK", Kind::Rollback),
+            ("ROLLBACK TO sp", Kind::Write),
+            ("SHOW GROUPS", Kind::Show),
+        ] {
+            assert_eq!(classify(sql).unwrap(), kind, "{sql}");
+        }
+    }
+
+    #[test]
+    fn pins_the_clock() {
+        // 2021-01-01 00:00:00.250 UTC
+        let ms = 1_609_459_200_250;
+        let out =
+            pin_clock("SELECT datetime('now'), 'now', strftime('%s','NOW'), CURRENT_DATE", ms)
+                .unwrap();
+        assert_eq!(
+            out,
+            "SELECT datetime('2021-01-01 00:00:00.250'), 'now', strftime('%s','2021-01-01 00:00:00.250'), '2021-01-01'"
+        );
+        assert_eq!(pin_clock("SELECT 'it''s'", ms).unwrap(), "SELECT 'it''s'");
+    }
+}

@@ -1,0 +1,206 @@
+//! TLS for every hop: making a cluster's certificates (`drsdb certs`), and
+//! turning a [`TlsConfig`] into tonic's server and client settings.
+//!
+//! One CA signs every certificate. Servers require a client certificate
+//! signed by it (mutual TLS), so a client without one is refused during
+//! the handshake. Node certificates carry both the server and the client
+//! usage, since a storage server also dials its peers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+use crate::config::TlsConfig;
+use crate::error::{Error, Result};
+
+/// Time allowed to open a connection before the peer counts as down.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// File names inside a certificate directory made by [`generate`].
+pub mod files {
+    /// The CA certificate.
+    pub const CA: &str = "ca.pem";
+    /// The CA key (keep it safe: it can mint certificates).
+    pub const CA_KEY: &str = "ca.key";
+    /// Certificate and key for servers.
+    pub const NODE: &str = "node.pem";
+    /// Key of [`NODE`].
+    pub const NODE_KEY: &str = "node.key";
+    /// Certificate and key for clients (the shell, drivers).
+    pub const CLIENT: &str = "client.pem";
+    /// Key of [`CLIENT`].
+    pub const CLIENT_KEY: &str = "client.key";
+}
+
+fn cert_err(e: rcgen::Error) -> Error {
+    Error::invalid(format!("certificate generation failed: {e}"))
+}
+
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "drsdb cluster CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p
+}
+
+fn leaf(common_name: &str, hosts: &[String], issuer: &Issuer<'_, KeyPair>) -> Result<(String, String)> {
+    let mut p = CertificateParams::new(hosts.to_vec()).map_err(cert_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    p.distinguished_name = dn;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    let key = KeyPair::generate().map_err(cert_err)?;
+    let cert = p.signed_by(&key, issuer).map_err(cert_err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Creates a CA, a node certificate valid for `hosts` (DNS names or IP
+/// addresses; `localhost` and `127.0.0.1` are always included) and a
+/// client certificate, as PEM files in `dir`. Existing files are kept,
+/// so running it twice is harmless; a missing CA is an error if node or
+/// client files exist.
+pub fn generate(dir: &Path, hosts: &[String]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
+    let path = |name: &str| dir.join(name);
+    let write = |name: &str, text: &str| -> Result<()> {
+        std::fs::write(path(name), text).map_err(|e| Error::io(format!("cannot write {}: {e}", path(name).display())))
+    };
+    let ca_key = if path(files::CA_KEY).exists() {
+        let pem = std::fs::read_to_string(path(files::CA_KEY))?;
+        KeyPair::from_pem(&pem).map_err(cert_err)?
+    } else {
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let cert = ca_params().self_signed(&key).map_err(cert_err)?;
+        write(files::CA, &cert.pem())?;
+        write(files::CA_KEY, &key.serialize_pem())?;
+        restrict(&path(files::CA_KEY))?;
+        key
+    };
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let mut all_hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
+    for h in hosts {
+        if !all_hosts.contains(h) {
+            all_hosts.push(h.clone());
+        }
+    }
+    if !path(files::NODE).exists() {
+        let (cert, key) = leaf("drsdb node", &all_hosts, &issuer)?;
+        write(files::NODE, &cert)?;
+        write(files::NODE_KEY, &key)?;
+        restrict(&path(files::NODE_KEY))?;
+    }
+    if !path(files::CLIENT).exists() {
+        let (cert, key) = leaf("drsdb client", &["drsdb-client".to_string()], &issuer)?;
+        write(files::CLIENT, &cert)?;
+        write(files::CLIENT_KEY, &key)?;
+        restrict(&path(files::CLIENT_KEY))?;
+    }
+    Ok(())
+}
+
+fn restrict(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(format!("cannot restrict {}: {e}", path.display())))
+}
+
+/// The TLS settings of a client that uses the certificates in `dir`.
+pub fn client_config_in(dir: &Path) -> TlsConfig {
+    TlsConfig {
+        ca: dir.join(files::CA),
+        cert: dir.join(files::CLIENT),
+        key: dir.join(files::CLIENT_KEY),
+        insecure: false,
+    }
+}
+
+/// The TLS settings of a server that uses the certificates in `dir`.
+pub fn node_config_in(dir: &Path) -> TlsConfig {
+    TlsConfig { ca: dir.join(files::CA), cert: dir.join(files::NODE), key: dir.join(files::NODE_KEY), insecure: false }
+}
+
+fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::invalid(format!("cannot read {what} {}: {e}; create certificates with `drsdb certs`", path.display()))
+    })
+}
+
+/// Server-side TLS requiring client certificates signed by the CA; `None`
+/// in insecure mode.
+pub fn server_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>> {
+    if tls.insecure {
+        tracing::warn!("TLS is off (insecure = true): traffic is plaintext and peers are not authenticated");
+        return Ok(None);
+    }
+    let identity = Identity::from_pem(read(&tls.cert, "certificate")?, read(&tls.key, "key")?);
+    let ca = Certificate::from_pem(read(&tls.ca, "CA certificate")?);
+    Ok(Some(ServerTlsConfig::new().identity(identity).client_ca_root(ca)))
+}
+
+/// How a process dials others: TLS material loaded once.
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Dialer {
+    /// Loads the CA and this process's certificate; plaintext when `insecure`.
+    pub fn new(tls: &TlsConfig) -> Result<Dialer> {
+        if tls.insecure {
+            return Ok(Dialer { tls: None });
+        }
+        let identity = Identity::from_pem(read(&tls.cert, "certificate")?, read(&tls.key, "key")?);
+        let ca = Certificate::from_pem(read(&tls.ca, "CA certificate")?);
+        Ok(Dialer { tls: Some(ClientTlsConfig::new().ca_certificate(ca).identity(identity)) })
+    }
+
+    /// An endpoint for `addr` (`host:port`), TLS unless insecure.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| Error::invalid(format!("bad address {addr}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            ep = ep.tls_config(tls.clone()).map_err(|e| Error::invalid(format!("TLS setup for {addr}: {e}")))?;
+        }
+        Ok(ep)
+    }
+
+    /// A channel that connects on first use and reconnects after failures.
+    pub fn lazy(&self, addr: &str) -> Result<Channel> {
+        Ok(self.endpoint(addr)?.connect_lazy())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_a_usable_set_and_is_idempotent() {
+        let dir = tempfile_dir();
+        generate(&dir, &["db1.example".into()]).unwrap();
+        let first = std::fs::read(dir.join(files::NODE)).unwrap();
+        generate(&dir, &[]).unwrap();
+        assert_eq!(first, std::fs::read(dir.join(files::NODE)).unwrap());
+        server_config(&node_config_in(&dir)).unwrap().unwrap();
+        Dialer::new(&client_config_in(&dir)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("drsdb-tls-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+}

@@ -1,0 +1,147 @@
+//! SQL values as they travel: SQLite's five storage classes, converted to
+//! and from protobuf and rusqlite in one place.
+
+use serde::{Deserialize, Serialize};
+
+use drsdb_proto as pb;
+
+/// One SQL value, as SQLite stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// A 64-bit signed integer.
+    Integer(i64),
+    /// An IEEE 754 double.
+    Real(f64),
+    /// UTF-8 text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+impl From<pb::Value> for Value {
+    fn from(v: pb::Value) -> Self {
+        use pb::value::Kind;
+        match v.kind {
+            None => Value::Null,
+            Some(Kind::Integer(i)) => Value::Integer(i),
+            Some(Kind::Real(r)) => Value::Real(r),
+            Some(Kind::Text(t)) => Value::Text(t),
+            Some(Kind::Blob(b)) => Value::Blob(b),
+        }
+    }
+}
+
+impl From<Value> for pb::Value {
+    fn from(v: Value) -> Self {
+        use pb::value::Kind;
+        let kind = match v {
+            Value::Null => None,
+            Value::Integer(i) => Some(Kind::Integer(i)),
+            Value::Real(r) => Some(Kind::Real(r)),
+            Value::Text(t) => Some(Kind::Text(t)),
+            Value::Blob(b) => Some(Kind::Blob(b)),
+        };
+        pb::Value { kind }
+    }
+}
+
+impl From<rusqlite::types::ValueRef<'_>> for Value {
+    fn from(v: rusqlite::types::ValueRef<'_>) -> Self {
+        use rusqlite::types::ValueRef;
+        match v {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(r) => Value::Real(r),
+            // SQLite may hold invalid UTF-8 in a TEXT value; keep it readable.
+            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(r) => ValueRef::Real(*r),
+            Value::Text(t) => ValueRef::Text(t.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+macro_rules! value_from {
+    ($($t:ty => $variant:ident),*) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Self { Value::$variant(v.into()) }
+        }
+    )*};
+}
+value_from!(i64 => Integer, i32 => Integer, f64 => Real, String => Text, &str => Text, Vec<u8> => Blob);
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+impl std::fmt::Display for Value {
+    /// Formats a value as the shell shows it: NULL, numbers as SQLite
+    /// prints them, text as is, blobs as hex literals.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Null => f.write_str("NULL"),
+            Value::Integer(i) => write!(f, "{i}"),
+            Value::Real(r) => write!(f, "{}", format_real(*r)),
+            Value::Text(t) => f.write_str(t),
+            Value::Blob(b) => {
+                f.write_str("x'")?;
+                for byte in b {
+                    write!(f, "{byte:02X}")?;
+                }
+                f.write_str("'")
+            }
+        }
+    }
+}
+
+/// Formats a double the way SQLite's `CAST(x AS TEXT)` does for common
+/// values: integral values keep a `.0`, others use the shortest
+/// representation that round-trips.
+pub fn format_real(r: f64) -> String {
+    if r.is_finite() && r.fract() == 0.0 && r.abs() < 1e15 {
+        format!("{r:.1}")
+    } else if r.is_infinite() {
+        if r > 0.0 { "Inf".into() } else { "-Inf".into() }
+    } else {
+        format!("{r}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proto_round_trip() {
+        for v in [
+            Value::Null,
+            Value::Integer(-7),
+            Value::Real(1.5),
+            Value::Text("héllo".into()),
+            Value::Blob(vec![0, 255]),
+        ] {
+            assert_eq!(Value::from(pb::Value::from(v.clone())), v);
+        }
+    }
+
+    #[test]
+    fn display() {
+        assert_eq!(Value::Real(2.0).to_string(), "2.0");
+        assert_eq!(Value::Blob(vec![0xab, 1]).to_string(), "x'AB01'");
+    }
+}

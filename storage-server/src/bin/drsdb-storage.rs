@@ -1,0 +1,76 @@
+//! `drsdb-storage`: runs one storage server.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use drsdb_common::config::{self, Member, StorageConfig};
+
+/// A drsdb storage server: replicas of Raft groups over SQLite.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML config file (see deploy/storage.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This server's node id.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Address to listen on.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Bootstrap members as ID=HOST:PORT, repeated or comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    member: Vec<String>,
+    /// Log filter (e.g. info, debug).
+    #[arg(long)]
+    log: Option<String>,
+    /// Directory holding ca.pem, node.pem and node.key.
+    #[arg(long)]
+    certs: Option<PathBuf>,
+    /// Plaintext instead of TLS (logs a warning; never in production).
+    #[arg(long)]
+    insecure: bool,
+}
+
+fn parse_member(s: &str) -> anyhow::Result<Member> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("member {s:?} must look like ID=HOST:PORT"))?;
+    Ok(Member { id: id.parse().map_err(|_| anyhow::anyhow!("member id {id:?} is not a number"))?, addr: addr.into() })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut c: StorageConfig = match &args.config {
+        Some(path) => config::load(path)?,
+        None => StorageConfig::default(),
+    };
+    if let Some(v) = args.node_id {
+        c.node_id = v;
+    }
+    if let Some(v) = args.listen {
+        c.listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        c.data_dir = v;
+    }
+    if !args.member.is_empty() {
+        c.members = args.member.iter().map(|m| parse_member(m)).collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(v) = args.log {
+        c.log = v;
+    }
+    if let Some(dir) = args.certs {
+        c.tls = drsdb_common::tls::node_config_in(&dir);
+    }
+    c.tls.insecure |= args.insecure;
+    drsdb_common::logging::init(&c.log)?;
+    c.validate()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(c.listen).await?;
+        drsdb_storage::serve(c, listener, drsdb_common::logging::terminated()).await?;
+        anyhow::Ok(())
+    })
+}

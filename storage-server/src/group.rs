@@ -1,0 +1,267 @@
+//! One Raft group on this server: its Raft instance, log, state machine,
+//! and the write path in front of them (group commit, waiting out a
+//! transaction that holds the group, rolling back idle transactions).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drsdb_common::config::StorageConfig;
+use drsdb_common::{Error, GroupId, NodeId, Result};
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ReadPolicy, SnapshotPolicy};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::command::{Command, CommandResult, Outcome, Statement};
+use crate::log_store::LogStore;
+use crate::network::{Network, Peers};
+use crate::sqlite::Db;
+use crate::state_machine::{Shared, StateMachine};
+use crate::types::{Raft, TypeConfig};
+
+/// Batches proposed at once by one group's write path; later writes queue
+/// behind them and form the next batch.
+const MAX_INFLIGHT_BATCHES: usize = 4;
+/// How long a write waits for a transaction holding the group to end.
+const HOLD_WAIT: Duration = Duration::from_secs(30);
+/// How often the leader looks for idle transactions.
+const REAPER_PERIOD: Duration = Duration::from_millis(500);
+/// Snapshot transfers may take this long.
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 30_000;
+
+struct PendingWrite {
+    statement: Statement,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// Proposes commands to one group's log (the parts of a [`Group`] that
+/// its background tasks need).
+#[derive(Clone)]
+struct Proposer {
+    id: GroupId,
+    raft: Raft,
+    shared: Arc<Shared>,
+}
+
+/// A group hosted here.
+pub struct Group {
+    /// The group's id.
+    pub id: GroupId,
+    /// Its Raft instance.
+    pub raft: Raft,
+    proposer: Proposer,
+    writes: mpsc::Sender<PendingWrite>,
+    stop: watch::Sender<bool>,
+}
+
+fn raft_config(c: &StorageConfig) -> Result<openraft::Config> {
+    let r = &c.raft;
+    openraft::Config {
+        cluster_name: "drsdb".into(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: r.keep_entries_after_snapshot,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| Error::invalid(format!("raft configuration: {e}")))
+}
+
+/// Maps openraft's write errors to ours.
+fn write_error(group: GroupId, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Error::NotLeader { group, leader: f.leader_id.map(NodeId) }
+        }
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => Error::unavailable(format!(
+            "group {group} changed leader while the write was in flight; it did not commit, send it again"
+        )),
+        RaftError::APIError(other) => Error::invalid(other),
+        RaftError::Fatal(f) => Error::unavailable(format!("group {group} replica stopped: {f}")),
+    }
+}
+
+impl Group {
+    /// Opens (or creates) the group in `dir` and starts its Raft.
+    pub async fn open(id: GroupId, dir: &Path, config: &StorageConfig, peers: Arc<Peers>) -> Result<Arc<Group>> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
+        let log = LogStore::open(&dir.join("raft.db"))
+            .map_err(|e| Error::io(format!("group {id}: cannot open log: {e}")))?;
+        let sm = StateMachine::open(&dir.join("sm"))
+            .map_err(|e| Error::io(format!("group {id}: cannot open state machine: {e}")))?;
+        let shared = sm.shared();
+        let raft = Raft::new(config.node_id, Arc::new(raft_config(config)?), Network::new(id, peers), log, sm)
+            .await
+            .map_err(|e| Error::io(format!("group {id}: cannot start raft: {e}")))?;
+        let (writes, queue) = mpsc::channel(config.max_batch * MAX_INFLIGHT_BATCHES);
+        let (stop, stopped) = watch::channel(false);
+        let proposer = Proposer { id, raft: raft.clone(), shared };
+        tokio::spawn(batcher(proposer.clone(), queue, config.max_batch));
+        tokio::spawn(reaper(proposer.clone(), config.txn_idle_timeout(), stopped));
+        Ok(Arc::new(Group { id, raft, proposer, writes, stop }))
+    }
+
+    /// Stops the group's Raft and background tasks.
+    pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(group = %self.id, "raft shutdown: {e}");
+        }
+    }
+
+    /// Initializes the group with `members` if it has never been.
+    pub async fn bootstrap(&self, members: &BTreeMap<u64, String>) -> Result<()> {
+        let initialized =
+            self.raft.is_initialized().await.map_err(|e| Error::unavailable(format!("group {}: {e}", self.id)))?;
+        if initialized {
+            return Ok(());
+        }
+        let nodes: BTreeMap<u64, BasicNode> = members.iter().map(|(id, a)| (*id, BasicNode::new(a))).collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => {
+                tracing::info!(group = %self.id, "initialized group");
+                Ok(())
+            }
+            Err(RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(Error::unavailable(format!("group {}: cannot initialize: {e}", self.id))),
+        }
+    }
+
+    /// Fails with `NotLeader` unless this replica leads the group.
+    fn ensure_leader(&self) -> Result<()> {
+        if self.raft.is_leader() {
+            return Ok(());
+        }
+        let leader = {
+            use openraft::async_runtime::WatchReceiver;
+            self.raft.metrics().borrow_watched().current_leader
+        };
+        Err(Error::NotLeader { group: self.id, leader: leader.map(NodeId) })
+    }
+
+    /// Applies a command through the log and returns its result. Batched
+    /// statements go through group commit.
+    pub async fn write(&self, command: Command) -> Result<CommandResult> {
+        self.ensure_leader()?;
+        match command {
+            Command::Batch(statements) => {
+                let mut replies = Vec::with_capacity(statements.len());
+                for statement in statements {
+                    let (reply, rx) = oneshot::channel();
+                    self.writes
+                        .send(PendingWrite { statement, reply })
+                        .await
+                        .map_err(|_| Error::unavailable("server is shutting down"))?;
+                    replies.push(rx);
+                }
+                let mut outcomes = Vec::with_capacity(replies.len());
+                for rx in replies {
+                    outcomes.push(rx.await.map_err(|_| Error::unavailable("server is shutting down"))?);
+                }
+                Ok(CommandResult::Batch(outcomes))
+            }
+            other => self.proposer.propose_waiting(other).await,
+        }
+    }
+
+    /// Waits until this replica may serve a linearizable read.
+    pub async fn read_barrier(&self) -> Result<()> {
+        self.ensure_leader()?;
+        self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(|e| match e {
+            RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f)) => {
+                Error::NotLeader { group: self.id, leader: f.leader_id.map(NodeId) }
+            }
+            RaftError::APIError(other) => Error::unavailable(format!("group {}: {other}", self.id)),
+            RaftError::Fatal(f) => Error::unavailable(format!("group {} replica stopped: {f}", self.id)),
+        })
+    }
+
+    /// Opens a read-only connection on the group's committed data.
+    pub fn reader(&self) -> Result<Db> {
+        Db::open_reader(&self.proposer.shared.current_db()).map_err(|e| Error::io(format!("group {}: {e}", self.id)))
+    }
+}
+
+impl Proposer {
+    /// Proposes a command; when a transaction holds the group, waits for it
+    /// to end and proposes again.
+    async fn propose_waiting(&self, command: Command) -> Result<CommandResult> {
+        let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+        loop {
+            let response =
+                self.raft.client_write(command.clone()).await.map_err(|e| write_error(self.id, e))?;
+            match response.data {
+                CommandResult::Busy => self.wait_until_free(deadline).await?,
+                result => return Ok(result),
+            }
+        }
+    }
+
+    async fn wait_until_free(&self, deadline: tokio::time::Instant) -> Result<()> {
+        let mut holder = self.shared.holder();
+        let free = tokio::time::timeout_at(deadline, holder.wait_for(|h| h.is_none())).await.map(|r| r.is_ok());
+        match free {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::unavailable("server is shutting down")),
+            Err(_) => Err(Error::Retryable(format!(
+                "group {} is held by a transaction for more than {HOLD_WAIT:?}",
+                self.id
+            ))),
+        }
+    }
+
+}
+
+/// Group commit: takes the writes waiting in the queue (up to `max_batch`)
+/// and proposes them as one entry, with up to [`MAX_INFLIGHT_BATCHES`] in
+/// flight.
+async fn batcher(group: Proposer, mut queue: mpsc::Receiver<PendingWrite>, max_batch: usize) {
+    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_BATCHES));
+    loop {
+        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        let mut batch = Vec::with_capacity(max_batch);
+        if queue.recv_many(&mut batch, max_batch).await == 0 {
+            return;
+        }
+        let group = group.clone();
+        tokio::spawn(async move {
+            let (statements, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.statement, w.reply)).unzip();
+            let outcomes = match group.propose_waiting(Command::Batch(statements)).await {
+                Ok(CommandResult::Batch(outcomes)) if outcomes.len() == replies.len() => outcomes,
+                Ok(other) => {
+                    let e = Error::io(format!("unexpected result for a batch: {other:?}"));
+                    vec![Err(e); replies.len()]
+                }
+                Err(e) => vec![Err(e); replies.len()],
+            };
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// On the leader, rolls back a transaction that has been idle too long.
+async fn reaper(group: Proposer, idle: Duration, mut stopped: watch::Receiver<bool>) {
+    let holder = group.shared.holder();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REAPER_PERIOD) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let stale = holder.borrow().clone().filter(|h| h.last_activity.elapsed() > idle);
+        if let Some(h) = stale {
+            if group.raft.is_leader() {
+                tracing::info!(group = %group.id, txn = %h.txn, "rolling back idle transaction");
+                if let Err(e) = group.raft.client_write(Command::Rollback(h.txn.clone())).await {
+                    tracing::warn!(group = %group.id, "cannot roll back idle transaction: {e}");
+                }
+            }
+        }
+    }
+}

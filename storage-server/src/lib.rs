@@ -1,0 +1,46 @@
+//! # drsdb storage server
+//!
+//! A storage server hosts replicas of several Raft groups. Each group has
+//! a durable log (`log_store`, a SQLite file with fsync on every append)
+//! and a state machine that is a SQLite database (`state_machine`); a
+//! command applies the same way on every replica because everything
+//! nondeterministic was fixed before it was proposed (`command`, `sqlite`).
+//!
+//! ## Data flow
+//! - **Writes**: an index server calls `Storage.Write` on the group's
+//!   leader. Autocommit statements queue in the group's write path
+//!   (`group`), which proposes whatever has queued as one `Batch` entry:
+//!   one Raft round, one fsync, one SQLite transaction for many clients,
+//!   each statement in its own savepoint so that one failure does not fail
+//!   its neighbours. The reply comes when the entry is applied.
+//! - **Transactions**: `Begin` makes a transaction hold the group; its
+//!   statements, `Commit` and `Rollback` are entries too, and its SQLite
+//!   transaction stays open across them on every replica. Batches that
+//!   reach the log meanwhile are answered `Busy` and re-proposed once the
+//!   group is free. The leader rolls back a transaction idle for longer than
+//!   `txn_idle_timeout_ms`.
+//! - **Reads**: `Storage.Read` on the leader waits for a ReadIndex barrier
+//!   (linearizable), then streams rows from a read-only connection.
+//! - **Raft traffic**: `network` carries openraft's messages as bytes over
+//!   one gRPC channel per peer, tagged with the group id; snapshots stream
+//!   as SQLite files.
+//!
+//! ## Not yet
+//! Groups are fixed (the meta group and one data group on every member);
+//! creating and moving groups, membership changes, follower reads and
+//! direct streaming to clients come with sharding.
+
+#[cfg(test)]
+mod conformance;
+mod command;
+mod group;
+mod log_store;
+mod network;
+mod server;
+mod service;
+mod sqlite;
+mod state_machine;
+mod types;
+
+pub use command::{decode, encode, Column, Command, CommandResult, Outcome, Statement, StatementResult};
+pub use server::{serve, GROUPS};

@@ -1,0 +1,198 @@
+//! Raft messages between storage servers over gRPC.
+//!
+//! One channel per peer address, shared by every group (each message
+//! carries its group id). Payloads are openraft's own types as JSON: this
+//! layer moves bytes and never interprets them. A snapshot travels as a
+//! stream: a header (vote and metadata), then slices of the SQLite file.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use drsdb_common::tls::Dialer;
+use drsdb_common::GroupId;
+use drsdb_proto as pb;
+use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{BasicNode, RaftNetworkV2};
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
+
+use crate::state_machine::SnapshotData;
+use crate::types::{SnapshotMeta, TypeConfig, Vote};
+
+/// Largest gRPC message between storage servers (a batch of log entries).
+pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
+/// Size of one snapshot chunk.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// The first chunk of a snapshot stream.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// The sender's vote.
+    pub vote: Vote,
+    /// What the snapshot covers.
+    pub meta: SnapshotMeta,
+}
+
+/// Channels to peer storage servers, by address.
+pub struct Peers {
+    dialer: Dialer,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Peers {
+    /// A pool that dials with `dialer`.
+    pub fn new(dialer: Dialer) -> Arc<Peers> {
+        Arc::new(Peers { dialer, channels: Mutex::new(HashMap::new()) })
+    }
+
+    /// The (lazily connecting) channel to `addr`.
+    pub fn channel(&self, addr: &str) -> Result<Channel, drsdb_common::Error> {
+        let mut channels = self.channels.lock().expect("peers lock");
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = self.dialer.lazy(addr)?;
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn client(&self, addr: &str) -> Result<pb::raft_client::RaftClient<Channel>, RPCError<TypeConfig>> {
+        let channel = self.channel(addr).map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+        Ok(pb::raft_client::RaftClient::new(channel)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE))
+    }
+}
+
+/// openraft's network factory for one group.
+#[derive(Clone)]
+pub struct Network {
+    group: GroupId,
+    peers: Arc<Peers>,
+}
+
+impl Network {
+    /// The network of `group`, over the shared `peers`.
+    pub fn new(group: GroupId, peers: Arc<Peers>) -> Network {
+        Network { group, peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, _target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient { group: self.group, addr: node.addr.clone(), peers: self.peers.clone() }
+    }
+}
+
+/// Sends one group's messages to one peer.
+pub struct PeerClient {
+    group: GroupId,
+    addr: String,
+    peers: Arc<Peers>,
+}
+
+fn status_error(s: tonic::Status) -> RPCError<TypeConfig> {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+            RPCError::Unreachable(Unreachable::from_string(s.message()))
+        }
+        _ => RPCError::Network(NetworkError::from_string(format!("{}: {}", s.code(), s.message()))),
+    }
+}
+
+fn remote<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, RPCError<TypeConfig>> {
+    let r: Result<T, RaftError<TypeConfig>> = serde_json::from_slice(payload)
+        .map_err(|e| RPCError::Network(NetworkError::from_string(format!("malformed raft reply: {e}"))))?;
+    r.map_err(|e| RPCError::Unreachable(Unreachable::from_string(format!("peer failed: {e}"))))
+}
+
+impl PeerClient {
+    async fn unary<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
+        &mut self,
+        req: &Req,
+        option: &RPCOption,
+        vote: bool,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let payload = serde_json::to_vec(req).expect("raft messages serialize");
+        let mut client = self.peers.client(&self.addr)?;
+        let mut request = tonic::Request::new(pb::RaftMessage { group: self.group.0, payload });
+        request.set_timeout(option.hard_ttl());
+        let reply = if vote { client.vote(request).await } else { client.append_entries(request).await };
+        remote(&reply.map_err(status_error)?.into_inner().payload)
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, &option, false).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, &option, true).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let header = serde_json::to_vec(&SnapshotHeader { vote, meta: snapshot.meta.clone() })
+            .expect("snapshot header serializes");
+        let group = self.group.0;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
+        let mut file = snapshot.snapshot;
+        // Read the file on the blocking pool, chunk by chunk.
+        let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::{Read, Seek};
+            file.rewind()?;
+            if tx.blocking_send(pb::SnapshotChunk { group, header, data: Vec::new() }).is_err() {
+                return Ok(());
+            }
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                if tx.blocking_send(pb::SnapshotChunk { group, header: Vec::new(), data: buf }).is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        let mut client = self.peers.client(&self.addr)?;
+        let send = client.snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        tokio::pin!(cancel);
+        let reply = tokio::select! {
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            r = send => r,
+        };
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StreamingError::Network(NetworkError::new(&e))),
+            Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
+        }
+        let reply = reply.map_err(status_error)?.into_inner();
+        let r: Result<SnapshotResponse<TypeConfig>, openraft::errors::Fatal<TypeConfig>> =
+            serde_json::from_slice(&reply.payload)
+                .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("malformed reply: {e}"))))?;
+        r.map_err(|e| StreamingError::Unreachable(Unreachable::from_string(format!("peer failed: {e}"))))
+    }
+}

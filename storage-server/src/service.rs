@@ -1,0 +1,210 @@
+//! The gRPC services of a storage server. They translate and route: find
+//! the group, decode, call it, encode. No logic of their own.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use drsdb_common::config::Member;
+use drsdb_common::{Error, GroupId, NodeId};
+use drsdb_proto as pb;
+use openraft::async_runtime::WatchReceiver;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::command::{self, Column, Command, Statement};
+use crate::group::Group;
+use crate::network::SnapshotHeader;
+use crate::sqlite::Failure;
+use crate::state_machine::SnapshotData;
+
+/// Rows per streamed batch from a storage server.
+pub const ROWS_PER_PART: usize = 256;
+/// Result parts buffered ahead of a slow reader.
+const PARTS_AHEAD: usize = 4;
+
+/// What every service of this server shares.
+pub struct Node {
+    /// This server's id.
+    pub id: NodeId,
+    /// The groups hosted here.
+    pub groups: HashMap<GroupId, Arc<Group>>,
+    /// The bootstrap member list (id, address).
+    pub members: Vec<Member>,
+    /// Where incoming snapshots are buffered.
+    pub scratch_dir: std::path::PathBuf,
+}
+
+impl Node {
+    fn group(&self, id: u64) -> Result<&Arc<Group>, Status> {
+        self.groups
+            .get(&GroupId(id))
+            .ok_or_else(|| Status::from(Error::invalid(format!("group {id} is not hosted on node {}", self.id))))
+    }
+}
+
+type PartStream = Pin<Box<dyn Stream<Item = Result<pb::ResultPart, Status>> + Send + 'static>>;
+
+/// The `Storage` service (index server → storage server).
+pub struct StorageService(pub Arc<Node>);
+
+fn part(p: pb::result_part::Part) -> pb::ResultPart {
+    pb::ResultPart { part: Some(p) }
+}
+
+fn columns_part(columns: &[Column]) -> pb::ResultPart {
+    part(pb::result_part::Part::Columns(pb::Columns {
+        columns: columns.iter().map(|c| pb::Column { name: c.name.clone(), decl_type: c.decl_type.clone() }).collect(),
+    }))
+}
+
+#[tonic::async_trait]
+impl pb::storage_server::Storage for StorageService {
+    async fn write(&self, request: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let req = request.into_inner();
+        let group = self.0.group(req.group)?;
+        let command: Command = command::decode(&req.command)?;
+        let result = group.write(command).await?;
+        Ok(Response::new(pb::WriteResponse { result: command::encode(&result) }))
+    }
+
+    type ReadStream = PartStream;
+
+    async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<PartStream>, Status> {
+        let req = request.into_inner();
+        let group = self.0.group(req.group)?.clone();
+        group.read_barrier().await?;
+        let db = group.reader()?;
+        let statement = Statement {
+            sql: req.sql,
+            params: req.params.into_iter().map(Into::into).collect(),
+            seed: req.seed,
+            now_ms: req.now_ms,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            let mut rows = Vec::with_capacity(ROWS_PER_PART);
+            let result = db.run(
+                &statement,
+                |columns| {
+                    // A gone reader shows up when the first rows are sent.
+                    let _ = tx.blocking_send(Ok(columns_part(columns)));
+                },
+                |row| {
+                    rows.push(pb::Row { values: row.into_iter().map(Into::into).collect() });
+                    if rows.len() == ROWS_PER_PART {
+                        let batch = std::mem::replace(&mut rows, Vec::with_capacity(ROWS_PER_PART));
+                        return tx.blocking_send(Ok(part(pb::result_part::Part::Rows(pb::Rows { rows: batch })))).is_ok();
+                    }
+                    true
+                },
+            );
+            let last = match result {
+                Ok(r) => {
+                    if !rows.is_empty() {
+                        let _ = tx.blocking_send(Ok(part(pb::result_part::Part::Rows(pb::Rows { rows }))));
+                    }
+                    Ok(part(pb::result_part::Part::Done(pb::Done {
+                        rows_affected: r.rows_affected,
+                        last_insert_rowid: r.last_insert_rowid,
+                        txn_id: String::new(),
+                    })))
+                }
+                Err(Failure::Statement(e)) => Err(Status::from(e)),
+                Err(Failure::Environment(e)) => Err(Status::from(Error::io(e))),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let mut groups: Vec<pb::GroupStatus> = self
+            .0
+            .groups
+            .values()
+            .map(|g| {
+                let m = g.raft.metrics().borrow_watched().clone();
+                pb::GroupStatus {
+                    group: g.id.0,
+                    node: self.0.id.0,
+                    leader: m.current_leader.unwrap_or(0),
+                    term: m.current_term,
+                    last_log_index: m.last_log_index.unwrap_or(0),
+                    applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+                    role: format!("{:?}", m.state),
+                    voters: m.membership_config.membership().voter_ids().collect(),
+                    snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
+                }
+            })
+            .collect();
+        groups.sort_by_key(|g| g.group);
+        let nodes = self.0.members.iter().map(|m| pb::NodeAddr { id: m.id, addr: m.addr.clone() }).collect();
+        Ok(Response::new(pb::StatusResponse { node: self.0.id.0, groups, nodes }))
+    }
+}
+
+/// The `Raft` service (storage server ↔ storage server).
+pub struct RaftService(pub Arc<Node>);
+
+fn decode_raft<T: for<'de> serde::Deserialize<'de>>(payload: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(payload).map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+}
+
+fn reply<T: serde::Serialize>(group: u64, value: &T) -> Response<pb::RaftMessage> {
+    Response::new(pb::RaftMessage { group, payload: serde_json::to_vec(value).expect("raft replies serialize") })
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let group = self.0.group(msg.group)?;
+        let r = group.raft.append_entries(decode_raft(&msg.payload)?).await;
+        Ok(reply(msg.group, &r))
+    }
+
+    async fn vote(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let group = self.0.group(msg.group)?;
+        let r = group.raft.vote(decode_raft(&msg.payload)?).await;
+        Ok(reply(msg.group, &r))
+    }
+
+    async fn snapshot(&self, request: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::RaftMessage>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let group = self.0.group(first.group)?.clone();
+        let header: SnapshotHeader = decode_raft(&first.header)?;
+        // Receive into an anonymous temporary file; the state machine copies it.
+        let scratch = anonymous_file(&self.0.scratch_dir)
+            .map_err(|e| Status::internal(format!("cannot buffer snapshot: {e}")))?;
+        let mut file = tokio::fs::File::from_std(scratch);
+        use tokio::io::AsyncWriteExt;
+        file.write_all(&first.data).await?;
+        while let Some(chunk) = chunks.message().await? {
+            if chunk.group != first.group {
+                return Err(Status::invalid_argument("snapshot chunks of different groups"));
+            }
+            file.write_all(&chunk.data).await?;
+        }
+        file.flush().await?;
+        let file: SnapshotData = file.into_std().await;
+        let snapshot = openraft::storage::Snapshot { meta: header.meta, snapshot: file };
+        let r = group.raft.install_full_snapshot(header.vote, snapshot).await;
+        Ok(reply(first.group, &r))
+    }
+}
+
+/// An unnamed file in `dir` (its name is removed at once; the space is
+/// freed when the handle closes).
+fn anonymous_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let path = dir.join(format!("incoming-{}", ulid::Ulid::generate()));
+    let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
+}

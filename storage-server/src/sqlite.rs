@@ -1,0 +1,316 @@
+//! SQLite connections as drsdb uses them: how they are opened, the
+//! deterministic functions every replica registers, the authorizer that
+//! keeps user SQL away from drsdb's own tables and from transaction
+//! control, and running one statement.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drsdb_common::{Error, Value};
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rusqlite::functions::FunctionFlags;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::command::{Column, Statement, StatementResult};
+
+/// Prefix of drsdb's own tables inside a group's database; user SQL may
+/// not name them.
+pub const INTERNAL_PREFIX: &str = "_drsdb";
+
+/// How long a connection waits for a lock held by another connection of
+/// the same process (a checkpoint, a snapshot being taken).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pragmas user SQL may run: read-only introspection.
+const ALLOWED_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+];
+
+/// The per-statement inputs of the deterministic functions.
+struct Env {
+    rng: ChaCha8Rng,
+    now_ms: i64,
+    last_ulid: Option<u128>,
+}
+
+/// A connection plus the switches drsdb flips around each statement.
+pub struct Db {
+    conn: Connection,
+    env: Arc<Mutex<Env>>,
+    internal: Arc<AtomicBool>,
+}
+
+/// Whether a SQLite error is the statement's fault or the environment's.
+#[derive(Debug)]
+pub enum Failure {
+    /// The statement failed (syntax, constraint, type): report it.
+    Statement(Error),
+    /// The disk or database failed: the replica must stop.
+    Environment(std::io::Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        let code = match &e {
+            rusqlite::Error::SqliteFailure(fe, _) | rusqlite::Error::SqlInputError { error: fe, .. } => {
+                Some(fe.code)
+            }
+            _ => None,
+        };
+        match code {
+            Some(
+                ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::DatabaseCorrupt
+                | ErrorCode::NotADatabase
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+                | ErrorCode::FileLockingProtocolFailed
+                | ErrorCode::PermissionDenied
+                | ErrorCode::ReadOnly,
+            ) => Failure::Environment(std::io::Error::other(e.to_string())),
+            _ => Failure::Statement(Error::invalid(statement_message(&e))),
+        }
+    }
+}
+
+/// SQLite's message for a failed statement, without rusqlite's decoration.
+fn statement_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) a group's database for writing: WAL,
+    /// full fsync, and the deterministic functions.
+    pub fn open_writer(path: &Path) -> rusqlite::Result<Db> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Self::wrap(conn)
+    }
+
+    /// Opens a group's database read-only (readers see the last committed
+    /// state, never an open transaction's changes).
+    pub fn open_reader(path: &Path) -> rusqlite::Result<Db> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.pragma_update(None, "query_only", true)?;
+        Self::wrap(conn)
+    }
+
+    fn wrap(mut conn: Connection) -> rusqlite::Result<Db> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let env = Arc::new(Mutex::new(Env {
+            rng: ChaCha8Rng::seed_from_u64(0),
+            now_ms: 0,
+            last_ulid: None,
+        }));
+        register_functions(&conn, &env)?;
+        let internal = Arc::new(AtomicBool::new(false));
+        let flag = internal.clone();
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&ctx, flag.load(Ordering::Relaxed))))?;
+        Ok(Db { conn, env, internal })
+    }
+
+    /// Runs drsdb's own SQL (transaction control, bookkeeping), bypassing
+    /// the authorizer.
+    pub fn internal<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        self.internal.store(true, Ordering::Relaxed);
+        let r = f(&self.conn);
+        self.internal.store(false, Ordering::Relaxed);
+        r
+    }
+
+    /// True outside any open SQLite transaction.
+    pub fn is_autocommit(&self) -> bool {
+        self.conn.is_autocommit()
+    }
+
+    /// Runs one user statement, handing each row to `on_row` (return false
+    /// to stop reading). Returns the columns and the change counts.
+    pub fn run(
+        &self,
+        stmt: &Statement,
+        mut on_columns: impl FnMut(&[Column]),
+        mut on_row: impl FnMut(Vec<Value>) -> bool,
+    ) -> Result<StatementResult, Failure> {
+        {
+            let mut env = self.env.lock().expect("env lock");
+            env.rng = ChaCha8Rng::seed_from_u64(stmt.seed);
+            env.now_ms = stmt.now_ms;
+            env.last_ulid = None;
+        }
+        let before = self.conn.total_changes();
+        let mut prepared = self.conn.prepare(&stmt.sql)?;
+        let expected = prepared.parameter_count();
+        if expected != stmt.params.len() {
+            return Err(Failure::Statement(Error::invalid(format!(
+                "statement has {expected} parameter(s) but {} value(s) were bound",
+                stmt.params.len()
+            ))));
+        }
+        let columns: Vec<Column> = prepared
+            .columns()
+            .map(|c| Column { name: c.name().to_string(), decl_type: c.decl_type().unwrap_or("").to_string() })
+            .collect();
+        on_columns(&columns);
+        let mut rows = prepared.query(rusqlite::params_from_iter(stmt.params.iter()))?;
+        let width = columns.len();
+        while let Some(row) = rows.next()? {
+            let mut values = Vec::with_capacity(width);
+            for i in 0..width {
+                values.push(Value::from(row.get_ref(i)?));
+            }
+            if !on_row(values) {
+                break;
+            }
+        }
+        drop(rows);
+        drop(prepared);
+        let changed = self.conn.total_changes() != before;
+        Ok(StatementResult {
+            columns,
+            rows: Vec::new(),
+            rows_affected: if changed { self.conn.changes() } else { 0 },
+            last_insert_rowid: self.conn.last_insert_rowid(),
+        })
+    }
+
+    /// Runs one statement and collects its rows.
+    pub fn run_collect(&self, stmt: &Statement) -> Result<StatementResult, Failure> {
+        let mut rows = Vec::new();
+        let mut result = self.run(stmt, |_| {}, |r| {
+            rows.push(r);
+            true
+        })?;
+        result.rows = rows;
+        Ok(result)
+    }
+}
+
+fn authorize(ctx: &AuthContext<'_>, internal: bool) -> Authorization {
+    if internal {
+        return Authorization::Allow;
+    }
+    let table = match ctx.action {
+        AuthAction::Transaction { .. } | AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
+            return Authorization::Deny;
+        }
+        AuthAction::Pragma { pragma_name, .. } => {
+            let ok = ALLOWED_PRAGMAS.iter().any(|p| p.eq_ignore_ascii_case(pragma_name));
+            return if ok { Authorization::Allow } else { Authorization::Deny };
+        }
+        AuthAction::CreateIndex { table_name, .. }
+        | AuthAction::CreateTable { table_name }
+        | AuthAction::CreateTempIndex { table_name, .. }
+        | AuthAction::CreateTempTable { table_name }
+        | AuthAction::CreateTempTrigger { table_name, .. }
+        | AuthAction::CreateTrigger { table_name, .. }
+        | AuthAction::Delete { table_name }
+        | AuthAction::DropIndex { table_name, .. }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::DropTempIndex { table_name, .. }
+        | AuthAction::DropTempTable { table_name }
+        | AuthAction::DropTempTrigger { table_name, .. }
+        | AuthAction::DropTrigger { table_name, .. }
+        | AuthAction::Insert { table_name }
+        | AuthAction::Read { table_name, .. }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::Analyze { table_name } => table_name,
+        AuthAction::CreateView { view_name } | AuthAction::DropView { view_name } => view_name,
+        _ => return Authorization::Allow,
+    };
+    if table.len() >= INTERNAL_PREFIX.len() && table[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX) {
+        Authorization::Deny
+    } else {
+        Authorization::Allow
+    }
+}
+
+/// `random()`, `randomblob(n)` and `ulid()`, drawn from the statement's
+/// seed so that every replica computes the same values.
+fn register_functions(conn: &Connection, env: &Arc<Mutex<Env>>) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8;
+    let e = env.clone();
+    conn.create_scalar_function("random", 0, flags, move |_| {
+        Ok(e.lock().expect("env lock").rng.next_u64() as i64)
+    })?;
+    let e = env.clone();
+    conn.create_scalar_function("randomblob", 1, flags, move |ctx| {
+        // SQLite: a size below 1 gives one byte.
+        let n = ctx.get::<i64>(0).unwrap_or(1).clamp(1, i64::from(i32::MAX)) as usize;
+        let mut bytes = vec![0u8; n];
+        e.lock().expect("env lock").rng.fill_bytes(&mut bytes);
+        Ok(bytes)
+    })?;
+    let e = env.clone();
+    conn.create_scalar_function("ulid", 0, flags, move |_| {
+        const RANDOM_MASK: u128 = (1u128 << 80) - 1;
+        let mut env = e.lock().expect("env lock");
+        // Within a statement ulids increase: the random part counts up from
+        // one random start, as ULID's monotonic mode does.
+        let random = match env.last_ulid {
+            Some(last) => (last + 1) & RANDOM_MASK,
+            None => {
+                let hi = u128::from(env.rng.next_u64());
+                let lo = u128::from(env.rng.next_u64());
+                // Start in the lower half so that counting up never wraps.
+                ((hi << 64) | lo) & (RANDOM_MASK >> 1)
+            }
+        };
+        env.last_ulid = Some(random);
+        Ok(ulid::Ulid::from_parts(env.now_ms.max(0) as u64, random).to_string())
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stmt(sql: &str, seed: u64) -> Statement {
+        Statement { sql: sql.into(), params: vec![], seed, now_ms: 1_700_000_000_000 }
+    }
+
+    #[test]
+    fn seeded_functions_repeat_on_every_replica() {
+        let a = Db::open_writer(Path::new(":memory:")).unwrap();
+        let b = Db::open_writer(Path::new(":memory:")).unwrap();
+        let s = stmt("SELECT random(), hex(randomblob(8)), ulid(), ulid()", 42);
+        let ra = a.run_collect(&s).unwrap();
+        let rb = b.run_collect(&s).unwrap();
+        assert_eq!(ra.rows, rb.rows);
+        let other = a.run_collect(&stmt("SELECT random()", 43)).unwrap();
+        assert_ne!(other.rows[0][0], ra.rows[0][0]);
+        let (Value::Text(u1), Value::Text(u2)) = (&ra.rows[0][2], &ra.rows[0][3]) else { panic!() };
+        assert!(u1 < u2, "ulids within a statement increase: {u1} {u2}");
+        assert!(u1.starts_with("01HF"), "timestamp part encodes now_ms: {u1}");
+    }
+
+    #[test]
+    fn user_sql_cannot_touch_internal_tables_or_transactions() {
+        let db = Db::open_writer(Path::new(":memory:")).unwrap();
+        db.internal(|c| c.execute_batch("CREATE TABLE _drsdb_raft(x)")).unwrap();
+        for sql in ["SELECT * FROM _drsdb_raft", "DROP TABLE _drsdb_raft", "BEGIN", "COMMIT", "ATTACH 'x' AS y", "PRAGMA journal_mode=DELETE"] {
+            assert!(db.run_collect(&stmt(sql, 0)).is_err(), "{sql} must be refused");
+        }
+        db.run_collect(&stmt("CREATE TABLE t(a INTEGER)", 0)).unwrap();
+        let r = db.run_collect(&stmt("PRAGMA table_info(t)", 0)).unwrap();
+        assert_eq!(r.rows.len(), 1);
+    }
+}

@@ -1,0 +1,504 @@
+//! A group's state machine: a SQLite database that applies committed
+//! commands in log order.
+//!
+//! ## Files (in the group's directory)
+//! - `data-N.db`: the database of generation N. Installing a snapshot
+//!   writes generation N+1 and switches to it; `CURRENT` names the live one.
+//! - `snapshot-T-I.db` + `snapshot.json`: the latest snapshot (a
+//!   `VACUUM INTO` copy) and its metadata.
+//!
+//! ## Invariants
+//! - The row of `_drsdb_raft` holds the applied log id and membership, and
+//!   is written in the same SQLite transaction as the effects of the entries
+//!   it covers. So the database is always a consistent prefix of the log:
+//!   after a crash, openraft re-applies from that id.
+//! - An explicit transaction keeps a SQLite transaction open across entries.
+//!   While it is open the `_drsdb_raft` row stays at the entry before its
+//!   `Begin`; entries applied meanwhile advance only the in-memory applied
+//!   id. Other writes are answered `Busy` without effect (their proposer
+//!   re-proposes them once the group is free), so replaying from the row's
+//!   id rebuilds exactly the same state, open transaction included.
+//! - Readers use their own read-only connections and see only committed
+//!   data; snapshots are taken the same way, so a snapshot never contains
+//!   an uncommitted transaction and its id is the row's id.
+//! - An error from SQLite that is the environment's (I/O, disk full,
+//!   corruption) fails `apply`, which stops this replica's Raft: a replica
+//!   stops rather than diverges. A statement's own error is its result.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use drsdb_common::{Error, TxnId};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::command::{Command, CommandResult, Outcome, StatementResult};
+use crate::sqlite::{Db, Failure};
+use crate::types::{LogId, Payload, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// The snapshot a group hands to openraft: an open file holding a SQLite
+/// database. Open handles keep the data readable even after a newer
+/// snapshot replaces the file.
+pub type SnapshotData = std::fs::File;
+type Snapshot = openraft::storage::Snapshot<
+    openraft::type_config::alias::CommittedLeaderIdOf<TypeConfig>,
+    u64,
+    openraft::BasicNode,
+    SnapshotData,
+>;
+
+const CURRENT_FILE: &str = "CURRENT";
+const SNAPSHOT_META_FILE: &str = "snapshot.json";
+
+/// The explicit transaction holding a group, as seen by this replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holder {
+    /// The transaction.
+    pub txn: TxnId,
+    /// When this replica last applied one of its commands (local clock;
+    /// the leader uses it to roll back idle transactions).
+    pub last_activity: Instant,
+}
+
+/// A group's state machine. Clones share the same database.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Mutex<Inner>>,
+    shared: Arc<Shared>,
+}
+
+/// What readers and the write path need without taking the apply lock.
+pub struct Shared {
+    dir: PathBuf,
+    /// Path of the live database file.
+    current: Mutex<PathBuf>,
+    /// The transaction holding the group, if any.
+    holder: watch::Sender<Option<Holder>>,
+}
+
+impl Shared {
+    /// Path of the live database, for opening a reader.
+    pub fn current_db(&self) -> PathBuf {
+        self.current.lock().expect("current lock").clone()
+    }
+
+    /// Watches which transaction holds the group.
+    pub fn holder(&self) -> watch::Receiver<Option<Holder>> {
+        self.holder.subscribe()
+    }
+}
+
+struct Inner {
+    db: Db,
+    generation: u64,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    txn: Option<TxnId>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotRecord {
+    meta: SnapshotMeta,
+    file: String,
+}
+
+fn to_io(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn db_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("data-{generation}.db"))
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync dir).
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates the bookkeeping table if needed and reads the applied state.
+fn load_applied(db: &Db) -> io::Result<(Option<LogId>, StoredMembership)> {
+    db.internal(|c| {
+        c.execute_batch(
+            "CREATE TABLE IF NOT EXISTS _drsdb_raft(id INTEGER PRIMARY KEY CHECK (id = 0), applied TEXT NOT NULL, membership TEXT NOT NULL)",
+        )
+    })
+    .map_err(to_io)?;
+    db.internal(|c| Ok(read_applied(c))).map_err(to_io)?
+}
+
+impl StateMachine {
+    /// Opens the state machine in `dir`, creating an empty one if needed.
+    pub fn open(dir: &Path) -> io::Result<StateMachine> {
+        std::fs::create_dir_all(dir)?;
+        let generation = match std::fs::read_to_string(dir.join(CURRENT_FILE)) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("corrupt {}: {e}", dir.join(CURRENT_FILE).display()))
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                write_atomic(&dir.join(CURRENT_FILE), b"0")?;
+                0
+            }
+            Err(e) => return Err(e),
+        };
+        let path = db_path(dir, generation);
+        let db = Db::open_writer(&path).map_err(to_io)?;
+        let (last_applied, membership) = load_applied(&db)?;
+        let (holder, _) = watch::channel(None);
+        Ok(StateMachine {
+            inner: Arc::new(Mutex::new(Inner { db, generation, last_applied, membership, txn: None })),
+            shared: Arc::new(Shared { dir: dir.to_path_buf(), current: Mutex::new(path), holder }),
+        })
+    }
+
+    /// The parts readers and the write path use.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&mut Inner, &Shared) -> io::Result<T> + Send + 'static) -> io::Result<T> {
+        let inner = self.inner.clone();
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&mut inner.lock().expect("state machine lock"), &shared))
+            .await
+            .map_err(to_io)?
+    }
+}
+
+impl Inner {
+    /// Writes the applied state into the open SQLite transaction.
+    fn write_applied(&self) -> io::Result<()> {
+        let applied = serde_json::to_string(&self.last_applied).map_err(to_io)?;
+        let membership = serde_json::to_string(&self.membership).map_err(to_io)?;
+        self.db
+            .internal(|c| {
+                c.execute(
+                    "INSERT OR REPLACE INTO _drsdb_raft(id, applied, membership) VALUES (0, ?1, ?2)",
+                    [applied, membership],
+                )
+            })
+            .map_err(to_io)?;
+        Ok(())
+    }
+
+    /// Runs `f` in its own SQLite transaction that also records the applied
+    /// state. Outside explicit transactions only.
+    fn in_write_txn<T>(&mut self, f: impl FnOnce(&mut Inner) -> io::Result<T>) -> io::Result<T> {
+        self.db.internal(|c| c.execute_batch("BEGIN IMMEDIATE")).map_err(to_io)?;
+        let r = f(self).and_then(|v| {
+            self.write_applied()?;
+            self.db.internal(|c| c.execute_batch("COMMIT")).map_err(to_io)?;
+            Ok(v)
+        });
+        if r.is_err() && !self.db.is_autocommit() {
+            let _ = self.db.internal(|c| c.execute_batch("ROLLBACK"));
+        }
+        r
+    }
+
+    fn set_holder(&self, shared: &Shared) {
+        let holder = self.txn.clone().map(|txn| Holder { txn, last_activity: Instant::now() });
+        shared.holder.send_replace(holder);
+    }
+
+    fn apply(&mut self, shared: &Shared, log_id: LogId, payload: Payload) -> io::Result<CommandResult> {
+        self.last_applied = Some(log_id.clone());
+        let command = match payload {
+            EntryPayload::Blank => None,
+            EntryPayload::Membership(m) => {
+                self.membership = StoredMembership::new(Some(log_id), m);
+                None
+            }
+            EntryPayload::Normal(c) => Some(c),
+        };
+        let Some(command) = command else {
+            if self.txn.is_none() {
+                self.in_write_txn(|_| Ok(()))?;
+            }
+            return Ok(CommandResult::None);
+        };
+        match command {
+            Command::Batch(statements) => {
+                if self.txn.is_some() {
+                    return Ok(CommandResult::Busy);
+                }
+                let outcomes = self.in_write_txn(|me| {
+                    statements.iter().map(|s| me.run_in_savepoint(s)).collect::<io::Result<Vec<Outcome>>>()
+                })?;
+                Ok(CommandResult::Batch(outcomes))
+            }
+            Command::Begin(txn) => {
+                match &self.txn {
+                    Some(t) if *t == txn => return Ok(CommandResult::Txn(Ok(StatementResult::default()))),
+                    Some(_) => return Ok(CommandResult::Busy),
+                    None => {}
+                }
+                self.db.internal(|c| c.execute_batch("BEGIN IMMEDIATE")).map_err(to_io)?;
+                self.txn = Some(txn);
+                self.set_holder(shared);
+                Ok(CommandResult::Txn(Ok(StatementResult::default())))
+            }
+            Command::InTxn(txn, statement) => {
+                if self.txn.as_ref() != Some(&txn) {
+                    return Ok(CommandResult::Txn(Err(not_open(&txn))));
+                }
+                self.set_holder(shared);
+                let outcome = match self.db.run_collect(&statement) {
+                    Ok(r) => Ok(r),
+                    Err(Failure::Statement(e)) => Err(e),
+                    Err(Failure::Environment(e)) => return Err(e),
+                };
+                if self.db.is_autocommit() {
+                    // SQLite itself rolled the whole transaction back (some
+                    // errors do): the group is free again.
+                    self.txn = None;
+                    self.in_write_txn(|_| Ok(()))?;
+                    self.set_holder(shared);
+                    return Ok(CommandResult::Txn(Err(Error::Retryable(format!(
+                        "{}; the transaction was rolled back, start again with BEGIN",
+                        outcome.err().map(|e| e.to_string()).unwrap_or_default()
+                    )))));
+                }
+                Ok(CommandResult::Txn(outcome))
+            }
+            Command::Commit(txn) => {
+                if self.txn.as_ref() != Some(&txn) {
+                    return Ok(CommandResult::Txn(Err(not_open(&txn))));
+                }
+                self.write_applied()?;
+                let committed = self.db.internal(|c| c.execute_batch("COMMIT"));
+                let outcome = match committed {
+                    Ok(()) => Ok(StatementResult::default()),
+                    Err(e) => {
+                        // A deferred constraint failed: roll back, record progress.
+                        let msg = match Failure::from(e) {
+                            Failure::Statement(e) => e.to_string(),
+                            Failure::Environment(e) => return Err(e),
+                        };
+                        self.db.internal(|c| c.execute_batch("ROLLBACK")).map_err(to_io)?;
+                        self.in_write_txn(|_| Ok(()))?;
+                        Err(Error::invalid(format!("{msg}; the transaction was rolled back")))
+                    }
+                };
+                self.txn = None;
+                self.set_holder(shared);
+                Ok(CommandResult::Txn(outcome))
+            }
+            Command::Rollback(txn) => {
+                if self.txn.as_ref() == Some(&txn) {
+                    self.db.internal(|c| c.execute_batch("ROLLBACK")).map_err(to_io)?;
+                    self.txn = None;
+                    self.in_write_txn(|_| Ok(()))?;
+                    self.set_holder(shared);
+                }
+                Ok(CommandResult::Txn(Ok(StatementResult::default())))
+            }
+        }
+    }
+
+    /// Runs one autocommit statement of a batch inside a savepoint, so that
+    /// its failure undoes only itself.
+    fn run_in_savepoint(&mut self, statement: &crate::command::Statement) -> io::Result<Outcome> {
+        self.db.internal(|c| c.execute_batch("SAVEPOINT stmt")).map_err(to_io)?;
+        match self.db.run_collect(statement) {
+            Ok(r) => {
+                self.db.internal(|c| c.execute_batch("RELEASE stmt")).map_err(to_io)?;
+                Ok(Ok(r))
+            }
+            Err(Failure::Statement(e)) => {
+                self.db.internal(|c| c.execute_batch("ROLLBACK TO stmt; RELEASE stmt")).map_err(to_io)?;
+                Ok(Err(e))
+            }
+            Err(Failure::Environment(e)) => Err(e),
+        }
+    }
+
+    /// Takes a consistent copy of the committed database.
+    fn build_snapshot(&mut self, shared: &Shared) -> io::Result<(SnapshotMeta, PathBuf)> {
+        let tmp = shared.dir.join("snapshot.building");
+        let _ = std::fs::remove_file(&tmp);
+        // A separate connection sees only committed data.
+        let source = Connection::open_with_flags(shared.current_db(), OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(to_io)?;
+        source.execute("VACUUM INTO ?1", [tmp.to_string_lossy()]).map_err(to_io)?;
+        drop(source);
+        let copy = Connection::open_with_flags(&tmp, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(to_io)?;
+        let (last_log_id, last_membership) = read_applied(&copy)?;
+        drop(copy);
+        std::fs::File::open(&tmp)?.sync_all()?;
+        let meta = SnapshotMeta { last_log_id, last_membership };
+        let path = shared.dir.join(snapshot_file_name(&meta));
+        std::fs::rename(&tmp, &path)?;
+        record_snapshot(shared, &meta, &path)?;
+        Ok((meta, path))
+    }
+
+    fn install_snapshot(&mut self, shared: &Shared, meta: &SnapshotMeta, mut data: SnapshotData) -> io::Result<()> {
+        use std::io::Seek;
+        // Keep a copy as our own current snapshot.
+        let snapshot_path = shared.dir.join(snapshot_file_name(meta));
+        {
+            let mut out = std::fs::File::create(&snapshot_path)?;
+            data.rewind()?;
+            io::copy(&mut data, &mut out)?;
+            out.sync_all()?;
+        }
+        // The next generation of the live database is a copy of it.
+        let next = self.generation + 1;
+        let next_path = db_path(&shared.dir, next);
+        let _ = std::fs::remove_file(&next_path);
+        std::fs::copy(&snapshot_path, &next_path)?;
+        std::fs::File::open(&next_path)?.sync_all()?;
+        let db = Db::open_writer(&next_path).map_err(to_io)?;
+        let (applied, membership) = load_applied(&db)?;
+        if applied != meta.last_log_id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot claims {:?} but holds {:?}", meta.last_log_id, applied),
+            ));
+        }
+        write_atomic(&shared.dir.join(CURRENT_FILE), next.to_string().as_bytes())?;
+        let old = std::mem::replace(&mut self.db, db);
+        drop(old);
+        let old_path = db_path(&shared.dir, self.generation);
+        self.generation = next;
+        *shared.current.lock().expect("current lock") = next_path;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", old_path.display()));
+        }
+        self.last_applied = applied;
+        self.membership = membership;
+        self.txn = None;
+        self.set_holder(shared);
+        record_snapshot(shared, meta, &snapshot_path)
+    }
+}
+
+fn not_open(txn: &TxnId) -> Error {
+    Error::Retryable(format!(
+        "transaction {txn} is not open (it was rolled back, perhaps after sitting idle); start again with BEGIN"
+    ))
+}
+
+/// Reads the applied state recorded in a database.
+fn read_applied(c: &Connection) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let row = c
+        .query_row("SELECT applied, membership FROM _drsdb_raft WHERE id = 0", [], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .optional()
+        .map_err(to_io)?;
+    let corrupt = |e: serde_json::Error| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt applied state: {e}"));
+    match row {
+        None => Ok((None, StoredMembership::default())),
+        Some((a, m)) => Ok((serde_json::from_str(&a).map_err(corrupt)?, serde_json::from_str(&m).map_err(corrupt)?)),
+    }
+}
+
+fn snapshot_file_name(meta: &SnapshotMeta) -> String {
+    match &meta.last_log_id {
+        Some(l) => format!("snapshot-{}-{}.db", l.leader_id.term, l.index),
+        None => "snapshot-0-0.db".into(),
+    }
+}
+
+/// Makes `path` the current snapshot and removes older snapshot files.
+fn record_snapshot(shared: &Shared, meta: &SnapshotMeta, path: &Path) -> io::Result<()> {
+    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let record = SnapshotRecord { meta: meta.clone(), file: file.clone() };
+    write_atomic(&shared.dir.join(SNAPSHOT_META_FILE), &serde_json::to_vec(&record).map_err(to_io)?)?;
+    for entry in std::fs::read_dir(&shared.dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("snapshot-") && name.ends_with(".db") && name != file {
+            // Senders that opened an older snapshot keep reading it.
+            let _ = std::fs::remove_file(shared.dir.join(name));
+        }
+    }
+    Ok(())
+}
+
+fn current_snapshot(shared: &Shared) -> io::Result<Option<Snapshot>> {
+    let bytes = match std::fs::read(shared.dir.join(SNAPSHOT_META_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let record: SnapshotRecord = serde_json::from_slice(&bytes).map_err(to_io)?;
+    let file = std::fs::File::open(shared.dir.join(&record.file))?;
+    Ok(Some(Snapshot { meta: record.meta, snapshot: file }))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let (meta, path) = self.blocking(|inner, shared| inner.build_snapshot(shared)).await?;
+        let file = std::fs::File::open(path)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, "built snapshot");
+        Ok(Snapshot { meta, snapshot: file })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        self.blocking(|inner, _| Ok((inner.last_applied.clone(), inner.membership.clone()))).await
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
+    where
+        S: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
+    {
+        let mut batch = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            batch.push((entry, responder));
+        }
+        let responders = self
+            .blocking(move |inner, shared| {
+                let mut out = Vec::with_capacity(batch.len());
+                for (entry, responder) in batch {
+                    let result = inner.apply(shared, entry.log_id, entry.payload)?;
+                    out.push((responder, result));
+                }
+                Ok(out)
+            })
+            .await?;
+        for (responder, result) in responders {
+            if let Some(r) = responder {
+                r.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+        let meta = meta.clone();
+        tracing::info!(last_log_id = ?meta.last_log_id, "installing snapshot");
+        self.blocking(move |inner, shared| inner.install_snapshot(shared, &meta, snapshot)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || current_snapshot(&shared)).await.map_err(to_io)?
+    }
+}
