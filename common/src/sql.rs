@@ -96,6 +96,18 @@ impl<'a> Offsets<'a> {
 /// statement's text (without the `;`). Trigger bodies (`BEGIN … END`) stay
 /// whole. Empty statements and comments between statements are dropped.
 pub fn split_script(script: &str) -> Result<Vec<String>> {
+    Ok(split(script)?.0)
+}
+
+/// True when `script` ends with a complete statement (a terminating `;`
+/// outside strings, comments and trigger bodies) or holds nothing but
+/// whitespace and comments. The shell reads lines until this holds.
+/// Text that does not even tokenize (an open quote) is incomplete.
+pub fn is_complete(script: &str) -> bool {
+    split(script).map(|(_, complete)| complete).unwrap_or(false)
+}
+
+fn split(script: &str) -> Result<(Vec<String>, bool)> {
     let tokens = tokenize(script)?;
     let offsets = Offsets::new(script);
     let mut statements = Vec::new();
@@ -137,13 +149,14 @@ pub fn split_script(script: &str) -> Result<Vec<String>> {
         }
         last_word = kw;
     }
+    let complete = start.is_none();
     if let Some(s) = start {
         let rest = script[s..].trim();
         if !rest.is_empty() {
             statements.push(rest.to_string());
         }
     }
-    Ok(statements)
+    Ok((statements, complete))
 }
 
 /// Classifies one statement by its leading keywords.
@@ -267,6 +280,16 @@ mod tests {
         let s = split_script(script).unwrap();
         assert_eq!(s.len(), 2, "{s:?}");
         assert!(s[0].ends_with("END"));
+    }
+
+    #[test]
+    fn completeness() {
+        assert!(is_complete("select 1;"));
+        assert!(is_complete("  -- nothing\n"));
+        assert!(!is_complete("select 1"));
+        assert!(!is_complete("select ';"));
+        assert!(!is_complete("CREATE TRIGGER t AFTER INSERT ON x BEGIN SELECT 1;"));
+        assert!(is_complete("CREATE TRIGGER t AFTER INSERT ON x BEGIN SELECT 1; END;"));
     }
 
     #[test]

@@ -1,1 +1,46 @@
+//! # drsdb index server
+//!
+//! A stateless SQL layer. Any number run; any one serves any client. It
+//! holds a cached copy of the catalog and nothing else: a transaction is
+//! named by an id the client sends with each of its statements, and its
+//! state lives in the storage group it holds.
+//!
+//! ## The life of a query
+//! 1. The client's driver has already parsed the statement (syntax errors
+//!    never leave the client) and sends its text, parameters and any open
+//!    transaction id to `Sql.Execute` (`service`).
+//! 2. The executor (`executor`) classifies it by its leading keywords
+//!    (read, write, DDL, transaction control, SHOW) and pins the wall
+//!    clock: `'now'` and `CURRENT_TIMESTAMP` become literals, and a random
+//!    seed is drawn for `random()`, `randomblob()` and `ulid()`. From here
+//!    on the statement is deterministic.
+//! 3. Writes are checked against the catalog (`meta`): a target table that
+//!    the cache, the meta group and the data group's schema all lack is an
+//!    error before anything is proposed.
+//! 4. The statement goes to the leader of its group (`cluster`), following
+//!    leader changes: a write becomes a Raft entry (group commit batches it
+//!    with others), a read waits for a ReadIndex barrier. Inside a
+//!    transaction every statement, reads included, is an entry of the
+//!    group's log, so it sees the transaction's own writes.
+//! 5. Rows stream back part by part (columns, row batches, `Done`); a read
+//!    is relayed as the storage server produces it, never held whole.
+//! 6. After DDL the data group's schema is recorded as the catalog in the
+//!    meta group, where other index servers read it.
+//!
+//! `SHOW …` statements (`introspection`) answer from the storage servers'
+//! Raft status and the meta group.
+//!
+//! ## Not yet
+//! One data group holds every table: no sharding, no distributed planning,
+//! no pushdown (they come with the sharding issue). Writes are not
+//! deduplicated: a write whose reply was lost is reported as possibly
+//! applied rather than retried.
 
+mod cluster;
+mod executor;
+mod introspection;
+mod meta;
+mod server;
+mod service;
+
+pub use server::{serve, MAX_REQUEST};

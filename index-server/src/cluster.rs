@@ -1,0 +1,211 @@
+//! The index server's view of the storage tier: which storage servers
+//! exist, which one leads each group, and sending requests to leaders.
+//!
+//! Leaders are learned from `NotLeader` replies and from `Status` calls,
+//! never configured. A request that meets a follower goes to the leader it
+//! names; one that meets a dead server tries the next server. Writes are
+//! re-sent only when the first attempt certainly did not reach a leader
+//! (a `NotLeader` refusal or a failed connect), so a write is never
+//! applied twice by a retry here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use drsdb_common::tls::Dialer;
+use drsdb_common::{Error, GroupId, Result};
+use drsdb_proto as pb;
+use drsdb_storage::{Command, CommandResult};
+use tonic::transport::Channel;
+
+/// How long a request keeps looking for a leader before giving up.
+const LEADER_DEADLINE: Duration = Duration::from_secs(10);
+/// Pause before retrying when no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Largest message from a storage server.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Storage servers and group leaders as this index server knows them.
+pub struct Cluster {
+    dialer: Dialer,
+    seeds: Vec<String>,
+    nodes: RwLock<BTreeMap<u64, String>>,
+    channels: RwLock<HashMap<String, Channel>>,
+    leaders: RwLock<HashMap<GroupId, u64>>,
+}
+
+/// True when a failed call certainly never reached the server's handler.
+fn never_arrived(e: &tonic::Status) -> bool {
+    e.code() == tonic::Code::Unavailable && {
+        let m = e.message().to_ascii_lowercase();
+        m.contains("connect") || m.contains("refused")
+    }
+}
+
+impl Cluster {
+    /// A cluster reached through `seeds` (storage server addresses).
+    pub fn new(dialer: Dialer, seeds: Vec<String>) -> Cluster {
+        Cluster {
+            dialer,
+            seeds,
+            nodes: RwLock::new(BTreeMap::new()),
+            channels: RwLock::new(HashMap::new()),
+            leaders: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel> {
+        if let Some(c) = self.channels.read().expect("channels lock").get(addr) {
+            return Ok(c.clone());
+        }
+        let c = self.dialer.lazy(addr)?;
+        self.channels.write().expect("channels lock").insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn client(&self, addr: &str) -> Result<pb::storage_client::StorageClient<Channel>> {
+        Ok(pb::storage_client::StorageClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// Every storage server address known (seeds first if nothing else).
+    pub fn addresses(&self) -> Vec<(u64, String)> {
+        let nodes = self.nodes.read().expect("nodes lock");
+        if nodes.is_empty() {
+            return self.seeds.iter().map(|s| (0, s.clone())).collect();
+        }
+        nodes.iter().map(|(id, a)| (*id, a.clone())).collect()
+    }
+
+    /// Asks one storage server for its status and learns the node list and
+    /// the leaders it knows.
+    pub async fn status_of(&self, addr: &str) -> Result<pb::StatusResponse> {
+        let status = self.client(addr)?.status(pb::StatusRequest {}).await?.into_inner();
+        if !status.nodes.is_empty() {
+            let mut nodes = self.nodes.write().expect("nodes lock");
+            for n in &status.nodes {
+                nodes.insert(n.id, n.addr.clone());
+            }
+        }
+        let mut leaders = self.leaders.write().expect("leaders lock");
+        for g in &status.groups {
+            if g.leader != 0 {
+                leaders.insert(GroupId(g.group), g.leader);
+            }
+        }
+        Ok(status)
+    }
+
+    /// Refreshes the node list from any reachable storage server.
+    pub async fn refresh(&self) -> Result<()> {
+        let mut last = Error::unavailable("no storage server configured");
+        for (_, addr) in self.addresses() {
+            match self.status_of(&addr).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(Error::unavailable(format!("no storage server answers ({last}); check storage_seeds")))
+    }
+
+    /// The address to try for `group`'s leader: the cached leader, or the
+    /// `attempt`-th known server.
+    fn target(&self, group: GroupId, attempt: usize) -> Option<String> {
+        let nodes = self.addresses();
+        if nodes.is_empty() {
+            return None;
+        }
+        if let Some(leader) = self.leaders.read().expect("leaders lock").get(&group) {
+            if let Some((_, addr)) = nodes.iter().find(|(id, _)| id == leader) {
+                return Some(addr.clone());
+            }
+        }
+        Some(nodes[attempt % nodes.len()].1.clone())
+    }
+
+    fn learn(&self, group: GroupId, e: &Error) {
+        let mut leaders = self.leaders.write().expect("leaders lock");
+        match e {
+            Error::NotLeader { leader: Some(l), .. } => {
+                leaders.insert(group, l.0);
+            }
+            _ => {
+                leaders.remove(&group);
+            }
+        }
+    }
+
+    /// Runs `call` against `group`'s leader, following leader changes
+    /// until it succeeds, fails for a reason that retrying cannot fix, or
+    /// the deadline passes. `idempotent` calls are also retried after
+    /// failures whose outcome is unknown.
+    async fn with_leader<T, F, Fut>(&self, group: GroupId, idempotent: bool, mut call: F) -> Result<T>
+    where
+        F: FnMut(pb::storage_client::StorageClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + LEADER_DEADLINE;
+        let mut attempt = 0;
+        loop {
+            if self.nodes.read().expect("nodes lock").is_empty() {
+                let _ = self.refresh().await;
+            }
+            let Some(addr) = self.target(group, attempt) else {
+                return Err(Error::unavailable("no storage servers known"));
+            };
+            attempt += 1;
+            let status = match call(self.client(&addr)?).await {
+                Ok(v) => return Ok(v),
+                Err(s) => s,
+            };
+            let arrived = !never_arrived(&status);
+            let error = Error::from(status);
+            let retry = match &error {
+                Error::NotLeader { .. } => true,
+                Error::Unavailable(_) => idempotent || !arrived,
+                _ => false,
+            };
+            self.learn(group, &error);
+            if !retry || tokio::time::Instant::now() >= deadline {
+                return Err(match error {
+                    Error::Unavailable(m) if !idempotent && arrived => Error::Unavailable(format!(
+                        "{m}; the write may or may not have been applied, check before sending it again"
+                    )),
+                    Error::NotLeader { group, .. } => {
+                        Error::unavailable(format!("group {group} has no leader right now; try again shortly"))
+                    }
+                    other => other,
+                });
+            }
+            if !matches!(error, Error::NotLeader { leader: Some(_), .. }) {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    /// Proposes `command` to `group` and returns its result.
+    pub async fn write(&self, group: GroupId, command: &Command) -> Result<CommandResult> {
+        let bytes = drsdb_storage::encode(command);
+        let reply = self
+            .with_leader(group, false, |mut client| {
+                let req = pb::WriteRequest { group: group.0, command: bytes.clone() };
+                async move { client.write(req).await }
+            })
+            .await?;
+        drsdb_storage::decode(&reply.into_inner().result)
+    }
+
+    /// Runs a read on `group`'s leader (after its linearizable read
+    /// barrier) and returns the row stream.
+    pub async fn read(&self, req: pb::ReadRequest) -> Result<tonic::Streaming<pb::ResultPart>> {
+        let group = GroupId(req.group);
+        let response = self
+            .with_leader(group, true, |mut client| {
+                let req = req.clone();
+                async move { client.read(req).await }
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+}

@@ -1,0 +1,89 @@
+//! Wiring: connect to the storage tier, announce this server in the meta
+//! group, serve the `Sql` service until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drsdb_common::config::IndexConfig;
+use drsdb_common::tls::{self, Dialer};
+use drsdb_common::{Error, Result};
+use drsdb_proto as pb;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::cluster::Cluster;
+use crate::executor::Executor;
+use crate::meta;
+use crate::service::SqlService;
+
+/// Largest request a client may send (a statement and its parameters).
+pub const MAX_REQUEST: usize = 16 << 20;
+/// An index server counts as alive for this many announce intervals.
+const LIVENESS_INTERVALS: i64 = 3;
+/// Announce interval, shared with the liveness check (set once at start).
+static ANNOUNCE_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Index servers that announced themselves within the liveness window.
+pub async fn live_index_servers(cluster: &Cluster) -> Result<Vec<String>> {
+    let interval = *ANNOUNCE_MS.get().unwrap_or(&2_000);
+    meta::live_index_servers(cluster, now_ms() - LIVENESS_INTERVALS * interval).await
+}
+
+/// Keeps the meta schema present, this server announced and the catalog
+/// fresh.
+async fn maintain(executor: Arc<Executor>, advertise: String, interval: Duration) {
+    let mut schema_ready = false;
+    loop {
+        if !schema_ready {
+            match meta::ensure_schema(&executor.cluster).await {
+                Ok(()) => schema_ready = true,
+                Err(e) => tracing::debug!("meta schema not ready: {e}"),
+            }
+        }
+        if schema_ready {
+            if let Err(e) = meta::announce(&executor.cluster, &advertise, now_ms()).await {
+                tracing::debug!("announce failed: {e}");
+            }
+            if let Err(e) = executor.refresh_catalog().await {
+                tracing::debug!("catalog refresh failed: {e}");
+            }
+        }
+        tokio::time::sleep(if schema_ready { interval } else { interval / 10 }).await;
+    }
+}
+
+/// Runs an index server on `listener` until `shutdown` completes.
+pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    config.validate()?;
+    let _ = ANNOUNCE_MS.set(config.announce_interval_ms as i64);
+    let addr = listener.local_addr().map_err(Error::from)?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let cluster = Arc::new(Cluster::new(Dialer::new(&config.tls)?, config.storage_seeds.clone()));
+    if let Err(e) = cluster.refresh().await {
+        tracing::warn!("storage tier not reachable yet: {e}");
+    }
+    let executor = Arc::new(Executor::new(cluster, config.rows_per_batch));
+    let maintenance = tokio::spawn(maintain(
+        executor.clone(),
+        advertise,
+        Duration::from_millis(config.announce_interval_ms),
+    ));
+    let mut builder = Server::builder();
+    if let Some(tls) = tls::server_config(&config.tls)? {
+        builder = builder.tls_config(tls).map_err(|e| Error::invalid(format!("TLS: {e}")))?;
+    }
+    tracing::info!(%addr, "index server listening");
+    let served = builder
+        .add_service(pb::sql_server::SqlServer::new(SqlService(executor)).max_decoding_message_size(MAX_REQUEST))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    maintenance.abort();
+    tracing::info!(%addr, "index server stopped");
+    served.map_err(|e| Error::io(format!("gRPC server: {e}")))
+}
