@@ -1,1 +1,35 @@
+//! # drsdb client
+//!
+//! The Rust driver for drsdb. It connects to a list of index servers over
+//! mutual TLS, checks each statement's syntax locally (a malformed
+//! statement never leaves the process), sends it with typed parameters,
+//! and streams typed rows back.
+//!
+//! ```no_run
+//! use drsdb_client::{params, Client};
+//! use drsdb_common::tls;
+//!
+//! # async fn demo() -> drsdb_common::Result<()> {
+//! let tls = tls::client_config_in("drsdb-data/certs".as_ref());
+//! let mut db = Client::connect(&["127.0.0.1:7001".into()], &tls).await?;
+//! db.execute("CREATE TABLE kv(k TEXT PRIMARY KEY, v INTEGER)", &[]).await?;
+//! db.execute("INSERT INTO kv VALUES (?1, ?2)", params!["a", 1]).await?;
+//! let mut rows = db.query("SELECT k, v FROM kv", &[]).await?;
+//! while let Some(row) = rows.next().await? {
+//!     let (k, v): (String, i64) = (row.get(0)?, row.get(1)?);
+//!     println!("{k} = {v}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The `drsdb` binary (feature `cli`) adds the shell, certificate
+//! generation, `drsdb local` and `drsdb bench`.
 
+mod client;
+mod rows;
+mod syntax;
+
+pub use client::Client;
+pub use drsdb_common::{Error, Result, Value};
+pub use rows::{Column, FromValue, ResultSet, Row, RowStream, Summary};
+pub use syntax::check as check_syntax;

@@ -1,11 +1,9 @@
 //! Lexical work on SQL text shared by the client and the index server:
-//! splitting a script into statements, classifying a statement, parsing it
-//! with sqlparser for a syntax check, and pinning the wall clock so that
-//! replicas agree on `'now'`.
+//! splitting a script into statements, classifying a statement, and
+//! parsing it with sqlparser for a syntax check.
 //!
 //! Statements travel as their original text: SQLite derives result column
-//! names from it, so re-printing an AST would change answers. Rewrites are
-//! splices at token positions.
+//! names from it, so re-printing an AST would change answers.
 //!
 //! sqlparser does not know all of SQLite's grammar (triggers, some pragmas,
 //! `REINDEX`). Where it fails, the client asks SQLite's own parser before
@@ -206,64 +204,6 @@ pub fn sqlparser_accepts(sql: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// Functions whose first argument may be the time value `'now'`.
-const TIME_FUNCTIONS: &[&str] = &["date", "time", "datetime", "julianday", "unixepoch", "timediff"];
-
-/// Replaces every reading of the wall clock in `sql` with the instant
-/// `now_ms` (milliseconds since the Unix epoch, UTC): `'now'` as a time
-/// value of SQLite's date functions, and `CURRENT_TIMESTAMP`,
-/// `CURRENT_DATE`, `CURRENT_TIME`. The result reads the same clock on every
-/// replica. Returns the text unchanged when it reads no clock.
-pub fn pin_clock(sql: &str, now_ms: i64) -> Result<String> {
-    let tokens: Vec<TokenWithSpan> =
-        tokenize(sql)?.into_iter().filter(|t| !is_trivia(&t.token)).collect();
-    let offsets = Offsets::new(sql);
-    let instant = chrono::DateTime::from_timestamp_millis(now_ms)
-        .ok_or_else(|| Error::invalid("clock out of range"))?;
-    let mut splices: Vec<(std::ops::Range<usize>, String)> = Vec::new();
-    for (i, t) in tokens.iter().enumerate() {
-        let replacement = match &t.token {
-            Token::Word(w) if w.quote_style.is_none() => match w.keyword {
-                Keyword::CURRENT_TIMESTAMP => Some(instant.format("'%Y-%m-%d %H:%M:%S'")),
-                Keyword::CURRENT_DATE => Some(instant.format("'%Y-%m-%d'")),
-                Keyword::CURRENT_TIME => Some(instant.format("'%H:%M:%S'")),
-                _ => None,
-            },
-            Token::SingleQuotedString(s) if s.eq_ignore_ascii_case("now") => {
-                is_time_argument(&tokens, i).then(|| instant.format("'%Y-%m-%d %H:%M:%S%.3f'"))
-            }
-            _ => None,
-        };
-        if let Some(r) = replacement {
-            splices.push((offsets.range(t), r.to_string()));
-        }
-    }
-    let mut out = sql.to_string();
-    for (range, text) in splices.into_iter().rev() {
-        out.replace_range(range, &text);
-    }
-    Ok(out)
-}
-
-/// True when token `i` is the time value of a date function call:
-/// `f('now' …)` for the functions above, or `strftime(fmt, 'now' …)`.
-fn is_time_argument(tokens: &[TokenWithSpan], i: usize) -> bool {
-    let name_at = |j: usize| match tokens.get(j).map(|t| &t.token) {
-        Some(Token::Word(w)) => Some(w.value.to_ascii_lowercase()),
-        _ => None,
-    };
-    let is = |j: usize, tok: Token| tokens.get(j).map(|t| &t.token) == Some(&tok);
-    if i >= 2 && is(i - 1, Token::LParen) {
-        if let Some(name) = name_at(i - 2) {
-            return TIME_FUNCTIONS.contains(&name.as_str());
-        }
-    }
-    i >= 4
-        && is(i - 1, Token::Comma)
-        && is(i - 3, Token::LParen)
-        && name_at(i - 4).as_deref() == Some("strftime")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,19 +249,5 @@ mod tests {
         ] {
             assert_eq!(classify(sql).unwrap(), kind, "{sql}");
         }
-    }
-
-    #[test]
-    fn pins_the_clock() {
-        // 2021-01-01 00:00:00.250 UTC
-        let ms = 1_609_459_200_250;
-        let out =
-            pin_clock("SELECT datetime('now'), 'now', strftime('%s','NOW'), CURRENT_DATE", ms)
-                .unwrap();
-        assert_eq!(
-            out,
-            "SELECT datetime('2021-01-01 00:00:00.250'), 'now', strftime('%s','2021-01-01 00:00:00.250'), '2021-01-01'"
-        );
-        assert_eq!(pin_clock("SELECT 'it''s'", ms).unwrap(), "SELECT 'it''s'");
     }
 }

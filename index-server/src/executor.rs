@@ -1,5 +1,5 @@
-//! Executes one statement: classify, pin the clock, check the catalog,
-//! route to the group, and stream the result back.
+//! Executes one statement: classify, fix its clock and random seed, check
+//! the catalog, route to the group, and stream the result back.
 
 use std::sync::{Arc, RwLock};
 
@@ -159,13 +159,13 @@ impl Executor {
         let txn = (!req.txn_id.is_empty()).then(|| TxnId(req.txn_id.clone()));
         let now_ms = chrono::Utc::now().timestamp_millis();
         let statement = Statement {
-            sql: sql::pin_clock(&req.sql, now_ms)?,
+            sql: req.sql,
             params: req.params.into_iter().map(Into::into).collect(),
             seed: rand::random(),
             now_ms,
         };
         match (kind, txn) {
-            (Kind::Show, _) => introspection::show(self, &req.sql, out, self.rows_per_batch).await,
+            (Kind::Show, _) => introspection::show(self, &statement.sql, out, self.rows_per_batch).await,
             (Kind::Begin, Some(_)) => Err(Error::invalid("cannot start a transaction within a transaction")),
             (Kind::Commit, None) => Err(Error::invalid("cannot commit - no transaction is active")),
             (Kind::Rollback, None) => Err(Error::invalid("cannot rollback - no transaction is active")),

@@ -10,10 +10,12 @@
 //!    never leave the client) and sends its text, parameters and any open
 //!    transaction id to `Sql.Execute` (`service`).
 //! 2. The executor (`executor`) classifies it by its leading keywords
-//!    (read, write, DDL, transaction control, SHOW) and pins the wall
-//!    clock: `'now'` and `CURRENT_TIMESTAMP` become literals, and a random
-//!    seed is drawn for `random()`, `randomblob()` and `ulid()`. From here
-//!    on the statement is deterministic.
+//!    (read, write, DDL, transaction control, SHOW) and fixes what SQLite
+//!    would otherwise take from the machine: the instant every clock
+//!    reading of the statement returns (`'now'`, `CURRENT_TIMESTAMP`,
+//!    column defaults) and the seed of `random()`, `randomblob()` and
+//!    `ulid()`. Both travel inside the command, so every replica computes
+//!    the same values: the statement is deterministic from here on.
 //! 3. Writes are checked against the catalog (`meta`): a target table that
 //!    the cache, the meta group and the data group's schema all lack is an
 //!    error before anything is proposed.

@@ -32,6 +32,7 @@
 
 #[cfg(test)]
 mod conformance;
+mod clock;
 mod command;
 mod group;
 mod log_store;

@@ -15,6 +15,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use crate::clock;
 use crate::command::{Column, Statement, StatementResult};
 
 /// Prefix of drsdb's own tables inside a group's database; user SQL may
@@ -97,7 +98,9 @@ impl Db {
     /// Opens (creating if needed) a group's database for writing: WAL,
     /// full fsync, and the deterministic functions.
     pub fn open_writer(path: &Path) -> rusqlite::Result<Db> {
-        let conn = Connection::open(path)?;
+        clock::register();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags_and_vfs(path, flags, clock::VFS_NAME)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         Self::wrap(conn)
@@ -106,8 +109,9 @@ impl Db {
     /// Opens a group's database read-only (readers see the last committed
     /// state, never an open transaction's changes).
     pub fn open_reader(path: &Path) -> rusqlite::Result<Db> {
+        clock::register();
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)?;
+        let conn = Connection::open_with_flags_and_vfs(path, flags, clock::VFS_NAME)?;
         conn.pragma_update(None, "query_only", true)?;
         Self::wrap(conn)
     }
@@ -154,6 +158,7 @@ impl Db {
             env.now_ms = stmt.now_ms;
             env.last_ulid = None;
         }
+        let _clock = clock::pin(stmt.now_ms);
         let before = self.conn.total_changes();
         let mut prepared = self.conn.prepare(&stmt.sql)?;
         let expected = prepared.parameter_count();
@@ -291,7 +296,7 @@ mod tests {
     fn seeded_functions_repeat_on_every_replica() {
         let a = Db::open_writer(Path::new(":memory:")).unwrap();
         let b = Db::open_writer(Path::new(":memory:")).unwrap();
-        let s = stmt("SELECT random(), hex(randomblob(8)), ulid(), ulid()", 42);
+        let s = stmt("SELECT random(), hex(randomblob(8)), ulid(), ulid(), datetime('now'), CURRENT_TIMESTAMP", 42);
         let ra = a.run_collect(&s).unwrap();
         let rb = b.run_collect(&s).unwrap();
         assert_eq!(ra.rows, rb.rows);
@@ -300,6 +305,17 @@ mod tests {
         let (Value::Text(u1), Value::Text(u2)) = (&ra.rows[0][2], &ra.rows[0][3]) else { panic!() };
         assert!(u1 < u2, "ulids within a statement increase: {u1} {u2}");
         assert!(u1.starts_with("01HF"), "timestamp part encodes now_ms: {u1}");
+        assert_eq!(ra.rows[0][4], Value::Text("2023-11-14 22:13:20".into()), "the clock is the statement's");
+        assert_eq!(ra.rows[0][5], ra.rows[0][4]);
+    }
+
+    #[test]
+    fn column_defaults_read_the_pinned_clock() {
+        let db = Db::open_writer(Path::new(":memory:")).unwrap();
+        db.run_collect(&stmt("CREATE TABLE t(a, at DEFAULT CURRENT_TIMESTAMP)", 0)).unwrap();
+        db.run_collect(&stmt("INSERT INTO t(a) VALUES (1)", 0)).unwrap();
+        let r = db.run_collect(&stmt("SELECT at FROM t", 0)).unwrap();
+        assert_eq!(r.rows[0][0], Value::Text("2023-11-14 22:13:20".into()));
     }
 
     #[test]

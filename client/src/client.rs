@@ -1,0 +1,223 @@
+//! The connection to a cluster: a rotation of index servers, failover,
+//! and the open transaction.
+
+use drsdb_common::config::TlsConfig;
+use drsdb_common::sql::{self, Kind};
+use drsdb_common::tls::Dialer;
+use drsdb_common::{Error, Result, Value};
+use drsdb_proto as pb;
+use tonic::transport::Channel;
+
+use crate::rows::{ResultSet, RowStream};
+use crate::syntax;
+
+/// Failures after which an index server leaves the rotation.
+const MAX_FAILURES: u32 = 2;
+/// Largest message accepted from an index server.
+const MAX_MESSAGE: usize = 64 << 20;
+
+struct Server {
+    addr: String,
+    failures: u32,
+    client: pb::sql_client::SqlClient<Channel>,
+}
+
+/// A client of a drsdb cluster.
+///
+/// Statements go to the index servers in turn. A server that fails is
+/// skipped; one that fails twice leaves the rotation, and the rotation is
+/// refreshed from a live index server. A statement is re-sent to the next
+/// server only when that is safe: it never reached the failed one, or it
+/// only reads. A `Client` is one session: `BEGIN` opens a transaction that
+/// its next statements belong to, whichever index server they reach.
+pub struct Client {
+    dialer: Dialer,
+    seeds: Vec<String>,
+    rotation: Vec<Server>,
+    next: usize,
+    txn: Option<String>,
+}
+
+/// True when a failed call certainly never reached the server.
+fn never_arrived(e: &tonic::Status) -> bool {
+    e.code() == tonic::Code::Unavailable && {
+        let m = e.message().to_ascii_lowercase();
+        m.contains("connect") || m.contains("refused")
+    }
+}
+
+impl Client {
+    /// Connects to the cluster through `servers` (index server addresses,
+    /// `host:port`), authenticating with `tls`. Fails if none answers.
+    pub async fn connect(servers: &[String], tls: &TlsConfig) -> Result<Client> {
+        if servers.is_empty() {
+            return Err(Error::invalid("no index server address given"));
+        }
+        let dialer = Dialer::new(tls)?;
+        let mut client = Client { dialer, seeds: servers.to_vec(), rotation: Vec::new(), next: 0, txn: None };
+        client.set_rotation(servers.to_vec())?;
+        client.refresh().await?;
+        Ok(client)
+    }
+
+    fn set_rotation(&mut self, addrs: Vec<String>) -> Result<()> {
+        let mut rotation = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let client = pb::sql_client::SqlClient::new(self.dialer.lazy(&addr)?)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
+            rotation.push(Server { addr, failures: 0, client });
+        }
+        self.rotation = rotation;
+        self.next = 0;
+        Ok(())
+    }
+
+    /// Replaces the rotation with the index servers a live one reports.
+    pub async fn refresh(&mut self) -> Result<()> {
+        let mut candidates: Vec<String> = self.rotation.iter().map(|s| s.addr.clone()).collect();
+        for s in &self.seeds {
+            if !candidates.contains(s) {
+                candidates.push(s.clone());
+            }
+        }
+        let mut last = Error::unavailable("no index server known");
+        for addr in candidates {
+            let mut c = pb::sql_client::SqlClient::new(self.dialer.lazy(&addr)?);
+            match c.index_servers(pb::IndexServersRequest {}).await {
+                Ok(r) => {
+                    let mut addrs = r.into_inner().addrs;
+                    if addrs.is_empty() {
+                        // The cluster has not recorded any yet; keep this one.
+                        addrs.push(addr);
+                    }
+                    return self.set_rotation(addrs);
+                }
+                Err(e) => last = Error::from(e),
+            }
+        }
+        Err(Error::unavailable(format!("cannot reach any index server: {last}")))
+    }
+
+    /// The index servers in the rotation.
+    pub fn servers(&self) -> Vec<String> {
+        self.rotation.iter().map(|s| s.addr.clone()).collect()
+    }
+
+    /// True while a transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// Runs one statement and returns its rows as a stream.
+    pub async fn query(&mut self, statement: &str, params: &[Value]) -> Result<RowStream> {
+        let statements = sql::split_script(statement)?;
+        let [statement] = statements.as_slice() else {
+            return Err(Error::invalid(format!(
+                "expected one statement, got {}; use execute_script for several",
+                statements.len()
+            )));
+        };
+        let kind = syntax::check(statement)?;
+        let req = pb::ExecuteRequest {
+            sql: statement.clone(),
+            params: params.iter().cloned().map(Into::into).collect(),
+            txn_id: self.txn.clone().unwrap_or_default(),
+        };
+        let result = self.send(req, kind == Kind::Read && self.txn.is_none()).await;
+        match kind {
+            Kind::Begin => {
+                if let Ok(rs) = &result {
+                    self.txn = rs.done.as_ref().map(|d| d.txn_id.clone()).filter(|t| !t.is_empty());
+                }
+            }
+            Kind::Commit | Kind::Rollback => self.txn = None,
+            _ => {}
+        }
+        result
+    }
+
+    /// Sends a request to the next server, failing over when safe: each
+    /// server gets one try per round; after a round of failures the
+    /// rotation is refreshed once and a second round runs.
+    async fn send(&mut self, req: pb::ExecuteRequest, idempotent: bool) -> Result<RowStream> {
+        let mut last: Option<Error> = None;
+        for round in 0..2 {
+            if round == 1 && self.refresh().await.is_err() && self.rotation.is_empty() {
+                self.set_rotation(self.seeds.clone())?;
+            }
+            for _ in 0..self.rotation.len() {
+                if self.rotation.is_empty() {
+                    break;
+                }
+                let i = self.next % self.rotation.len();
+                self.next = i + 1;
+                let error = match self.try_server(i, &req, idempotent).await {
+                    Ok(rows) => {
+                        self.rotation[i].failures = 0;
+                        return Ok(rows);
+                    }
+                    Err(Ok(error)) => error,
+                    Err(Err(fatal)) => return Err(fatal),
+                };
+                let server = &mut self.rotation[i];
+                server.failures += 1;
+                tracing::debug!(server = %server.addr, "index server failed: {error}");
+                if server.failures >= MAX_FAILURES {
+                    let gone = self.rotation.remove(i);
+                    tracing::info!(server = %gone.addr, "dropped index server from the rotation");
+                    let _ = self.refresh().await;
+                }
+                last = Some(error);
+            }
+        }
+        Err(Error::unavailable(format!(
+            "cannot reach any index server: {}",
+            last.map(|e| e.to_string()).unwrap_or_else(|| "none known".into())
+        )))
+    }
+
+    /// One attempt on rotation entry `i`. `Err(Ok(e))`: the server failed
+    /// and another may be tried; `Err(Err(e))`: the statement's final error.
+    async fn try_server(
+        &mut self,
+        i: usize,
+        req: &pb::ExecuteRequest,
+        idempotent: bool,
+    ) -> std::result::Result<RowStream, Result<Error>> {
+        let status = match self.rotation[i].client.execute(req.clone()).await {
+            Ok(response) => match RowStream::start(response.into_inner()).await {
+                Ok(rows) => return Ok(rows),
+                Err(e @ Error::Unavailable(_)) if idempotent => return Err(Ok(e)),
+                Err(e) => return Err(Err(e)),
+            },
+            Err(status) => status,
+        };
+        let safe = idempotent || never_arrived(&status);
+        match Error::from(status) {
+            e @ Error::Unavailable(_) if safe => Err(Ok(e)),
+            e => Err(Err(e)),
+        }
+    }
+
+    /// Runs one statement and reads its whole result.
+    pub async fn execute(&mut self, statement: &str, params: &[Value]) -> Result<ResultSet> {
+        self.query(statement, params).await?.collect().await
+    }
+
+    /// Runs every statement of a script in order, stopping at the first
+    /// error; returns each statement's result.
+    pub async fn execute_script(&mut self, script: &str) -> Result<Vec<ResultSet>> {
+        let mut results = Vec::new();
+        for statement in sql::split_script(script)? {
+            results.push(self.execute(&statement, &[]).await?);
+        }
+        Ok(results)
+    }
+}
+
+/// Builds a parameter list: `params![1, "x", None::<i64>]`.
+#[macro_export]
+macro_rules! params {
+    ($($v:expr),* $(,)?) => { &[$($crate::Value::from($v)),*][..] };
+}

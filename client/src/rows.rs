@@ -1,0 +1,210 @@
+//! Results as the driver hands them out: typed rows, streamed.
+
+use std::collections::VecDeque;
+
+use drsdb_common::{Error, Result, Value};
+use drsdb_proto as pb;
+
+/// A result column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Name as SQLite reports it.
+    pub name: String,
+    /// Declared type, empty for expressions.
+    pub decl_type: String,
+}
+
+/// One result row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    values: Vec<Value>,
+}
+
+impl Row {
+    /// The values, in column order.
+    pub fn values(&self) -> &[Value] {
+        &self.values
+    }
+
+    /// Takes the values.
+    pub fn into_values(self) -> Vec<Value> {
+        self.values
+    }
+
+    /// The value of column `i` converted to `T`; an error names the column
+    /// and the mismatch.
+    pub fn get<T: FromValue>(&self, i: usize) -> Result<T> {
+        let v = self.values.get(i).ok_or_else(|| {
+            Error::invalid(format!("column index {i} out of range; the row has {} columns", self.values.len()))
+        })?;
+        T::from_value(v).ok_or_else(|| Error::invalid(format!("column {i} holds {v:?}, not a {}", T::NAME)))
+    }
+}
+
+/// Types a [`Value`] converts into.
+pub trait FromValue: Sized {
+    /// Type name for errors.
+    const NAME: &'static str;
+    /// The conversion; `None` when the value has another type.
+    fn from_value(v: &Value) -> Option<Self>;
+}
+
+impl FromValue for Value {
+    const NAME: &'static str = "value";
+    fn from_value(v: &Value) -> Option<Self> {
+        Some(v.clone())
+    }
+}
+
+impl FromValue for i64 {
+    const NAME: &'static str = "integer";
+    fn from_value(v: &Value) -> Option<Self> {
+        match v {
+            Value::Integer(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for f64 {
+    const NAME: &'static str = "real";
+    fn from_value(v: &Value) -> Option<Self> {
+        match v {
+            Value::Real(r) => Some(*r),
+            Value::Integer(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for String {
+    const NAME: &'static str = "text";
+    fn from_value(v: &Value) -> Option<Self> {
+        match v {
+            Value::Text(t) => Some(t.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for Vec<u8> {
+    const NAME: &'static str = "blob";
+    fn from_value(v: &Value) -> Option<Self> {
+        match v {
+            Value::Blob(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl<T: FromValue> FromValue for Option<T> {
+    const NAME: &'static str = T::NAME;
+    fn from_value(v: &Value) -> Option<Self> {
+        match v {
+            Value::Null => Some(None),
+            other => T::from_value(other).map(Some),
+        }
+    }
+}
+
+/// How a statement ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Rows inserted, updated or deleted.
+    pub rows_affected: u64,
+    /// `last_insert_rowid()` after the statement.
+    pub last_insert_rowid: i64,
+}
+
+/// A statement's rows, read from the network as they are consumed: a large
+/// result is never held whole.
+pub struct RowStream {
+    pub(crate) columns: Vec<Column>,
+    pub(crate) buffer: VecDeque<Row>,
+    pub(crate) stream: Option<tonic::Streaming<pb::ResultPart>>,
+    pub(crate) done: Option<pb::Done>,
+}
+
+impl RowStream {
+    /// Reads parts until the columns are known (or the statement is done).
+    pub(crate) async fn start(stream: tonic::Streaming<pb::ResultPart>) -> Result<RowStream> {
+        let mut rs = RowStream { columns: Vec::new(), buffer: VecDeque::new(), stream: Some(stream), done: None };
+        rs.fill().await?;
+        Ok(rs)
+    }
+
+    /// Reads one part into the buffer; false when the stream has ended.
+    async fn fill(&mut self) -> Result<bool> {
+        let Some(stream) = self.stream.as_mut() else { return Ok(false) };
+        match stream.message().await.map_err(Error::from)? {
+            None => {
+                self.stream = None;
+                if self.done.is_none() {
+                    return Err(Error::unavailable("the server closed the result stream early"));
+                }
+                Ok(false)
+            }
+            Some(pb::ResultPart { part }) => {
+                match part {
+                    Some(pb::result_part::Part::Columns(c)) => {
+                        self.columns = c.columns.into_iter().map(|c| Column { name: c.name, decl_type: c.decl_type }).collect();
+                    }
+                    Some(pb::result_part::Part::Rows(r)) => {
+                        self.buffer.extend(
+                            r.rows.into_iter().map(|r| Row { values: r.values.into_iter().map(Value::from).collect() }),
+                        );
+                    }
+                    Some(pb::result_part::Part::Done(d)) => {
+                        self.done = Some(d);
+                        self.stream = None;
+                    }
+                    None => {}
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// The result's columns (empty for statements without rows).
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// The next row, or `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Row>> {
+        loop {
+            if let Some(r) = self.buffer.pop_front() {
+                return Ok(Some(r));
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads the rest of the rows into memory.
+    pub async fn collect(mut self) -> Result<ResultSet> {
+        let mut rows = Vec::new();
+        while let Some(r) = self.next().await? {
+            rows.push(r);
+        }
+        let summary = self.summary().unwrap_or_default();
+        Ok(ResultSet { columns: self.columns, rows, summary })
+    }
+
+    /// How the statement ended; `None` until the stream is consumed.
+    pub fn summary(&self) -> Option<Summary> {
+        self.done.as_ref().map(|d| Summary { rows_affected: d.rows_affected, last_insert_rowid: d.last_insert_rowid })
+    }
+}
+
+/// A whole result in memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResultSet {
+    /// Result columns.
+    pub columns: Vec<Column>,
+    /// Result rows.
+    pub rows: Vec<Row>,
+    /// How the statement ended.
+    pub summary: Summary,
+}
