@@ -22,10 +22,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The `drsdb` binary (feature `cli`) adds the shell, certificate
-//! generation, `drsdb local` and `drsdb bench`.
+//! The `drsdb` binary (feature `cli`, on by default) adds the shell,
+//! certificate generation, `drsdb local` and `drsdb bench`; the feature
+//! also provides [`local`], a whole cluster as child processes, which the
+//! binary and the test harness share. A program that only needs the driver
+//! turns default features off.
 
 mod client;
+#[cfg(feature = "cli")]
+pub mod local;
 mod rows;
 mod syntax;
 

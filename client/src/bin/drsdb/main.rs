@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use drsdb_client::Client;
-use drsdb_common::config::{self, TlsConfig};
+use drsdb_common::config::TlsConfig;
 use drsdb_common::tls;
 
 /// drsdb: a distributed SQL database with SQLite's semantics.
@@ -104,7 +104,7 @@ impl ConnectArgs {
     pub fn resolve(&self) -> anyhow::Result<(Vec<String>, TlsConfig)> {
         let mut tls = match (&self.data, &self.certs) {
             (_, Some(dir)) => tls::client_config_in(dir),
-            (Some(data), None) => tls::client_config_in(&data.join(local::CERTS_DIR)),
+            (Some(data), None) => tls::client_config_in(&data.join(drsdb_client::local::CERTS_DIR)),
             (None, None) => tls::client_config_in(PathBuf::from("certs").as_path()),
         };
         if let Some(p) = &self.ca {
@@ -120,7 +120,7 @@ impl ConnectArgs {
         let servers = if !self.connect.is_empty() {
             self.connect.clone()
         } else if let Some(data) = &self.data {
-            local::Layout::read(data)?.index
+            drsdb_client::local::Layout::read(data)?.index
         } else {
             anyhow::bail!("say where the cluster is: --data DIR (a `drsdb local` directory) or --connect HOST:PORT");
         };
@@ -134,27 +134,6 @@ impl ConnectArgs {
     }
 }
 
-fn run_server(config: &std::path::Path, storage: bool) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
-    if storage {
-        let c: config::StorageConfig = config::load(config)?;
-        drsdb_common::logging::init(&c.log)?;
-        runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind(c.listen).await?;
-            drsdb_storage::serve(c, listener, drsdb_common::logging::terminated()).await?;
-            anyhow::Ok(())
-        })
-    } else {
-        let c: config::IndexConfig = config::load(config)?;
-        drsdb_common::logging::init(&c.log)?;
-        runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind(c.listen).await?;
-            drsdb_index::serve(c, listener, drsdb_common::logging::terminated()).await?;
-            anyhow::Ok(())
-        })
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -163,8 +142,8 @@ fn main() -> ExitCode {
             .map(|()| println!("certificates written to {}", out.display()))
             .map_err(Into::into),
         Some(Command::Bench(args)) => bench::run(args),
-        Some(Command::ServeStorage { config }) => run_server(&config, true),
-        Some(Command::ServeIndex { config }) => run_server(&config, false),
+        Some(Command::ServeStorage { config }) => drsdb_client::local::serve(drsdb_client::local::SERVE_STORAGE, &config),
+        Some(Command::ServeIndex { config }) => drsdb_client::local::serve(drsdb_client::local::SERVE_INDEX, &config),
         None => shell::run(&cli.shell.connect, cli.shell.execute, cli.shell.file, cli.shell.mode),
     };
     match result {

@@ -1,0 +1,372 @@
+//! A whole cluster on one machine: storage and index servers as child
+//! processes, on loopback ports, with their data, configs, certificates and
+//! logs in one directory. `drsdb local` runs one for people; the test
+//! harness runs them for tests (killing and restarting servers at will).
+//!
+//! The children are started from an executable that knows the hidden
+//! subcommands `serve-storage --config FILE` and `serve-index --config
+//! FILE` (see [`serve`]): `drsdb` and `sql-tests` both do. Each child gets
+//! its own process group, so that Ctrl-C in a terminal reaches only the
+//! parent, and dies with its parent (SIGTERM on parent death).
+//!
+//! Directory layout: `cluster.json` (addresses, chosen on the first start
+//! and reused after, because Raft membership records them), `certs/`,
+//! `storage-N.toml` + `storage-N/`, `index-N.toml`, `logs/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use drsdb_common::config::{self, IndexConfig, Member, StorageConfig, TlsConfig};
+use drsdb_common::tls;
+use serde::{Deserialize, Serialize};
+
+use crate::Client;
+
+/// Certificates, inside the data directory.
+pub const CERTS_DIR: &str = "certs";
+const LAYOUT_FILE: &str = "cluster.json";
+const LOGS_DIR: &str = "logs";
+/// Pause between readiness checks.
+const READY_POLL: Duration = Duration::from_millis(200);
+/// How long a server may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// The subcommand that runs a storage server from a config file.
+pub const SERVE_STORAGE: &str = "serve-storage";
+/// The subcommand that runs an index server from a config file.
+pub const SERVE_INDEX: &str = "serve-index";
+
+/// How to build a new local cluster (ignored when the directory already
+/// holds one, except `log`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Storage servers.
+    pub storage_servers: u64,
+    /// Index servers.
+    pub index_servers: usize,
+    /// Plaintext instead of TLS.
+    pub insecure: bool,
+    /// Log filter for the servers.
+    pub log: String,
+    /// Raft tuning for the storage servers.
+    pub raft: config::RaftConfig,
+    /// Idle transactions are rolled back after this long.
+    pub txn_idle_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let storage = StorageConfig::default();
+        Options {
+            storage_servers: 3,
+            index_servers: 2,
+            insecure: false,
+            log: storage.log,
+            raft: storage.raft,
+            txn_idle_timeout_ms: storage.txn_idle_timeout_ms,
+        }
+    }
+}
+
+/// The addresses of a local cluster, kept in its data directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Layout {
+    /// Storage servers.
+    pub storage: Vec<Member>,
+    /// Index servers.
+    pub index: Vec<String>,
+    /// Whether the cluster runs without TLS.
+    pub insecure: bool,
+}
+
+impl Layout {
+    /// Reads the layout of the cluster in `dir`.
+    pub fn read(dir: &Path) -> anyhow::Result<Layout> {
+        let path = dir.join(LAYOUT_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a drsdb local directory ({e}); start one with `drsdb local --data {}`",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    fn create(dir: &Path, options: &Options) -> anyhow::Result<Layout> {
+        if options.storage_servers == 0 || options.index_servers == 0 {
+            anyhow::bail!("a cluster needs at least one storage server and one index server");
+        }
+        let storage = (1..=options.storage_servers)
+            .map(|id| Ok(Member { id, addr: free_address()? }))
+            .collect::<anyhow::Result<_>>()?;
+        let index = (0..options.index_servers).map(|_| free_address()).collect::<anyhow::Result<_>>()?;
+        let layout = Layout { storage, index, insecure: options.insecure };
+        std::fs::write(dir.join(LAYOUT_FILE), serde_json::to_string_pretty(&layout)?)?;
+        Ok(layout)
+    }
+}
+
+/// A loopback address with a port that is free now.
+fn free_address() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+struct Process {
+    name: String,
+    config: PathBuf,
+    subcommand: &'static str,
+    child: Option<Child>,
+}
+
+/// A running local cluster. Dropping it stops every server.
+pub struct LocalCluster {
+    dir: PathBuf,
+    exe: PathBuf,
+    layout: Layout,
+    client_tls: TlsConfig,
+    processes: Vec<Process>,
+}
+
+impl LocalCluster {
+    /// Starts (or restarts) the cluster in `dir`, running servers from
+    /// `exe`. Does not wait for it to be ready: see [`LocalCluster::wait_ready`].
+    pub fn start(exe: &Path, dir: &Path, options: &Options) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(dir.join(LOGS_DIR))?;
+        let dir = dir.canonicalize()?;
+        let layout = if dir.join(LAYOUT_FILE).exists() { Layout::read(&dir)? } else { Layout::create(&dir, options)? };
+        let certs = dir.join(CERTS_DIR);
+        let mut node_tls = tls::node_config_in(&certs);
+        let mut client_tls = tls::client_config_in(&certs);
+        if layout.insecure {
+            node_tls.insecure = true;
+            client_tls.insecure = true;
+        } else {
+            tls::generate(&certs, &[])?;
+        }
+        let mut processes = Vec::new();
+        for m in &layout.storage {
+            let config = StorageConfig {
+                node_id: m.id,
+                listen: m.addr.parse()?,
+                data_dir: dir.join(format!("storage-{}", m.id)),
+                members: layout.storage.clone(),
+                log: options.log.clone(),
+                tls: node_tls.clone(),
+                raft: options.raft.clone(),
+                txn_idle_timeout_ms: options.txn_idle_timeout_ms,
+                ..StorageConfig::default()
+            };
+            let name = format!("storage-{}", m.id);
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, toml_string(&config)?)?;
+            processes.push(Process { name, config: path, subcommand: SERVE_STORAGE, child: None });
+        }
+        for (i, addr) in layout.index.iter().enumerate() {
+            let config = IndexConfig {
+                listen: addr.parse()?,
+                storage_seeds: layout.storage.iter().map(|m| m.addr.clone()).collect(),
+                log: options.log.clone(),
+                tls: node_tls.clone(),
+                ..IndexConfig::default()
+            };
+            let name = format!("index-{}", i + 1);
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, toml_string(&config)?)?;
+            processes.push(Process { name, config: path, subcommand: SERVE_INDEX, child: None });
+        }
+        let mut cluster = LocalCluster { dir, exe: exe.to_path_buf(), layout, client_tls, processes };
+        let names: Vec<String> = cluster.processes.iter().map(|p| p.name.clone()).collect();
+        for name in names {
+            cluster.start_server(&name)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The cluster's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its addresses.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// TLS settings for clients.
+    pub fn client_tls(&self) -> &TlsConfig {
+        &self.client_tls
+    }
+
+    /// A client over every index server.
+    pub async fn client(&self) -> crate::Result<Client> {
+        Client::connect(&self.layout.index, &self.client_tls).await
+    }
+
+    fn process(&mut self, name: &str) -> anyhow::Result<&mut Process> {
+        self.processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no server called {name}"))
+    }
+
+    /// Starts the server `name` (`storage-N` or `index-N`) if it is not running.
+    pub fn start_server(&mut self, name: &str) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let exe = self.exe.clone();
+        let log_path = self.dir.join(LOGS_DIR).join(format!("{name}.log"));
+        let p = self.process(name)?;
+        if p.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
+        let mut command = std::process::Command::new(&exe);
+        command
+            .arg(p.subcommand)
+            .arg("--config")
+            .arg(&p.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        // SAFETY: only an async-signal-safe prctl runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        p.child = Some(command.spawn().map_err(|e| anyhow::anyhow!("cannot start {name}: {e}"))?);
+        Ok(())
+    }
+
+    /// Kills the server `name` with SIGKILL (no chance to clean up).
+    pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        if let Some(mut child) = self.process(name)?.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the server `name` with SIGTERM, killing it after a grace period.
+    pub fn terminate(&mut self, name: &str) -> anyhow::Result<()> {
+        let p = self.process(name)?;
+        if let Some(child) = p.child.take() {
+            stop_all(vec![(p.name.clone(), child)]);
+        }
+        Ok(())
+    }
+
+    /// Stops every server (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop(&mut self) {
+        let children: Vec<(String, Child)> =
+            self.processes.iter_mut().filter_map(|p| p.child.take().map(|c| (p.name.clone(), c))).collect();
+        stop_all(children);
+    }
+
+    /// Fails if a server that should run has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.processes {
+            if let Some(child) = &mut p.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    p.child = None;
+                    anyhow::bail!(
+                        "{} exited ({status}); see {}",
+                        p.name,
+                        self.dir.join(LOGS_DIR).join(format!("{}.log", p.name)).display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every running index server answers a query, or fails
+    /// after `deadline`.
+    pub async fn wait_ready(&mut self, deadline: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + deadline;
+        loop {
+            self.check_alive()?;
+            let mut last = None;
+            for addr in &self.layout.index {
+                let answer = async {
+                    let mut c = Client::connect(std::slice::from_ref(addr), &self.client_tls).await?;
+                    c.execute("SELECT 1", &[]).await
+                };
+                if let Err(e) = answer.await {
+                    last = Some(format!("{addr}: {e}"));
+                    break;
+                }
+            }
+            let Some(last) = last else { return Ok(()) };
+            if Instant::now() >= until {
+                anyhow::bail!(
+                    "the cluster did not become ready within {deadline:?} ({last}); see {}",
+                    self.dir.join(LOGS_DIR).display()
+                );
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn stop_all(mut children: Vec<(String, Child)>) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    for (_, child) in &children {
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for (name, child) in &mut children {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    eprintln!("{name} did not stop in time; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(READY_POLL / 4),
+            }
+        }
+    }
+}
+
+fn toml_string<T: Serialize>(value: &T) -> anyhow::Result<String> {
+    Ok(format!("# Written by drsdb's local cluster; rewritten on every start.\n{}", toml::to_string(value)?))
+}
+
+/// Runs the server a hidden `serve-storage`/`serve-index` subcommand names,
+/// from its config file, until SIGTERM or SIGINT.
+pub fn serve(subcommand: &str, config_path: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    match subcommand {
+        SERVE_STORAGE => {
+            let c: StorageConfig = config::load(config_path)?;
+            drsdb_common::logging::init(&c.log)?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(c.listen).await?;
+                drsdb_storage::serve(c, listener, drsdb_common::logging::terminated()).await?;
+                anyhow::Ok(())
+            })
+        }
+        SERVE_INDEX => {
+            let c: IndexConfig = config::load(config_path)?;
+            drsdb_common::logging::init(&c.log)?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(c.listen).await?;
+                drsdb_index::serve(c, listener, drsdb_common::logging::terminated()).await?;
+                anyhow::Ok(())
+            })
+        }
+        other => anyhow::bail!("unknown server kind {other}"),
+    }
+}

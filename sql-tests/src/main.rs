@@ -1,0 +1,101 @@
+//! `sql-tests PATHS…`: runs sqllogictest files or folders against a fresh
+//! local cluster (3 storage servers, 2 index servers, child processes of
+//! this binary) and ends with `N passed, N failed, N skipped` over records.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use drsdb_client::local::{self, LocalCluster, Options};
+
+/// How long the cluster may take to start.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Run sqllogictest files through a drsdb cluster.
+#[derive(Parser)]
+struct Args {
+    /// .test files, or folders searched recursively.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Exit non-zero when fewer than this percentage of the records that
+    /// run pass.
+    #[arg(long, default_value_t = 100.0)]
+    min_pass_rate: f64,
+    /// Print at most this many failures per file.
+    #[arg(long, default_value_t = 5)]
+    show_failures: usize,
+    /// Keep the cluster directory (for its logs) instead of deleting it.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> ExitCode {
+    // The cluster's servers are this binary, started with a hidden subcommand.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.len() == 4 && (argv[1] == local::SERVE_STORAGE || argv[1] == local::SERVE_INDEX) && argv[2] == "--config" {
+        return match local::serve(&argv[1], argv[3].as_ref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(Args::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<bool> {
+    let files = drsdb_sql_tests::test_files(&args.paths)?;
+    if files.is_empty() {
+        anyhow::bail!("no .test files under the given paths");
+    }
+    let dir = tempfile::Builder::new().prefix("drsdb-sql-tests-").tempdir()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut cluster = LocalCluster::start(&std::env::current_exe()?, dir.path(), &Options { log: "warn".into(), ..Options::default() })?;
+    runtime.block_on(cluster.wait_ready(READY_DEADLINE))?;
+    let started = Instant::now();
+    let (mut passed, mut failed, mut skipped, mut broken) = (0, 0, 0, 0);
+    for file in &files {
+        let report = runtime.block_on(async {
+            let mut client = cluster.client().await?;
+            drsdb_sql_tests::reset(&mut client).await?;
+            anyhow::Ok(drsdb_sql_tests::run_file(file, client).await)
+        })?;
+        passed += report.passed;
+        failed += report.failed;
+        skipped += report.skipped;
+        let name = file.display();
+        match &report.error {
+            Some(e) => {
+                broken += 1;
+                println!("{name}: ERROR {e}");
+            }
+            None => println!("{name}: {} passed, {} failed, {} skipped", report.passed, report.failed, report.skipped),
+        }
+        for f in report.failures.iter().take(args.show_failures) {
+            println!("  {}", f.replace('\n', "\n  "));
+        }
+    }
+    let ran = passed + failed;
+    let rate = if ran == 0 { 0.0 } else { 100.0 * passed as f64 / ran as f64 };
+    println!(
+        "{} files in {:.0?}; pass rate {rate:.2}% of {ran} records run ({broken} files could not run)",
+        files.len(),
+        started.elapsed()
+    );
+    cluster.stop();
+    if args.keep {
+        let kept = dir.keep();
+        println!("cluster directory kept: {}", kept.display());
+    }
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    Ok(broken == 0 && rate >= args.min_pass_rate)
+}
