@@ -1,6 +1,9 @@
 //! The connection to a cluster: a rotation of index servers, failover,
 //! and the open transaction.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use drsdb_common::config::TlsConfig;
 use drsdb_common::sql::{self, Kind};
 use drsdb_common::tls::Dialer;
@@ -13,6 +16,9 @@ use crate::syntax;
 
 /// Failures after which an index server leaves the rotation.
 const MAX_FAILURES: u32 = 2;
+/// A dropped server stays out of refreshed rotations this long (the
+/// cluster may still list it until its announcements expire).
+const QUARANTINE: Duration = Duration::from_secs(30);
 /// Largest message accepted from an index server.
 const MAX_MESSAGE: usize = 64 << 20;
 
@@ -34,6 +40,8 @@ pub struct Client {
     dialer: Dialer,
     seeds: Vec<String>,
     rotation: Vec<Server>,
+    /// Servers dropped from the rotation, and when.
+    dropped: HashMap<String, Instant>,
     next: usize,
     txn: Option<String>,
 }
@@ -54,13 +62,19 @@ impl Client {
             return Err(Error::invalid("no index server address given"));
         }
         let dialer = Dialer::new(tls)?;
-        let mut client = Client { dialer, seeds: servers.to_vec(), rotation: Vec::new(), next: 0, txn: None };
+        let mut client =
+            Client { dialer, seeds: servers.to_vec(), rotation: Vec::new(), dropped: HashMap::new(), next: 0, txn: None };
         client.set_rotation(servers.to_vec())?;
         client.refresh().await?;
         Ok(client)
     }
 
+    /// Makes `addrs` the rotation, leaving out recently dropped servers
+    /// unless nothing else remains.
     fn set_rotation(&mut self, addrs: Vec<String>) -> Result<()> {
+        self.dropped.retain(|_, at| at.elapsed() < QUARANTINE);
+        let healthy: Vec<String> = addrs.iter().filter(|a| !self.dropped.contains_key(*a)).cloned().collect();
+        let addrs = if healthy.is_empty() { addrs } else { healthy };
         let mut rotation = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let client = pb::sql_client::SqlClient::new(self.dialer.lazy(&addr)?)
@@ -166,6 +180,7 @@ impl Client {
                 if server.failures >= MAX_FAILURES {
                     let gone = self.rotation.remove(i);
                     tracing::info!(server = %gone.addr, "dropped index server from the rotation");
+                    self.dropped.insert(gone.addr, Instant::now());
                     let _ = self.refresh().await;
                 }
                 last = Some(error);

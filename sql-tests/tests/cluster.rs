@@ -1,0 +1,323 @@
+//! End-to-end tests on real clusters: child processes, loopback sockets,
+//! TLS, SQLite files. Each test starts its own cluster in a temporary
+//! directory; waits poll with deadlines.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use drsdb_client::local::{LocalCluster, Options};
+use drsdb_client::{params, Client, Error, Value};
+use drsdb_common::config::RaftConfig;
+
+const READY: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(100);
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sql-tests"))
+}
+
+async fn start(dir: &Path, options: Options) -> LocalCluster {
+    let mut cluster = LocalCluster::start(&exe(), dir, &options).expect("cluster starts");
+    cluster.wait_ready(READY).await.expect("cluster ready");
+    cluster
+}
+
+/// The live database file of `group` on storage server `node`.
+fn replica_db(dir: &Path, node: u64, group: u64) -> PathBuf {
+    let sm = dir.join(format!("storage-{node}")).join("groups").join(group.to_string()).join("sm");
+    let generation = std::fs::read_to_string(sm.join("CURRENT")).expect("CURRENT");
+    sm.join(format!("data-{}.db", generation.trim()))
+}
+
+/// Every row of `sql` on each replica (read from the files, servers stopped).
+fn replica_rows(dir: &Path, sql: &str) -> Vec<Vec<Vec<rusqlite::types::Value>>> {
+    (1..=3)
+        .map(|node| {
+            let conn = rusqlite::Connection::open_with_flags(replica_db(dir, node, 1), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("open replica");
+            let mut stmt = conn.prepare(sql).expect("prepare");
+            let width = stmt.column_count();
+            stmt.query_map([], |r| (0..width).map(|i| r.get(i)).collect::<rusqlite::Result<Vec<_>>>())
+                .expect("query")
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .expect("rows")
+        })
+        .collect()
+}
+
+/// The node leading the data group, per `SHOW GROUPS`.
+async fn data_leader(client: &mut Client) -> Option<u64> {
+    let rs = client.execute("SHOW GROUPS", &[]).await.ok()?;
+    rs.rows.iter().find_map(|r| {
+        let group: i64 = r.get(0).ok()?;
+        let leader: Option<i64> = r.get(3).ok()?;
+        (group == 1).then_some(leader).flatten().map(|l| l as u64)
+    })
+}
+
+/// Evaluates `$probe` (an `Option`, may `.await`) until it is `Some`,
+/// polling, and fails the test after the deadline.
+macro_rules! eventually {
+    ($what:expr, $probe:expr) => {{
+        let until = Instant::now() + READY;
+        loop {
+            if let Some(v) = $probe {
+                break v;
+            }
+            assert!(Instant::now() < until, "timed out waiting for {}", $what);
+            tokio::time::sleep(POLL).await;
+        }
+    }};
+}
+
+async fn insert(client: &mut Client, id: i64) -> drsdb_client::Result<drsdb_client::ResultSet> {
+    client.execute("INSERT INTO acks VALUES (?1, 'x')", params![id]).await
+}
+
+/// The applied index of the data group on `node`, per `SHOW GROUPS`.
+async fn applied(client: &mut Client, node: u64) -> Option<i64> {
+    let rs = client.execute("SHOW GROUPS", &[]).await.ok()?;
+    rs.rows.iter().find_map(|r| (r.get::<i64>(0).ok()? == 1 && r.get::<i64>(1).ok()? == node as i64).then(|| r.get::<i64>(6).ok())?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_loses_no_acknowledged_write_and_a_lagging_follower_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        raft: RaftConfig { snapshot_after_entries: 100, keep_entries_after_snapshot: 10, ..RaftConfig::default() },
+        ..Options::default()
+    };
+    let mut cluster = start(dir.path(), options).await;
+    let mut client = cluster.client().await.unwrap();
+    client.execute("CREATE TABLE acks(id INTEGER PRIMARY KEY, v TEXT)", &[]).await.unwrap();
+    let leader = eventually!("a data leader", data_leader(&mut client).await);
+
+    let mut acked = BTreeSet::new();
+    let mut id = 0i64;
+    for _ in 0..50 {
+        id += 1;
+        insert(&mut client, id).await.unwrap();
+        acked.insert(id);
+    }
+    cluster.kill(&format!("storage-{leader}")).unwrap();
+    let killed_at = Instant::now();
+    // Writes fail until a new leader is elected, then succeed again.
+    let mut resumed = None;
+    while acked.len() < 350 {
+        id += 1;
+        match insert(&mut client, id).await {
+            Ok(_) => {
+                acked.insert(id);
+                resumed.get_or_insert(killed_at.elapsed());
+            }
+            Err(e) => {
+                assert!(e.is_transient(), "unexpected error during failover: {e}");
+                assert!(killed_at.elapsed() < READY, "writes did not resume: {e}");
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+    println!("writes resumed {:?} after the leader was killed", resumed.unwrap());
+    let new_leader = data_leader(&mut client).await.unwrap();
+    assert_ne!(new_leader, leader);
+
+    // The old leader missed more entries than the compaction threshold.
+    cluster.start_server(&format!("storage-{leader}")).unwrap();
+    let caught_up = eventually!("the restarted replica to catch up", {
+        let (mine, theirs) = (applied(&mut client, leader).await, applied(&mut client, new_leader).await);
+        mine.zip(theirs).filter(|(m, t)| m >= t).map(|(m, _)| m)
+    });
+    println!("restarted replica applied up to {caught_up}");
+    let log = std::fs::read_to_string(dir.path().join("logs").join(format!("storage-{leader}.log"))).unwrap();
+    assert!(log.contains("installing snapshot"), "the lagging replica should catch up by snapshot");
+
+    let count: i64 = client.execute("SELECT count(*) FROM acks", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert!(count as usize >= acked.len());
+    cluster.stop();
+    let replicas = replica_rows(dir.path(), "SELECT id FROM acks ORDER BY id");
+    for (n, rows) in replicas.iter().enumerate() {
+        let ids: BTreeSet<i64> = rows
+            .iter()
+            .map(|r| match r[0] {
+                rusqlite::types::Value::Integer(i) => i,
+                ref other => panic!("bad id {other:?}"),
+            })
+            .collect();
+        assert_eq!(ids.len(), rows.len(), "replica {} holds a row twice", n + 1);
+        assert!(acked.is_subset(&ids), "replica {} lost acknowledged rows", n + 1);
+    }
+    assert_eq!(replicas[0], replicas[1]);
+    assert_eq!(replicas[1], replicas[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cluster_restart_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(dir.path(), Options::default()).await;
+    let mut client = cluster.client().await.unwrap();
+    client.execute("CREATE TABLE t(a INTEGER PRIMARY KEY, b TEXT)", &[]).await.unwrap();
+    for i in 0..100i64 {
+        client.execute("INSERT INTO t VALUES (?1, ?2)", params![i, format!("row {i}")]).await.unwrap();
+    }
+    drop(client);
+    cluster.stop();
+    drop(cluster);
+    let cluster = start(dir.path(), Options::default()).await;
+    let mut client = cluster.client().await.unwrap();
+    let rs = client.execute("SELECT count(*), sum(a) FROM t", &[]).await.unwrap();
+    assert_eq!(rs.rows[0].values(), &[Value::Integer(100), Value::Integer(4950)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_carries_on_when_an_index_server_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(dir.path(), Options::default()).await;
+    let mut client = cluster.client().await.unwrap();
+    assert_eq!(client.servers().len(), 2);
+    client.execute("CREATE TABLE t(a INTEGER PRIMARY KEY)", &[]).await.unwrap();
+    for i in 0..10i64 {
+        client.execute("INSERT INTO t VALUES (?1)", params![i]).await.unwrap();
+    }
+    cluster.kill("index-1").unwrap();
+    for i in 10..30i64 {
+        client.execute("INSERT INTO t VALUES (?1)", params![i]).await.unwrap();
+        client.execute("SELECT count(*) FROM t", &[]).await.unwrap();
+    }
+    let n: i64 = client.execute("SELECT count(*) FROM t", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(n, 30);
+    assert_eq!(client.servers(), vec![cluster.layout().index[1].clone()], "the dead server left the rotation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nondeterministic_functions_agree_on_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(dir.path(), Options::default()).await;
+    let mut client = cluster.client().await.unwrap();
+    client
+        .execute("CREATE TABLE n(id INTEGER PRIMARY KEY, r, b, u, t, d DEFAULT CURRENT_TIMESTAMP)", &[])
+        .await
+        .unwrap();
+    client.execute("INSERT INTO n(id, r, b, u, t) VALUES (1, random(), randomblob(16), ulid(), datetime('now'))", &[]).await.unwrap();
+    client
+        .execute(
+            "INSERT INTO n(id, r, b, u, t) SELECT id + 1, random(), randomblob(8), ulid(), julianday('now') FROM n",
+            &[],
+        )
+        .await
+        .unwrap();
+    client.execute("UPDATE n SET r = r + abs(random() % 10)", &[]).await.unwrap();
+    cluster.stop();
+    let replicas = replica_rows(dir.path(), "SELECT * FROM n ORDER BY id");
+    assert_eq!(replicas[0].len(), 2);
+    assert_eq!(replicas[0], replicas[1]);
+    assert_eq!(replicas[1], replicas[2]);
+    assert_ne!(replicas[0][0][1], replicas[0][1][1], "random() differs from row to row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_harms_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), Options::default()).await;
+    let mut client = cluster.client().await.unwrap();
+    client.execute("CREATE TABLE t(a INTEGER PRIMARY KEY, b TEXT NOT NULL)", &[]).await.unwrap();
+    let cases: &[(&str, &[Value], &str)] = &[
+        ("SELEC 1", &[], "syntax error"),
+        ("SELECT * FROM nope", &[], "no such table: nope"),
+        ("INSERT INTO nope VALUES (1)", &[], "no such table: nope"),
+        ("INSERT INTO t VALUES (1, NULL)", &[], "NOT NULL constraint failed"),
+        ("INSERT INTO t VALUES (?1, ?2)", &[Value::Integer(1)], "parameter"),
+        ("SELECT * FROM _drsdb_raft", &[], "prohibited"),
+        ("COMMIT", &[], "no transaction is active"),
+        ("SHOW EVERYTHING", &[], "unknown SHOW"),
+        ("ATTACH 'x.db' AS x", &[], "not authorized"),
+    ];
+    for (sql, params, expected) in cases {
+        let e = client.execute(sql, params).await.expect_err(sql);
+        assert!(matches!(e, Error::InvalidInput(_)), "{sql}: {e:?}");
+        assert!(e.to_string().contains(expected), "{sql}: {e}");
+    }
+    // An oversized request is refused, and the server lives on.
+    let huge = format!("SELECT '{}'", "x".repeat(20 << 20));
+    assert!(client.execute(&huge, &[]).await.is_err());
+    // Garbage on the wire does not bring a server down.
+    for addr in cluster.layout().index.iter().chain(cluster.layout().storage.iter().map(|m| &m.addr)) {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(b"\x16\x03\x01garbage that is not TLS\r\n\r\n").await;
+    }
+    client.execute("INSERT INTO t VALUES (1, 'ok')", &[]).await.unwrap();
+    let n: i64 = client.execute("SELECT count(*) FROM t", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(n, 1, "failed statements left nothing behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_a_valid_certificate_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), Options::default()).await;
+    let servers = cluster.layout().index.clone();
+    // No client certificate at all: plaintext against a TLS server.
+    let plaintext = drsdb_common::config::TlsConfig { insecure: true, ..cluster.client_tls().clone() };
+    assert!(Client::connect(&servers, &plaintext).await.is_err());
+    // A certificate from another CA.
+    let other = tempfile::tempdir().unwrap();
+    drsdb_common::tls::generate(other.path(), &[]).unwrap();
+    let foreign = drsdb_common::tls::client_config_in(other.path());
+    let e = Client::connect(&servers, &foreign).await.err().expect("a foreign certificate is refused");
+    println!("foreign certificate: {e}");
+    // The right one works.
+    cluster.client().await.unwrap().execute("SELECT 1", &[]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_atomic_isolated_and_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { txn_idle_timeout_ms: 2_000, ..Options::default() };
+    let cluster = start(dir.path(), options).await;
+    let mut a = cluster.client().await.unwrap();
+    let mut b = cluster.client().await.unwrap();
+    a.execute("CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER)", &[]).await.unwrap();
+    a.execute("INSERT INTO acct VALUES (1, 100), (2, 0)", &[]).await.unwrap();
+
+    a.execute("BEGIN", &[]).await.unwrap();
+    assert!(a.in_transaction());
+    a.execute("UPDATE acct SET bal = bal - 40 WHERE id = 1", &[]).await.unwrap();
+    a.execute("UPDATE acct SET bal = bal + 40 WHERE id = 2", &[]).await.unwrap();
+    let inside: i64 = a.execute("SELECT bal FROM acct WHERE id = 2", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(inside, 40, "a transaction sees its own writes");
+    let outside: i64 = b.execute("SELECT bal FROM acct WHERE id = 2", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(outside, 0, "others do not see uncommitted writes");
+    a.execute("COMMIT", &[]).await.unwrap();
+    assert!(!a.in_transaction());
+    let after: i64 = b.execute("SELECT bal FROM acct WHERE id = 2", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(after, 40);
+
+    a.execute("BEGIN", &[]).await.unwrap();
+    a.execute("DELETE FROM acct", &[]).await.unwrap();
+    a.execute("ROLLBACK", &[]).await.unwrap();
+    let n: i64 = b.execute("SELECT count(*) FROM acct", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(n, 2, "rollback undid the delete");
+
+    // A write by another client waits for the transaction, then applies.
+    a.execute("BEGIN", &[]).await.unwrap();
+    a.execute("UPDATE acct SET bal = 1 WHERE id = 1", &[]).await.unwrap();
+    let writer = tokio::spawn(async move {
+        b.execute("UPDATE acct SET bal = bal * 10 WHERE id = 1", &[]).await.unwrap();
+        b
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.execute("COMMIT", &[]).await.unwrap();
+    let mut b = writer.await.unwrap();
+    let bal: i64 = b.execute("SELECT bal FROM acct WHERE id = 1", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(bal, 10, "the waiting write ran after the commit");
+
+    // An abandoned transaction is rolled back after the idle timeout.
+    a.execute("BEGIN", &[]).await.unwrap();
+    a.execute("DELETE FROM acct", &[]).await.unwrap();
+    // This write waits for the group, which the rollback frees.
+    eventually!("the group to be free", b.execute("INSERT INTO acct VALUES (3, 0)", &[]).await.ok());
+    let n: i64 = b.execute("SELECT count(*) FROM acct", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(n, 3, "the abandoned DELETE was rolled back");
+    let e = a.execute("COMMIT", &[]).await.unwrap_err();
+    assert!(e.to_string().contains("not open"), "{e}");
+}
