@@ -146,6 +146,12 @@ pub fn server_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>> {
     Ok(Some(ServerTlsConfig::new().identity(identity).client_ca_root(ca)))
 }
 
+/// The connections a server accepts on `listener`, with Nagle's algorithm
+/// off: requests and replies are small and latency-bound.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// How a process dials others: TLS material loaded once.
 #[derive(Clone, Debug)]
 pub struct Dialer {

@@ -10,7 +10,6 @@ use drsdb_common::tls::{self, Dialer};
 use drsdb_common::{Error, Result};
 use drsdb_proto as pb;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::cluster::Cluster;
@@ -81,7 +80,7 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
     tracing::info!(%addr, "index server listening");
     let served = builder
         .add_service(pb::sql_server::SqlServer::new(SqlService(executor)).max_decoding_message_size(MAX_REQUEST))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(tls::incoming(listener), shutdown)
         .await;
     maintenance.abort();
     tracing::info!(%addr, "index server stopped");

@@ -9,7 +9,6 @@ use drsdb_common::tls::{self, Dialer};
 use drsdb_common::{Error, GroupId, Result};
 use drsdb_proto as pb;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::group::Group;
@@ -67,7 +66,7 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(tls::incoming(listener), shutdown)
         .await;
     for group in node.groups.values() {
         group.shutdown().await;
