@@ -62,8 +62,14 @@ impl Client {
             return Err(Error::invalid("no index server address given"));
         }
         let dialer = Dialer::new(tls)?;
-        let mut client =
-            Client { dialer, seeds: servers.to_vec(), rotation: Vec::new(), dropped: HashMap::new(), next: 0, txn: None };
+        let mut client = Client {
+            dialer,
+            seeds: servers.to_vec(),
+            rotation: Vec::new(),
+            dropped: HashMap::new(),
+            next: 0,
+            txn: None,
+        };
         client.set_rotation(servers.to_vec())?;
         client.refresh().await?;
         Ok(client)

@@ -205,10 +205,7 @@ impl LocalCluster {
     }
 
     fn process(&mut self, name: &str) -> anyhow::Result<&mut Process> {
-        self.processes
-            .iter_mut()
-            .find(|p| p.name == name)
-            .ok_or_else(|| anyhow::anyhow!("no server called {name}"))
+        self.processes.iter_mut().find(|p| p.name == name).ok_or_else(|| anyhow::anyhow!("no server called {name}"))
     }
 
     /// Starts the server `name` (`storage-N` or `index-N`) if it is not running.

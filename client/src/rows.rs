@@ -147,7 +147,8 @@ impl RowStream {
             Some(pb::ResultPart { part }) => {
                 match part {
                     Some(pb::result_part::Part::Columns(c)) => {
-                        self.columns = c.columns.into_iter().map(|c| Column { name: c.name, decl_type: c.decl_type }).collect();
+                        self.columns =
+                            c.columns.into_iter().map(|c| Column { name: c.name, decl_type: c.decl_type }).collect();
                     }
                     Some(pb::result_part::Part::Rows(r)) => {
                         self.buffer.extend(

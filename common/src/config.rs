@@ -21,8 +21,7 @@ pub const DEFAULT_INDEX_LISTEN: &str = "127.0.0.1:7001";
 pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::invalid(format!("cannot read config {}: {e}", path.display())))?;
-    toml::from_str(&text)
-        .map_err(|e| Error::invalid(format!("config {} is not valid: {e}", path.display())))
+    toml::from_str(&text).map_err(|e| Error::invalid(format!("config {} is not valid: {e}", path.display())))
 }
 
 /// Certificates for mutual TLS, or plaintext when `insecure` is set.
@@ -42,12 +41,7 @@ pub struct TlsConfig {
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        Self {
-            ca: "certs/ca.pem".into(),
-            cert: "certs/node.pem".into(),
-            key: "certs/node.key".into(),
-            insecure: false,
-        }
+        Self { ca: "certs/ca.pem".into(), cert: "certs/node.pem".into(), key: "certs/node.key".into(), insecure: false }
     }
 }
 
@@ -154,9 +148,7 @@ impl StorageConfig {
         if r.election_timeout_min_ms < 3 * r.heartbeat_interval_ms
             || r.election_timeout_max_ms <= r.election_timeout_min_ms
         {
-            return Err(Error::invalid(
-                "raft timing: need heartbeat*3 <= election_timeout_min < election_timeout_max",
-            ));
+            return Err(Error::invalid("raft timing: need heartbeat*3 <= election_timeout_min < election_timeout_max"));
         }
         if self.max_batch == 0 {
             return Err(Error::invalid("max_batch must be at least 1"));

@@ -68,10 +68,7 @@ impl Error {
     /// True when sending the same request again (possibly elsewhere) may
     /// succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Retryable(_) | Error::NotLeader { .. } | Error::Unavailable(_)
-        )
+        matches!(self, Error::Retryable(_) | Error::NotLeader { .. } | Error::Unavailable(_))
     }
 }
 
@@ -98,11 +95,9 @@ impl From<Error> for tonic::Status {
             Error::Io(_) => (Code::Internal, "io"),
         };
         let message = match &e {
-            Error::InvalidInput(m)
-            | Error::Retryable(m)
-            | Error::Unavailable(m)
-            | Error::Corrupt(m)
-            | Error::Io(m) => m.clone(),
+            Error::InvalidInput(m) | Error::Retryable(m) | Error::Unavailable(m) | Error::Corrupt(m) | Error::Io(m) => {
+                m.clone()
+            }
             Error::NotLeader { .. } => e.to_string(),
         };
         let mut status = tonic::Status::new(code, message);
@@ -142,12 +137,12 @@ impl From<tonic::Status> for Error {
                     Error::InvalidInput(msg)
                 }
                 Code::Aborted => Error::Retryable(msg),
-                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(
-                    if msg.is_empty() { "server unavailable".into() } else { msg },
-                ),
-                Code::Unauthenticated | Code::PermissionDenied => Error::InvalidInput(format!(
-                    "refused: {msg}; check the client certificate and CA"
-                )),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                    Error::Unavailable(if msg.is_empty() { "server unavailable".into() } else { msg })
+                }
+                Code::Unauthenticated | Code::PermissionDenied => {
+                    Error::InvalidInput(format!("refused: {msg}; check the client certificate and CA"))
+                }
                 Code::DataLoss => Error::Corrupt(msg),
                 _ => Error::Io(format!("{}: {msg}", s.code())),
             },

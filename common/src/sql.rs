@@ -140,8 +140,8 @@ fn split(script: &str) -> Result<(Vec<String>, bool)> {
         if leading.len() < 4 {
             leading.push(kw.unwrap_or(Keyword::NoKeyword));
         }
-        let is_trigger = leading.first() == Some(&Keyword::CREATE)
-            && leading[1..].iter().any(|k| *k == Keyword::TRIGGER);
+        let is_trigger =
+            leading.first() == Some(&Keyword::CREATE) && leading[1..].contains(&Keyword::TRIGGER);
         if is_trigger && kw == Some(Keyword::BEGIN) {
             in_trigger_body = true;
         }
@@ -160,12 +160,8 @@ fn split(script: &str) -> Result<(Vec<String>, bool)> {
 /// Classifies one statement by its leading keywords.
 pub fn classify(sql: &str) -> Result<Kind> {
     let tokens = tokenize(sql)?;
-    let words: Vec<Option<Keyword>> = tokens
-        .iter()
-        .filter(|t| !is_trivia(&t.token))
-        .take(2)
-        .map(|t| keyword(&t.token))
-        .collect();
+    let words: Vec<Option<Keyword>> =
+        tokens.iter().filter(|t| !is_trivia(&t.token)).take(2).map(|t| keyword(&t.token)).collect();
     let first = words.first().copied().flatten();
     Ok(match first {
         Some(Keyword::SELECT | Keyword::VALUES | Keyword::EXPLAIN) => Kind::Read,
@@ -177,17 +173,23 @@ pub fn classify(sql: &str) -> Result<Kind> {
                     Some(Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::REPLACE)
                 )
             });
-            if writes { Kind::Write } else { Kind::Read }
+            if writes {
+                Kind::Write
+            } else {
+                Kind::Read
+            }
         }
         Some(Keyword::BEGIN | Keyword::START) => Kind::Begin,
         Some(Keyword::COMMIT | Keyword::END) => Kind::Commit,
         Some(Keyword::ROLLBACK) => {
             let to = tokens.iter().any(|t| keyword(&t.token) == Some(Keyword::TO));
-            if to { Kind::Write } else { Kind::Rollback }
+            if to {
+                Kind::Write
+            } else {
+                Kind::Rollback
+            }
         }
-        Some(
-            Keyword::CREATE | Keyword::DROP | Keyword::ALTER | Keyword::REINDEX | Keyword::ANALYZE,
-        ) => Kind::Ddl,
+        Some(Keyword::CREATE | Keyword::DROP | Keyword::ALTER | Keyword::REINDEX | Keyword::ANALYZE) => Kind::Ddl,
         Some(Keyword::SHOW) => Kind::Show,
         _ => Kind::Write,
     })

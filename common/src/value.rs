@@ -116,7 +116,11 @@ pub fn format_real(r: f64) -> String {
     if r.is_finite() && r.fract() == 0.0 && r.abs() < 1e15 {
         format!("{r:.1}")
     } else if r.is_infinite() {
-        if r > 0.0 { "Inf".into() } else { "-Inf".into() }
+        if r > 0.0 {
+            "Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{r}")
     }
@@ -128,13 +132,9 @@ mod tests {
 
     #[test]
     fn proto_round_trip() {
-        for v in [
-            Value::Null,
-            Value::Integer(-7),
-            Value::Real(1.5),
-            Value::Text("héllo".into()),
-            Value::Blob(vec![0, 255]),
-        ] {
+        for v in
+            [Value::Null, Value::Integer(-7), Value::Real(1.5), Value::Text("héllo".into()), Value::Blob(vec![0, 255])]
+        {
             assert_eq!(Value::from(pb::Value::from(v.clone())), v);
         }
     }

@@ -20,7 +20,8 @@ fn columns(names: &[&str]) -> Vec<pb::Column> {
 
 /// Answers a `SHOW` statement.
 pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: usize) -> Result<()> {
-    let words: Vec<String> = sql.split_whitespace().skip(1).map(|w| w.trim_end_matches(';').to_ascii_uppercase()).collect();
+    let words: Vec<String> =
+        sql.split_whitespace().skip(1).map(|w| w.trim_end_matches(';').to_ascii_uppercase()).collect();
     let words: Vec<&str> = words.iter().map(String::as_str).filter(|w| !w.is_empty()).collect();
     let (cols, rows): (Vec<pb::Column>, Vec<Vec<Value>>) = match words.as_slice() {
         ["NODES"] => {
@@ -28,7 +29,11 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
             let mut rows = Vec::new();
             for (id, addr) in ex.cluster.addresses() {
                 let up = ex.cluster.status_of(&addr).await.is_ok();
-                rows.push(vec![Value::Integer(id as i64), Value::Text(addr), Value::Text(if up { "up" } else { "down" }.into())]);
+                rows.push(vec![
+                    Value::Integer(id as i64),
+                    Value::Text(addr),
+                    Value::Text(if up { "up" } else { "down" }.into()),
+                ]);
             }
             (columns(&["node", "address", "state"]), rows)
         }
@@ -67,7 +72,17 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
                 }
             }
             (
-                columns(&["grp", "node", "role", "leader", "term", "last_log_index", "applied_index", "snapshot_index", "voters"]),
+                columns(&[
+                    "grp",
+                    "node",
+                    "role",
+                    "leader",
+                    "term",
+                    "last_log_index",
+                    "applied_index",
+                    "snapshot_index",
+                    "voters",
+                ]),
                 rows,
             )
         }

@@ -68,11 +68,8 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
         tracing::warn!("storage tier not reachable yet: {e}");
     }
     let executor = Arc::new(Executor::new(cluster, config.rows_per_batch));
-    let maintenance = tokio::spawn(maintain(
-        executor.clone(),
-        advertise,
-        Duration::from_millis(config.announce_interval_ms),
-    ));
+    let maintenance =
+        tokio::spawn(maintain(executor.clone(), advertise, Duration::from_millis(config.announce_interval_ms)));
     let mut builder = Server::builder();
     if let Some(tls) = tls::server_config(&config.tls)? {
         builder = builder.tls_config(tls).map_err(|e| Error::invalid(format!("TLS: {e}")))?;

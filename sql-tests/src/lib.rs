@@ -97,7 +97,9 @@ impl Db {
         let mut out = Vec::new();
         loop {
             match rows.next().await {
-                Ok(Some(row)) => out.push(row.values().iter().zip(&types).map(|(v, t)| self.formatter.format(v, t)).collect()),
+                Ok(Some(row)) => {
+                    out.push(row.values().iter().zip(&types).map(|(v, t)| self.formatter.format(v, t)).collect())
+                }
                 Ok(None) => break,
                 // The statement was prepared (columns arrived) and failed
                 // while stepping: like the reference harness, keep the rows
@@ -212,13 +214,7 @@ pub async fn run_file(path: &Path, client: Client) -> FileReport {
     let maker = db.clone();
     let mut runner = sqllogictest::Runner::new(move || {
         let maker = maker.clone();
-        async move {
-            maker
-                .lock()
-                .await
-                .take()
-                .ok_or_else(|| Error::invalid("the harness runs one connection per file"))
-        }
+        async move { maker.lock().await.take().ok_or_else(|| Error::invalid("the harness runs one connection per file")) }
     });
     runner.with_hash_threshold(HASH_THRESHOLD);
     runner.with_validator(valuewise);
@@ -308,7 +304,9 @@ pub async fn reset(client: &mut Client) -> drsdb_common::Result<()> {
         .await?;
     for row in rs.rows {
         let (kind, name): (String, String) = (row.get(0)?, row.get(1)?);
-        client.execute(&format!("DROP {} IF EXISTS \"{}\"", kind.to_uppercase(), name.replace('"', "\"\"")), &[]).await?;
+        client
+            .execute(&format!("DROP {} IF EXISTS \"{}\"", kind.to_uppercase(), name.replace('"', "\"\"")), &[])
+            .await?;
     }
     Ok(())
 }

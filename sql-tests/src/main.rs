@@ -59,7 +59,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
     }
     let dir = tempfile::Builder::new().prefix("drsdb-sql-tests-").tempdir()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let mut cluster = LocalCluster::start(&std::env::current_exe()?, dir.path(), &Options { log: "warn".into(), ..Options::default() })?;
+    let mut cluster = LocalCluster::start(
+        &std::env::current_exe()?,
+        dir.path(),
+        &Options { log: "warn".into(), ..Options::default() },
+    )?;
     runtime.block_on(cluster.wait_ready(READY_DEADLINE))?;
     let started = Instant::now();
     let (mut passed, mut failed, mut skipped, mut broken) = (0, 0, 0, 0);

@@ -34,8 +34,11 @@ fn replica_db(dir: &Path, node: u64, group: u64) -> PathBuf {
 fn replica_rows(dir: &Path, sql: &str) -> Vec<Vec<Vec<rusqlite::types::Value>>> {
     (1..=3)
         .map(|node| {
-            let conn = rusqlite::Connection::open_with_flags(replica_db(dir, node, 1), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .expect("open replica");
+            let conn = rusqlite::Connection::open_with_flags(
+                replica_db(dir, node, 1),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .expect("open replica");
             let mut stmt = conn.prepare(sql).expect("prepare");
             let width = stmt.column_count();
             stmt.query_map([], |r| (0..width).map(|i| r.get(i)).collect::<rusqlite::Result<Vec<_>>>())
@@ -78,7 +81,9 @@ async fn insert(client: &mut Client, id: i64) -> drsdb_client::Result<drsdb_clie
 /// The applied index of the data group on `node`, per `SHOW GROUPS`.
 async fn applied(client: &mut Client, node: u64) -> Option<i64> {
     let rs = client.execute("SHOW GROUPS", &[]).await.ok()?;
-    rs.rows.iter().find_map(|r| (r.get::<i64>(0).ok()? == 1 && r.get::<i64>(1).ok()? == node as i64).then(|| r.get::<i64>(6).ok())?)
+    rs.rows.iter().find_map(|r| {
+        (r.get::<i64>(0).ok()? == 1 && r.get::<i64>(1).ok()? == node as i64).then(|| r.get::<i64>(6).ok())?
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +203,10 @@ async fn nondeterministic_functions_agree_on_every_replica() {
         .execute("CREATE TABLE n(id INTEGER PRIMARY KEY, r, b, u, t, d DEFAULT CURRENT_TIMESTAMP)", &[])
         .await
         .unwrap();
-    client.execute("INSERT INTO n(id, r, b, u, t) VALUES (1, random(), randomblob(16), ulid(), datetime('now'))", &[]).await.unwrap();
+    client
+        .execute("INSERT INTO n(id, r, b, u, t) VALUES (1, random(), randomblob(16), ulid(), datetime('now'))", &[])
+        .await
+        .unwrap();
     client
         .execute(
             "INSERT INTO n(id, r, b, u, t) SELECT id + 1, random(), randomblob(8), ulid(), julianday('now') FROM n",

@@ -89,8 +89,8 @@ impl Group {
     /// Opens (or creates) the group in `dir` and starts its Raft.
     pub async fn open(id: GroupId, dir: &Path, config: &StorageConfig, peers: Arc<Peers>) -> Result<Arc<Group>> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
-        let log = LogStore::open(&dir.join("raft.db"))
-            .map_err(|e| Error::io(format!("group {id}: cannot open log: {e}")))?;
+        let log =
+            LogStore::open(&dir.join("raft.db")).map_err(|e| Error::io(format!("group {id}: cannot open log: {e}")))?;
         let sm = StateMachine::open(&dir.join("sm"))
             .map_err(|e| Error::io(format!("group {id}: cannot open state machine: {e}")))?;
         let shared = sm.shared();
@@ -192,8 +192,7 @@ impl Proposer {
     async fn propose_waiting(&self, command: Command) -> Result<CommandResult> {
         let deadline = tokio::time::Instant::now() + HOLD_WAIT;
         loop {
-            let response =
-                self.raft.client_write(command.clone()).await.map_err(|e| write_error(self.id, e))?;
+            let response = self.raft.client_write(command.clone()).await.map_err(|e| write_error(self.id, e))?;
             match response.data {
                 CommandResult::Busy => self.wait_until_free(deadline).await?,
                 result => return Ok(result),
@@ -207,13 +206,11 @@ impl Proposer {
         match free {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::unavailable("server is shutting down")),
-            Err(_) => Err(Error::Retryable(format!(
-                "group {} is held by a transaction for more than {HOLD_WAIT:?}",
-                self.id
-            ))),
+            Err(_) => {
+                Err(Error::Retryable(format!("group {} is held by a transaction for more than {HOLD_WAIT:?}", self.id)))
+            }
         }
     }
-
 }
 
 /// Group commit: takes the writes waiting in the queue (up to `max_batch`)

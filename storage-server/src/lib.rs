@@ -30,10 +30,10 @@
 //! creating and moving groups, membership changes, follower reads and
 //! direct streaming to clients come with sharding.
 
-#[cfg(test)]
-mod conformance;
 mod clock;
 mod command;
+#[cfg(test)]
+mod conformance;
 mod group;
 mod log_store;
 mod network;

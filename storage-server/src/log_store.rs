@@ -39,7 +39,8 @@ fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt log record: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt log record: {e}")))
 }
 
 impl LogStore {
@@ -62,17 +63,13 @@ impl LogStore {
         f: impl FnOnce(&mut Connection) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
         let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("log store lock")))
-            .await
-            .map_err(to_io)?
+        tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("log store lock"))).await.map_err(to_io)?
     }
 
     async fn get_meta<T: DeserializeOwned + Send + 'static>(&self, key: &'static str) -> io::Result<Option<T>> {
         self.with(move |c| {
-            let v: Option<Vec<u8>> = c
-                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                .optional()
-                .map_err(to_io)?;
+            let v: Option<Vec<u8>> =
+                c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(to_io)?;
             v.map(|b| decode(&b)).transpose()
         })
         .await
@@ -111,7 +108,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> io::Result<Vec<Entry>> {
         let (start, end) = bounds(&range);
         self.with(move |c| {
-            let mut stmt = c.prepare_cached("SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx").map_err(to_io)?;
+            let mut stmt =
+                c.prepare_cached("SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx").map_err(to_io)?;
             let rows = stmt.query_map([start, end], |r| r.get::<_, Vec<u8>>(0)).map_err(to_io)?;
             let mut entries = Vec::new();
             for row in rows {
@@ -141,7 +139,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 v.map(|b| decode(&b)).transpose()
             })
             .await?;
-        let last_log_id = last.map(|e| e.log_id).or(last_purged_log_id.clone());
+        let last_log_id = last.map(|e| e.log_id).or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -166,15 +164,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let rows: Vec<(i64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index as i64, encode(&e)?)))
-            .collect::<io::Result<_>>()?;
+        let rows: Vec<(i64, Vec<u8>)> =
+            entries.into_iter().map(|e| Ok((e.log_id.index as i64, encode(&e)?))).collect::<io::Result<_>>()?;
         let result = self
             .with(move |c| {
                 let tx = c.transaction().map_err(to_io)?;
                 {
-                    let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO log(idx, entry) VALUES (?1, ?2)").map_err(to_io)?;
+                    let mut stmt =
+                        tx.prepare_cached("INSERT OR REPLACE INTO log(idx, entry) VALUES (?1, ?2)").map_err(to_io)?;
                     for (idx, bytes) in &rows {
                         stmt.execute(rusqlite::params![idx, bytes]).map_err(to_io)?;
                     }
@@ -209,8 +206,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let purged = encode(&log_id)?;
         self.with(move |c| {
             let tx = c.transaction().map_err(to_io)?;
-            tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)", rusqlite::params![KEY_PURGED, purged])
-                .map_err(to_io)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+                rusqlite::params![KEY_PURGED, purged],
+            )
+            .map_err(to_io)?;
             tx.execute("DELETE FROM log WHERE idx <= ?1", [upto]).map_err(to_io)?;
             tx.commit().map_err(to_io)
         })

@@ -34,12 +34,7 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
         let group = Group::open(id, &groups_dir.join(id.0.to_string()), &config, peers.clone()).await?;
         groups.insert(id, group);
     }
-    let node = Arc::new(Node {
-        id: config.node(),
-        groups,
-        members: config.members.clone(),
-        scratch_dir,
-    });
+    let node = Arc::new(Node { id: config.node(), groups, members: config.members.clone(), scratch_dir });
 
     // The lowest member id initializes the groups, once.
     let lowest = config.members.iter().map(|m| m.id).min();

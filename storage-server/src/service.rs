@@ -95,7 +95,9 @@ impl pb::storage_server::Storage for StorageService {
                     rows.push(pb::Row { values: row.into_iter().map(Into::into).collect() });
                     if rows.len() == ROWS_PER_PART {
                         let batch = std::mem::replace(&mut rows, Vec::with_capacity(ROWS_PER_PART));
-                        return tx.blocking_send(Ok(part(pb::result_part::Part::Rows(pb::Rows { rows: batch })))).is_ok();
+                        return tx
+                            .blocking_send(Ok(part(pb::result_part::Part::Rows(pb::Rows { rows: batch }))))
+                            .is_ok();
                     }
                     true
                 },
@@ -172,12 +174,12 @@ impl pb::raft_server::Raft for RaftService {
         Ok(reply(msg.group, &r))
     }
 
-    async fn snapshot(&self, request: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let mut chunks = request.into_inner();
-        let first = chunks
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let group = self.0.group(first.group)?.clone();
         let header: SnapshotHeader = decode_raft(&first.header)?;
         // Receive into an anonymous temporary file; the state machine copies it.

@@ -27,15 +27,8 @@ pub const INTERNAL_PREFIX: &str = "_drsdb";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pragmas user SQL may run: read-only introspection.
-const ALLOWED_PRAGMAS: &[&str] = &[
-    "table_info",
-    "table_xinfo",
-    "table_list",
-    "index_list",
-    "index_info",
-    "index_xinfo",
-    "foreign_key_list",
-];
+const ALLOWED_PRAGMAS: &[&str] =
+    &["table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list"];
 
 /// The per-statement inputs of the deterministic functions.
 struct Env {
@@ -63,9 +56,7 @@ pub enum Failure {
 impl From<rusqlite::Error> for Failure {
     fn from(e: rusqlite::Error) -> Self {
         let code = match &e {
-            rusqlite::Error::SqliteFailure(fe, _) | rusqlite::Error::SqlInputError { error: fe, .. } => {
-                Some(fe.code)
-            }
+            rusqlite::Error::SqliteFailure(fe, _) | rusqlite::Error::SqlInputError { error: fe, .. } => Some(fe.code),
             _ => None,
         };
         match code {
@@ -118,11 +109,7 @@ impl Db {
 
     fn wrap(mut conn: Connection) -> rusqlite::Result<Db> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        let env = Arc::new(Mutex::new(Env {
-            rng: ChaCha8Rng::seed_from_u64(0),
-            now_ms: 0,
-            last_ulid: None,
-        }));
+        let env = Arc::new(Mutex::new(Env { rng: ChaCha8Rng::seed_from_u64(0), now_ms: 0, last_ulid: None }));
         register_functions(&conn, &env)?;
         let internal = Arc::new(AtomicBool::new(false));
         let flag = internal.clone();
@@ -198,10 +185,14 @@ impl Db {
     /// Runs one statement and collects its rows.
     pub fn run_collect(&self, stmt: &Statement) -> Result<StatementResult, Failure> {
         let mut rows = Vec::new();
-        let mut result = self.run(stmt, |_| {}, |r| {
-            rows.push(r);
-            true
-        })?;
+        let mut result = self.run(
+            stmt,
+            |_| {},
+            |r| {
+                rows.push(r);
+                true
+            },
+        )?;
         result.rows = rows;
         Ok(result)
     }
@@ -252,9 +243,7 @@ fn authorize(ctx: &AuthContext<'_>, internal: bool) -> Authorization {
 fn register_functions(conn: &Connection, env: &Arc<Mutex<Env>>) -> rusqlite::Result<()> {
     let flags = FunctionFlags::SQLITE_UTF8;
     let e = env.clone();
-    conn.create_scalar_function("random", 0, flags, move |_| {
-        Ok(e.lock().expect("env lock").rng.next_u64() as i64)
-    })?;
+    conn.create_scalar_function("random", 0, flags, move |_| Ok(e.lock().expect("env lock").rng.next_u64() as i64))?;
     let e = env.clone();
     conn.create_scalar_function("randomblob", 1, flags, move |ctx| {
         // SQLite: a size below 1 gives one byte.
@@ -322,7 +311,14 @@ mod tests {
     fn user_sql_cannot_touch_internal_tables_or_transactions() {
         let db = Db::open_writer(Path::new(":memory:")).unwrap();
         db.internal(|c| c.execute_batch("CREATE TABLE _drsdb_raft(x)")).unwrap();
-        for sql in ["SELECT * FROM _drsdb_raft", "DROP TABLE _drsdb_raft", "BEGIN", "COMMIT", "ATTACH 'x' AS y", "PRAGMA journal_mode=DELETE"] {
+        for sql in [
+            "SELECT * FROM _drsdb_raft",
+            "DROP TABLE _drsdb_raft",
+            "BEGIN",
+            "COMMIT",
+            "ATTACH 'x' AS y",
+            "PRAGMA journal_mode=DELETE",
+        ] {
             assert!(db.run_collect(&stmt(sql, 0)).is_err(), "{sql} must be refused");
         }
         db.run_collect(&stmt("CREATE TABLE t(a INTEGER)", 0)).unwrap();

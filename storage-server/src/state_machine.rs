@@ -171,7 +171,10 @@ impl StateMachine {
         self.shared.clone()
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&mut Inner, &Shared) -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner, &Shared) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
         let inner = self.inner.clone();
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || f(&mut inner.lock().expect("state machine lock"), &shared))
@@ -217,7 +220,7 @@ impl Inner {
     }
 
     fn apply(&mut self, shared: &Shared, log_id: LogId, payload: Payload) -> io::Result<CommandResult> {
-        self.last_applied = Some(log_id.clone());
+        self.last_applied = Some(log_id);
         let command = match payload {
             EntryPayload::Blank => None,
             EntryPayload::Membership(m) => {
@@ -333,7 +336,8 @@ impl Inner {
         let tmp = shared.dir.join("snapshot.building");
         let _ = std::fs::remove_file(&tmp);
         // A separate connection sees only committed data.
-        let source = Connection::open_with_flags(shared.current_db(), OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(to_io)?;
+        let source =
+            Connection::open_with_flags(shared.current_db(), OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(to_io)?;
         source.execute("VACUUM INTO ?1", [tmp.to_string_lossy()]).map_err(to_io)?;
         drop(source);
         let copy = Connection::open_with_flags(&tmp, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(to_io)?;
@@ -402,7 +406,8 @@ fn read_applied(c: &Connection) -> io::Result<(Option<LogId>, StoredMembership)>
         })
         .optional()
         .map_err(to_io)?;
-    let corrupt = |e: serde_json::Error| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt applied state: {e}"));
+    let corrupt =
+        |e: serde_json::Error| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt applied state: {e}"));
     match row {
         None => Ok((None, StoredMembership::default())),
         Some((a, m)) => Ok((serde_json::from_str(&a).map_err(corrupt)?, serde_json::from_str(&m).map_err(corrupt)?)),
@@ -458,7 +463,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        self.blocking(|inner, _| Ok((inner.last_applied.clone(), inner.membership.clone()))).await
+        self.blocking(|inner, _| Ok((inner.last_applied, inner.membership.clone()))).await
     }
 
     async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
@@ -500,5 +505,78 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || current_snapshot(&shared)).await.map_err(to_io)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Statement;
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(LeaderId { term: 1, node_id: 1 }, index)
+    }
+
+    fn stmt(sql: &str) -> Statement {
+        Statement { sql: sql.into(), params: vec![], seed: 1, now_ms: 0 }
+    }
+
+    fn apply(sm: &StateMachine, index: u64, command: Command) -> CommandResult {
+        let mut inner = sm.inner.lock().unwrap();
+        inner.apply(&sm.shared, log_id(index), Payload::Normal(command)).unwrap()
+    }
+
+    #[test]
+    fn a_failing_statement_does_not_fail_its_batch_neighbours() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a INTEGER PRIMARY KEY)")]));
+        let r = apply(
+            &sm,
+            2,
+            Command::Batch(vec![
+                stmt("INSERT INTO t VALUES (1)"),
+                stmt("INSERT INTO t VALUES (1)"),
+                stmt("INSERT INTO t VALUES (2), (3)"),
+            ]),
+        );
+        let CommandResult::Batch(outcomes) = r else { panic!("{r:?}") };
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(outcomes[1].as_ref().unwrap_err().to_string().contains("UNIQUE"));
+        let reader = Db::open_reader(&sm.shared.current_db()).unwrap();
+        let rows = reader.run_collect(&stmt("SELECT count(*) FROM t")).unwrap().rows;
+        assert_eq!(rows[0][0], drsdb_common::Value::Integer(3));
+    }
+
+    #[test]
+    fn an_open_transaction_holds_the_group_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let txn = TxnId("t1".into());
+        {
+            let sm = StateMachine::open(dir.path()).unwrap();
+            apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a)")]));
+            apply(&sm, 2, Command::Begin(txn.clone()));
+            apply(&sm, 3, Command::InTxn(txn.clone(), stmt("INSERT INTO t VALUES (1)")));
+            assert_eq!(apply(&sm, 4, Command::Batch(vec![stmt("INSERT INTO t VALUES (2)")])), CommandResult::Busy);
+            assert_eq!(sm.shared.holder().borrow().as_ref().map(|h| h.txn.clone()), Some(txn.clone()));
+        }
+        // Reopened (a crash): the database holds what preceded the Begin,
+        // so openraft replays entries 2.. and rebuilds the transaction.
+        let sm = StateMachine::open(dir.path()).unwrap();
+        let applied = sm.inner.lock().unwrap().last_applied;
+        assert_eq!(applied, Some(log_id(1)));
+        apply(&sm, 2, Command::Begin(txn.clone()));
+        apply(&sm, 3, Command::InTxn(txn.clone(), stmt("INSERT INTO t VALUES (1)")));
+        assert_eq!(apply(&sm, 4, Command::Batch(vec![stmt("INSERT INTO t VALUES (2)")])), CommandResult::Busy);
+        assert!(matches!(apply(&sm, 5, Command::Commit(txn.clone())), CommandResult::Txn(Ok(_))));
+        assert!(sm.shared.holder().borrow().is_none());
+        let reader = Db::open_reader(&sm.shared.current_db()).unwrap();
+        let rows = reader.run_collect(&stmt("SELECT count(*) FROM t")).unwrap().rows;
+        assert_eq!(rows[0][0], drsdb_common::Value::Integer(1), "the busy batch had no effect");
+        assert!(matches!(
+            apply(&sm, 6, Command::InTxn(txn, stmt("SELECT 1"))),
+            CommandResult::Txn(Err(drsdb_common::Error::Retryable(_)))
+        ));
     }
 }

@@ -65,9 +65,10 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         runtime.block_on(drsdb_common::logging::terminated());
         Ok(())
     } else {
-        runtime.block_on(cluster.client()).map_err(anyhow::Error::from).and_then(|mut client| {
-            shell::interactive(&runtime, &mut client, shell::Mode::Table)
-        })
+        runtime
+            .block_on(cluster.client())
+            .map_err(anyhow::Error::from)
+            .and_then(|mut client| shell::interactive(&runtime, &mut client, shell::Mode::Table))
     };
     println!("stopping the cluster");
     cluster.stop();

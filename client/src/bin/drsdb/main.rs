@@ -142,7 +142,9 @@ fn main() -> ExitCode {
             .map(|()| println!("certificates written to {}", out.display()))
             .map_err(Into::into),
         Some(Command::Bench(args)) => bench::run(args),
-        Some(Command::ServeStorage { config }) => drsdb_client::local::serve(drsdb_client::local::SERVE_STORAGE, &config),
+        Some(Command::ServeStorage { config }) => {
+            drsdb_client::local::serve(drsdb_client::local::SERVE_STORAGE, &config)
+        }
         Some(Command::ServeIndex { config }) => drsdb_client::local::serve(drsdb_client::local::SERVE_INDEX, &config),
         None => shell::run(&cli.shell.connect, cli.shell.execute, cli.shell.file, cli.shell.mode),
     };

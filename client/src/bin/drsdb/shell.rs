@@ -42,9 +42,9 @@ pub fn run(connect: &ConnectArgs, execute: Option<String>, file: Option<PathBuf>
     let mut client = runtime.block_on(connect.client())?;
     let script = match (execute, file) {
         (Some(sql), _) => Some(sql),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
-        ),
+        (None, Some(path)) => {
+            Some(std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?)
+        }
         (None, None) => None,
     };
     match script {
@@ -202,7 +202,11 @@ async fn run_statement(client: &mut Client, statement: &str, mode: Mode, out: &m
 }
 
 fn plural(n: u64) -> &'static str {
-    if n == 1 { "" } else { "s" }
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 fn cell(v: &Value) -> String {
