@@ -140,8 +140,7 @@ fn split(script: &str) -> Result<(Vec<String>, bool)> {
         if leading.len() < 4 {
             leading.push(kw.unwrap_or(Keyword::NoKeyword));
         }
-        let is_trigger =
-            leading.first() == Some(&Keyword::CREATE) && leading[1..].contains(&Keyword::TRIGGER);
+        let is_trigger = leading.first() == Some(&Keyword::CREATE) && leading[1..].contains(&Keyword::TRIGGER);
         if is_trigger && kw == Some(Keyword::BEGIN) {
             in_trigger_body = true;
         }

@@ -155,10 +155,12 @@ impl Cluster {
                 return Err(Error::unavailable("no storage servers known"));
             };
             attempt += 1;
+            tracing::debug!(%group, %addr, attempt, "calling storage server");
             let status = match call(self.client(&addr)?).await {
                 Ok(v) => return Ok(v),
                 Err(s) => s,
             };
+            tracing::debug!(%group, %addr, "storage server failed: {status}");
             let arrived = !never_arrived(&status);
             let error = Error::from(status);
             let retry = match &error {

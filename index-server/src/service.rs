@@ -25,6 +25,7 @@ impl pb::sql_server::Sql for SqlService {
 
     async fn execute(&self, request: Request<pb::ExecuteRequest>) -> Result<Response<PartStream>, Status> {
         let req = request.into_inner();
+        tracing::debug!(sql = %req.sql, txn = %req.txn_id, "execute");
         let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
         let executor = self.0.clone();
         tokio::spawn(async move {
@@ -39,6 +40,7 @@ impl pb::sql_server::Sql for SqlService {
         &self,
         _request: Request<pb::IndexServersRequest>,
     ) -> Result<Response<pb::IndexServersResponse>, Status> {
+        tracing::debug!("index servers");
         let addrs = crate::server::live_index_servers(&self.0.cluster).await?;
         Ok(Response::new(pb::IndexServersResponse { addrs }))
     }

@@ -260,6 +260,26 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_query_stops_and_results_end_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(dir.path(), Options::default()).await;
+    let mut client = cluster.client().await.unwrap();
+    // A query that never ends on its own; dropping its stream cancels it.
+    let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let cancelled = tokio::time::timeout(Duration::from_millis(500), client.execute(endless, &[])).await;
+    assert!(cancelled.is_err(), "the query should still be running");
+    // Every result stream ends (a stream that never closed would hang here).
+    for _ in 0..20 {
+        client.execute("SELECT 1", &[]).await.unwrap();
+    }
+    // The storage servers stop on SIGTERM within the grace period, which a
+    // query still running would prevent.
+    let stopped = Instant::now();
+    cluster.stop();
+    assert!(stopped.elapsed() < Duration::from_secs(10), "servers took {:?} to stop", stopped.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_a_valid_certificate_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start(dir.path(), Options::default()).await;

@@ -74,7 +74,9 @@ impl pb::storage_server::Storage for StorageService {
     async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<PartStream>, Status> {
         let req = request.into_inner();
         let group = self.0.group(req.group)?.clone();
+        tracing::debug!(group = req.group, sql = %req.sql, "read");
         group.read_barrier().await?;
+        tracing::debug!(group = req.group, "read barrier passed");
         let db = group.reader()?;
         let statement = Statement {
             sql: req.sql,
@@ -83,7 +85,20 @@ impl pb::storage_server::Storage for StorageService {
             now_ms: req.now_ms,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
+        // When the reader goes away (the client cancelled), stop the query
+        // even if it is busy producing no rows. The watcher lets go of its
+        // sender once the query ends, so that the stream can end.
+        let interrupt = db.interrupt_handle();
+        let gone = tx.clone();
+        let (finished, query_done) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = gone.closed() => interrupt.interrupt(),
+                _ = query_done => {}
+            }
+        });
         tokio::task::spawn_blocking(move || {
+            let _finished = finished;
             let mut rows = Vec::with_capacity(ROWS_PER_PART);
             let result = db.run(
                 &statement,

@@ -26,6 +26,13 @@ pub const INTERNAL_PREFIX: &str = "_drsdb";
 /// the same process (a checkpoint, a snapshot being taken).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// SQLite virtual-machine steps between two checks of a statement's budget.
+const STEPS_PER_CHECK: i32 = 10_000;
+/// Most virtual-machine steps one statement may take (about a minute of
+/// work). The count is the same on every replica, so a runaway statement
+/// fails identically everywhere instead of wedging the log.
+pub const MAX_STATEMENT_STEPS: u64 = 5_000_000_000;
+
 /// Pragmas user SQL may run: read-only introspection.
 const ALLOWED_PRAGMAS: &[&str] =
     &["table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list"];
@@ -35,6 +42,8 @@ struct Env {
     rng: ChaCha8Rng,
     now_ms: i64,
     last_ulid: Option<u128>,
+    /// Budget checks left for the running statement.
+    checks_left: u64,
 }
 
 /// A connection plus the switches drsdb flips around each statement.
@@ -42,6 +51,8 @@ pub struct Db {
     conn: Connection,
     env: Arc<Mutex<Env>>,
     internal: Arc<AtomicBool>,
+    /// Most virtual-machine steps per user statement.
+    max_steps: u64,
 }
 
 /// Whether a SQLite error is the statement's fault or the environment's.
@@ -71,6 +82,9 @@ impl From<rusqlite::Error> for Failure {
                 | ErrorCode::PermissionDenied
                 | ErrorCode::ReadOnly,
             ) => Failure::Environment(std::io::Error::other(e.to_string())),
+            Some(ErrorCode::OperationInterrupted) => Failure::Statement(Error::invalid(format!(
+                "statement interrupted: cancelled, or over the budget of {MAX_STATEMENT_STEPS} SQLite steps"
+            ))),
             _ => Failure::Statement(Error::invalid(statement_message(&e))),
         }
     }
@@ -109,21 +123,38 @@ impl Db {
 
     fn wrap(mut conn: Connection) -> rusqlite::Result<Db> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        let env = Arc::new(Mutex::new(Env { rng: ChaCha8Rng::seed_from_u64(0), now_ms: 0, last_ulid: None }));
+        let env =
+            Arc::new(Mutex::new(Env { rng: ChaCha8Rng::seed_from_u64(0), now_ms: 0, last_ulid: None, checks_left: 0 }));
         register_functions(&conn, &env)?;
+        let budget = env.clone();
+        conn.progress_handler(
+            STEPS_PER_CHECK,
+            Some(move || {
+                let mut env = budget.lock().expect("env lock");
+                env.checks_left = env.checks_left.saturating_sub(1);
+                env.checks_left == 0
+            }),
+        )?;
         let internal = Arc::new(AtomicBool::new(false));
         let flag = internal.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&ctx, flag.load(Ordering::Relaxed))))?;
-        Ok(Db { conn, env, internal })
+        Ok(Db { conn, env, internal, max_steps: MAX_STATEMENT_STEPS })
     }
 
     /// Runs drsdb's own SQL (transaction control, bookkeeping), bypassing
     /// the authorizer.
     pub fn internal<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        // drsdb's own statements are not budgeted.
+        self.env.lock().expect("env lock").checks_left = u64::MAX;
         self.internal.store(true, Ordering::Relaxed);
         let r = f(&self.conn);
         self.internal.store(false, Ordering::Relaxed);
         r
+    }
+
+    /// A handle that aborts the running statement from another thread.
+    pub fn interrupt_handle(&self) -> rusqlite::InterruptHandle {
+        self.conn.get_interrupt_handle()
     }
 
     /// True outside any open SQLite transaction.
@@ -144,6 +175,7 @@ impl Db {
             env.rng = ChaCha8Rng::seed_from_u64(stmt.seed);
             env.now_ms = stmt.now_ms;
             env.last_ulid = None;
+            env.checks_left = self.max_steps / STEPS_PER_CHECK as u64;
         }
         let _clock = clock::pin(stmt.now_ms);
         let before = self.conn.total_changes();
@@ -296,6 +328,21 @@ mod tests {
         assert!(u1.starts_with("01HF"), "timestamp part encodes now_ms: {u1}");
         assert_eq!(ra.rows[0][4], Value::Text("2023-11-14 22:13:20".into()), "the clock is the statement's");
         assert_eq!(ra.rows[0][5], ra.rows[0][4]);
+    }
+
+    #[test]
+    fn runaway_statements_are_stopped() {
+        let mut db = Db::open_writer(Path::new(":memory:")).unwrap();
+        db.max_steps = 1_000_000;
+        let e = db
+            .run_collect(&stmt(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+                0,
+            ))
+            .unwrap_err();
+        let Failure::Statement(e) = e else { panic!("{e:?}") };
+        assert!(e.to_string().contains("interrupted"), "{e}");
+        db.internal(|c| c.execute_batch("CREATE TABLE after(x)")).unwrap();
     }
 
     #[test]

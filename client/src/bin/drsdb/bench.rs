@@ -2,7 +2,7 @@
 //! cluster, and the same workloads against plain SQLite on one file in the
 //! same run, so that figures can be quoted as ratios on a noisy machine.
 //!
-//! Workloads (each at `--concurrency` sessions, `--ops` operations):
+//! Workloads (each at `--concurrency` sessions, `--ops` statements):
 //! - single-row inserts (`INSERT … VALUES (?, ?)`),
 //! - batched inserts (one statement of `--batch` rows),
 //! - point selects by primary key.
@@ -27,7 +27,7 @@ pub struct BenchArgs {
     /// Concurrent sessions (cluster) or threads (SQLite).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Operations per workload.
+    /// Statements per workload.
     #[arg(long, default_value_t = 2000)]
     ops: usize,
     /// Rows per statement in the batched-insert workload.
@@ -102,7 +102,7 @@ async fn cluster_workload(
     table: &str,
     args: &BenchArgs,
 ) -> anyhow::Result<Measure> {
-    let ops = if w == Workload::BatchInsert { args.ops / args.batch.max(1) } else { args.ops };
+    let ops = args.ops;
     let started = Instant::now();
     let mut tasks = Vec::new();
     let workers = std::mem::take(clients);
@@ -131,7 +131,7 @@ async fn cluster_workload(
 }
 
 fn sqlite_workload(path: &Path, w: Workload, args: &BenchArgs) -> anyhow::Result<Measure> {
-    let ops = if w == Workload::BatchInsert { args.ops / args.batch.max(1) } else { args.ops };
+    let ops = args.ops;
     let path = Arc::new(path.to_path_buf());
     let started = Instant::now();
     let handles: Vec<_> = (0..args.concurrency)
@@ -178,10 +178,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         conn.execute_batch("CREATE TABLE bench(k TEXT PRIMARY KEY, v TEXT)")?;
     }
     println!(
-        "drsdb bench: {} ops per workload, concurrency {}, batch {} rows; baseline: SQLite on one file (WAL, synchronous=FULL)",
+        "drsdb bench: {} statements per workload, concurrency {}, batch {} rows; baseline: SQLite on one file (WAL, synchronous=FULL)",
         args.ops, args.concurrency, args.batch
     );
-    println!("{:<18} {:>8} {:>8} {:>12} {:>10} {:>10}", "workload", "system", "ops", "ops/s", "p50 ms", "p99 ms");
+    println!("{:<18} {:>8} {:>8} {:>12} {:>10} {:>10}", "workload", "system", "stmts", "stmts/s", "p50 ms", "p99 ms");
     let results = runtime.block_on(async {
         let mut clients = Vec::new();
         for _ in 0..args.concurrency {

@@ -149,7 +149,7 @@ fn meta_command(line: &str, timing: &mut bool) -> Meta {
         }
         ("\\dt" | ".tables", _) | ("\\d", None) => Meta::Run("SHOW TABLES".into()),
         ("\\d" | ".schema", Some(name)) => Meta::Run(format!(
-            "SELECT sql FROM sqlite_schema WHERE name = '{}' COLLATE NOCASE OR (tbl_name = '{}' COLLATE NOCASE AND type = 'index') ORDER BY type DESC",
+            "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND (name = '{}' COLLATE NOCASE OR (tbl_name = '{}' COLLATE NOCASE AND type = 'index')) ORDER BY type DESC",
             name.replace('\'', "''"),
             name.replace('\'', "''")
         )),
