@@ -344,26 +344,19 @@ fn toml_string<T: Serialize>(value: &T) -> anyhow::Result<String> {
 /// Runs the server a hidden `serve-storage`/`serve-index` subcommand names,
 /// from its config file, until SIGTERM or SIGINT.
 pub fn serve(subcommand: &str, config_path: &Path) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
+    use drsdb_common::logging::run_server;
     match subcommand {
         SERVE_STORAGE => {
             let c: StorageConfig = config::load(config_path)?;
-            drsdb_common::logging::init(&c.log)?;
-            runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind(c.listen).await?;
-                drsdb_storage::serve(c, listener, drsdb_common::logging::terminated()).await?;
-                anyhow::Ok(())
-            })
+            let (log, listen) = (c.log.clone(), c.listen);
+            run_server(&log, listen, |listener, shutdown| drsdb_storage::serve(c, listener, shutdown))?;
         }
         SERVE_INDEX => {
             let c: IndexConfig = config::load(config_path)?;
-            drsdb_common::logging::init(&c.log)?;
-            runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind(c.listen).await?;
-                drsdb_index::serve(c, listener, drsdb_common::logging::terminated()).await?;
-                anyhow::Ok(())
-            })
+            let (log, listen) = (c.log.clone(), c.listen);
+            run_server(&log, listen, |listener, shutdown| drsdb_index::serve(c, listener, shutdown))?;
         }
         other => anyhow::bail!("unknown server kind {other}"),
     }
+    Ok(())
 }

@@ -1,5 +1,5 @@
-//! Process plumbing shared by the binaries: the tracing subscriber and the
-//! shutdown signal.
+//! Process plumbing shared by the binaries: the tracing subscriber, the
+//! shutdown signal, and running a server until it.
 
 use crate::error::{Error, Result};
 
@@ -30,4 +30,22 @@ pub async fn terminated() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
+}
+
+/// Runs a server process: installs logging with `log`, binds `listen`,
+/// and runs `serve(listener, shutdown)` on a new runtime until SIGTERM or
+/// SIGINT.
+pub fn run_server<F, Fut>(log: &str, listen: std::net::SocketAddr, serve: F) -> Result<()>
+where
+    F: FnOnce(tokio::net::TcpListener, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    init(log)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::io(format!("cannot listen on {listen}: {e}")))?;
+        serve(listener, Box::pin(terminated())).await
+    })
 }

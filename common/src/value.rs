@@ -12,12 +12,25 @@ pub enum Value {
     Null,
     /// A 64-bit signed integer.
     Integer(i64),
-    /// An IEEE 754 double.
-    Real(f64),
+    /// An IEEE 754 double. Serialized by its bits, so that infinities,
+    /// NaN and -0.0 survive any serde format.
+    Real(#[serde(with = "real_bits")] f64),
     /// UTF-8 text.
     Text(String),
     /// Bytes.
     Blob(Vec<u8>),
+}
+
+mod real_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
 }
 
 impl From<pb::Value> for Value {
@@ -136,6 +149,15 @@ mod tests {
             [Value::Null, Value::Integer(-7), Value::Real(1.5), Value::Text("héllo".into()), Value::Blob(vec![0, 255])]
         {
             assert_eq!(Value::from(pb::Value::from(v.clone())), v);
+        }
+    }
+
+    #[test]
+    fn every_double_survives_serde() {
+        for r in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 0.1, f64::MAX] {
+            let json = serde_json::to_string(&Value::Real(r)).unwrap();
+            let Value::Real(back) = serde_json::from_str(&json).unwrap() else { panic!() };
+            assert_eq!(back.to_bits(), r.to_bits());
         }
     }
 

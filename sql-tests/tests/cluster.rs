@@ -254,7 +254,10 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let _ = s.write_all(b"\x16\x03\x01garbage that is not TLS\r\n\r\n").await;
     }
-    client.execute("INSERT INTO t VALUES (1, 'ok')", &[]).await.unwrap();
+    // Doubles that JSON cannot carry travel through every hop.
+    let rs = client.execute("SELECT ?1, ?2 * 2", &[Value::Real(f64::NAN), Value::Real(f64::INFINITY)]).await.unwrap();
+    assert_eq!(rs.rows[0].values(), &[Value::Null, Value::Real(f64::INFINITY)]);
+    client.execute("INSERT INTO t VALUES (1, 'ok') RETURNING 1e308 * 10, ?1", &[Value::Real(-0.0)]).await.unwrap();
     let n: i64 = client.execute("SELECT count(*) FROM t", &[]).await.unwrap().rows[0].get(0).unwrap();
     assert_eq!(n, 1, "failed statements left nothing behind");
 }

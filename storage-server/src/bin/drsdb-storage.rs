@@ -65,12 +65,8 @@ fn main() -> anyhow::Result<()> {
         c.tls = drsdb_common::tls::node_config_in(&dir);
     }
     c.tls.insecure |= args.insecure;
-    drsdb_common::logging::init(&c.log)?;
     c.validate()?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(c.listen).await?;
-        drsdb_storage::serve(c, listener, drsdb_common::logging::terminated()).await?;
-        anyhow::Ok(())
-    })
+    let (log, listen) = (c.log.clone(), c.listen);
+    drsdb_common::logging::run_server(&log, listen, |listener, shutdown| drsdb_storage::serve(c, listener, shutdown))?;
+    Ok(())
 }
