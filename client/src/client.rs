@@ -21,6 +21,11 @@ const MAX_FAILURES: u32 = 2;
 const QUARANTINE: Duration = Duration::from_secs(30);
 /// Largest message accepted from an index server.
 const MAX_MESSAGE: usize = 64 << 20;
+/// How long asking an index server for the live list may take.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a statement may take to produce its first answer (a write may
+/// wait for a transaction holding its group, or for a leader election).
+const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Server {
     addr: String,
@@ -104,7 +109,9 @@ impl Client {
         let mut last = Error::unavailable("no index server known");
         for addr in candidates {
             let mut c = pb::sql_client::SqlClient::new(self.dialer.lazy(&addr)?);
-            match c.index_servers(pb::IndexServersRequest {}).await {
+            let mut request = tonic::Request::new(pb::IndexServersRequest {});
+            request.set_timeout(REFRESH_TIMEOUT);
+            match c.index_servers(request).await {
                 Ok(r) => {
                     let mut addrs = r.into_inner().addrs;
                     if addrs.is_empty() {
@@ -206,13 +213,22 @@ impl Client {
         req: &pb::ExecuteRequest,
         idempotent: bool,
     ) -> std::result::Result<RowStream, Result<Error>> {
-        let status = match self.rotation[i].client.execute(req.clone()).await {
-            Ok(response) => match RowStream::start(response.into_inner()).await {
-                Ok(rows) => return Ok(rows),
-                Err(e @ Error::Unavailable(_)) if idempotent => return Err(Ok(e)),
-                Err(e) => return Err(Err(e)),
-            },
-            Err(status) => status,
+        let server = &mut self.rotation[i];
+        let first_answer = async {
+            match server.client.execute(req.clone()).await {
+                Ok(response) => Ok(RowStream::start(response.into_inner()).await),
+                Err(status) => Err(status),
+            }
+        };
+        let status = match tokio::time::timeout(FIRST_ANSWER_TIMEOUT, first_answer).await {
+            Ok(Ok(Ok(rows))) => return Ok(rows),
+            Ok(Ok(Err(e @ Error::Unavailable(_)))) if idempotent => return Err(Ok(e)),
+            Ok(Ok(Err(e))) => return Err(Err(e)),
+            Ok(Err(status)) => status,
+            Err(_) => tonic::Status::deadline_exceeded(format!(
+                "{} gave no answer within {FIRST_ANSWER_TIMEOUT:?}; a write may or may not have been applied",
+                server.addr
+            )),
         };
         let safe = idempotent || never_arrived(&status);
         match Error::from(status) {

@@ -93,30 +93,36 @@ impl Layout {
         Ok(serde_json::from_str(&text)?)
     }
 
-    fn create(dir: &Path, options: &Options) -> anyhow::Result<Layout> {
+    /// Chooses addresses for a new cluster by binding loopback port 0 for
+    /// each server; the bound listeners are handed to the servers, so no
+    /// other process can take a port in between.
+    fn create(dir: &Path, options: &Options) -> anyhow::Result<(Layout, Vec<std::net::TcpListener>)> {
         if options.storage_servers == 0 || options.index_servers == 0 {
             anyhow::bail!("a cluster needs at least one storage server and one index server");
         }
-        let storage = (1..=options.storage_servers)
-            .map(|id| Ok(Member { id, addr: free_address()? }))
-            .collect::<anyhow::Result<_>>()?;
-        let index = (0..options.index_servers).map(|_| free_address()).collect::<anyhow::Result<_>>()?;
+        let count = options.storage_servers as usize + options.index_servers;
+        let listeners =
+            (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<Vec<_>>>()?;
+        let mut addrs =
+            listeners.iter().map(|l| Ok(l.local_addr()?.to_string())).collect::<anyhow::Result<Vec<_>>>()?;
+        let index = addrs.split_off(options.storage_servers as usize);
+        let storage = addrs.into_iter().zip(1..).map(|(addr, id)| Member { id, addr }).collect();
         let layout = Layout { storage, index, insecure: options.insecure };
         std::fs::write(dir.join(LAYOUT_FILE), serde_json::to_string_pretty(&layout)?)?;
-        Ok(layout)
+        Ok((layout, listeners))
     }
 }
 
-/// A loopback address with a port that is free now.
-fn free_address() -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.to_string())
-}
+/// The descriptor a server child finds its listening socket on.
+pub const LISTEN_FD: i32 = 3;
 
 struct Process {
     name: String,
+    addr: String,
     config: PathBuf,
     subcommand: &'static str,
+    /// A socket already bound for it (first start of a new cluster).
+    listener: Option<std::net::TcpListener>,
     child: Option<Child>,
 }
 
@@ -135,7 +141,14 @@ impl LocalCluster {
     pub fn start(exe: &Path, dir: &Path, options: &Options) -> anyhow::Result<LocalCluster> {
         std::fs::create_dir_all(dir.join(LOGS_DIR))?;
         let dir = dir.canonicalize()?;
-        let layout = if dir.join(LAYOUT_FILE).exists() { Layout::read(&dir)? } else { Layout::create(&dir, options)? };
+        let (layout, mut listeners) = if dir.join(LAYOUT_FILE).exists() {
+            (Layout::read(&dir)?, Vec::new())
+        } else {
+            let (layout, listeners) = Layout::create(&dir, options)?;
+            (layout, listeners.into_iter().map(Some).collect())
+        };
+        listeners.resize_with(layout.storage.len() + layout.index.len(), || None);
+        let mut listeners = listeners.into_iter();
         let certs = dir.join(CERTS_DIR);
         let mut node_tls = tls::node_config_in(&certs);
         let mut client_tls = tls::client_config_in(&certs);
@@ -161,7 +174,14 @@ impl LocalCluster {
             let name = format!("storage-{}", m.id);
             let path = dir.join(format!("{name}.toml"));
             std::fs::write(&path, toml_string(&config)?)?;
-            processes.push(Process { name, config: path, subcommand: SERVE_STORAGE, child: None });
+            processes.push(Process {
+                name,
+                addr: m.addr.clone(),
+                config: path,
+                subcommand: SERVE_STORAGE,
+                listener: listeners.next().flatten(),
+                child: None,
+            });
         }
         for (i, addr) in layout.index.iter().enumerate() {
             let config = IndexConfig {
@@ -174,7 +194,14 @@ impl LocalCluster {
             let name = format!("index-{}", i + 1);
             let path = dir.join(format!("{name}.toml"));
             std::fs::write(&path, toml_string(&config)?)?;
-            processes.push(Process { name, config: path, subcommand: SERVE_INDEX, child: None });
+            processes.push(Process {
+                name,
+                addr: addr.clone(),
+                config: path,
+                subcommand: SERVE_INDEX,
+                listener: listeners.next().flatten(),
+                child: None,
+            });
         }
         let mut cluster = LocalCluster { dir, exe: exe.to_path_buf(), layout, client_tls, processes };
         let names: Vec<String> = cluster.processes.iter().map(|p| p.name.clone()).collect();
@@ -208,8 +235,11 @@ impl LocalCluster {
         self.processes.iter_mut().find(|p| p.name == name).ok_or_else(|| anyhow::anyhow!("no server called {name}"))
     }
 
-    /// Starts the server `name` (`storage-N` or `index-N`) if it is not running.
+    /// Starts the server `name` (`storage-N` or `index-N`) if it is not
+    /// running. This process binds its address and hands the socket over
+    /// on descriptor [`LISTEN_FD`].
     pub fn start_server(&mut self, name: &str) -> anyhow::Result<()> {
+        use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
         let exe = self.exe.clone();
         let log_path = self.dir.join(LOGS_DIR).join(format!("{name}.log"));
@@ -217,23 +247,47 @@ impl LocalCluster {
         if p.child.is_some() {
             return Ok(());
         }
+        let listener = match p.listener.take() {
+            Some(l) => l,
+            None => std::net::TcpListener::bind(&p.addr).map_err(|e| {
+                anyhow::anyhow!(
+                    "{name} cannot listen on {} ({e}); is another cluster using this directory's ports?",
+                    p.addr
+                )
+            })?,
+        };
+        let fd = listener.as_raw_fd();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
         let mut command = std::process::Command::new(&exe);
         command
             .arg(p.subcommand)
             .arg("--config")
             .arg(&p.config)
+            .arg("--listen-fd")
+            .arg(LISTEN_FD.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
-        // SAFETY: only an async-signal-safe prctl runs between fork and exec.
+        // SAFETY: between fork and exec only async-signal-safe calls run:
+        // prctl, dup2 and fcntl on descriptors this process owns.
         unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)?;
+                let rc = if fd == LISTEN_FD {
+                    nix::libc::fcntl(fd, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(fd, LISTEN_FD)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
             });
         }
         p.child = Some(command.spawn().map_err(|e| anyhow::anyhow!("cannot start {name}: {e}"))?);
+        // The child has its own copy of the socket now.
+        drop(listener);
         Ok(())
     }
 
@@ -342,21 +396,51 @@ fn toml_string<T: Serialize>(value: &T) -> anyhow::Result<String> {
 }
 
 /// Runs the server a hidden `serve-storage`/`serve-index` subcommand names,
-/// from its config file, until SIGTERM or SIGINT.
-pub fn serve(subcommand: &str, config_path: &Path) -> anyhow::Result<()> {
+/// from its config file, until SIGTERM or SIGINT. With `listen_fd` it
+/// serves on the socket its parent bound and passed on that descriptor;
+/// otherwise it binds the configured address.
+pub fn serve(subcommand: &str, config_path: &Path, listen_fd: Option<i32>) -> anyhow::Result<()> {
     use drsdb_common::logging::run_server;
+    let listener = |configured: std::net::SocketAddr| -> anyhow::Result<std::net::TcpListener> {
+        match listen_fd {
+            // SAFETY: the parent passed a listening socket on this
+            // descriptor and nothing else in this process owns it.
+            Some(fd) => Ok(unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+            None => std::net::TcpListener::bind(configured)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {configured}: {e}")),
+        }
+    };
     match subcommand {
         SERVE_STORAGE => {
             let c: StorageConfig = config::load(config_path)?;
-            let (log, listen) = (c.log.clone(), c.listen);
-            run_server(&log, listen, |listener, shutdown| drsdb_storage::serve(c, listener, shutdown))?;
+            let (log, socket) = (c.log.clone(), listener(c.listen)?);
+            run_server(&log, socket, |listener, shutdown| drsdb_storage::serve(c, listener, shutdown))?;
         }
         SERVE_INDEX => {
             let c: IndexConfig = config::load(config_path)?;
-            let (log, listen) = (c.log.clone(), c.listen);
-            run_server(&log, listen, |listener, shutdown| drsdb_index::serve(c, listener, shutdown))?;
+            let (log, socket) = (c.log.clone(), listener(c.listen)?);
+            run_server(&log, socket, |listener, shutdown| drsdb_index::serve(c, listener, shutdown))?;
         }
         other => anyhow::bail!("unknown server kind {other}"),
     }
     Ok(())
+}
+
+/// The hidden server subcommands as they appear in `argv`
+/// (`serve-storage --config FILE --listen-fd N`), for binaries that host
+/// local clusters. `None` when `argv` is something else.
+pub fn serve_from_args(argv: &[String]) -> Option<anyhow::Result<()>> {
+    let [_, kind, flag, config, rest @ ..] = argv else { return None };
+    if (kind != SERVE_STORAGE && kind != SERVE_INDEX) || flag != "--config" {
+        return None;
+    }
+    let fd = match rest {
+        [] => None,
+        [f, n] if f == "--listen-fd" => match n.parse() {
+            Ok(n) => Some(n),
+            Err(_) => return Some(Err(anyhow::anyhow!("--listen-fd takes a number"))),
+        },
+        _ => return Some(Err(anyhow::anyhow!("usage: {kind} --config FILE [--listen-fd N]"))),
+    };
+    Some(serve(kind, config.as_ref(), fd))
 }

@@ -32,20 +32,18 @@ pub async fn terminated() {
     }
 }
 
-/// Runs a server process: installs logging with `log`, binds `listen`,
-/// and runs `serve(listener, shutdown)` on a new runtime until SIGTERM or
-/// SIGINT.
-pub fn run_server<F, Fut>(log: &str, listen: std::net::SocketAddr, serve: F) -> Result<()>
+/// Runs a server process: installs logging with `log` and runs
+/// `serve(listener, shutdown)` on a new runtime until SIGTERM or SIGINT.
+pub fn run_server<F, Fut>(log: &str, listener: std::net::TcpListener, serve: F) -> Result<()>
 where
     F: FnOnce(tokio::net::TcpListener, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
     init(log)?;
     let runtime = tokio::runtime::Runtime::new()?;
+    listener.set_nonblocking(true)?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| Error::io(format!("cannot listen on {listen}: {e}")))?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         serve(listener, Box::pin(terminated())).await
     })
 }

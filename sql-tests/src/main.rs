@@ -33,8 +33,8 @@ struct Args {
 fn main() -> ExitCode {
     // The cluster's servers are this binary, started with a hidden subcommand.
     let argv: Vec<String> = std::env::args().collect();
-    if argv.len() == 4 && (argv[1] == local::SERVE_STORAGE || argv[1] == local::SERVE_INDEX) && argv[2] == "--config" {
-        return match local::serve(&argv[1], argv[3].as_ref()) {
+    if let Some(served) = local::serve_from_args(&argv) {
+        return match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

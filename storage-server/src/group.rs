@@ -27,6 +27,11 @@ const MAX_INFLIGHT_BATCHES: usize = 4;
 const HOLD_WAIT: Duration = Duration::from_secs(30);
 /// How often the leader looks for idle transactions.
 const REAPER_PERIOD: Duration = Duration::from_millis(500);
+/// A proposal not committed by then fails (the group may have lost its
+/// majority); it may still commit later.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A read barrier not confirmed by a majority by then fails.
+const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Snapshot transfers may take this long.
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 30_000;
 
@@ -171,7 +176,15 @@ impl Group {
     /// Waits until this replica may serve a linearizable read.
     pub async fn read_barrier(&self) -> Result<()> {
         self.ensure_leader()?;
-        self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(|e| match e {
+        let barrier = tokio::time::timeout(READ_BARRIER_TIMEOUT, self.raft.ensure_linearizable(ReadPolicy::ReadIndex))
+            .await
+            .map_err(|_| {
+                Error::unavailable(format!(
+                    "group {} could not confirm its leadership within {READ_BARRIER_TIMEOUT:?} (a majority of its replicas may be down)",
+                    self.id
+                ))
+            })?;
+        barrier.map(|_| ()).map_err(|e| match e {
             RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f)) => {
                 Error::NotLeader { group: self.id, leader: f.leader_id.map(NodeId) }
             }
@@ -192,7 +205,15 @@ impl Proposer {
     async fn propose_waiting(&self, command: Command) -> Result<CommandResult> {
         let deadline = tokio::time::Instant::now() + HOLD_WAIT;
         loop {
-            let response = self.raft.client_write(command.clone()).await.map_err(|e| write_error(self.id, e))?;
+            let response = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(command.clone()))
+                .await
+                .map_err(|_| {
+                    Error::unavailable(format!(
+                        "group {} did not commit the write within {COMMIT_TIMEOUT:?} (a majority of its replicas may be down); it may still be applied",
+                        self.id
+                    ))
+                })?
+                .map_err(|e| write_error(self.id, e))?;
             match response.data {
                 CommandResult::Busy => self.wait_until_free(deadline).await?,
                 result => return Ok(result),

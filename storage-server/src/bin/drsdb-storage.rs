@@ -66,7 +66,11 @@ fn main() -> anyhow::Result<()> {
     }
     c.tls.insecure |= args.insecure;
     c.validate()?;
-    let (log, listen) = (c.log.clone(), c.listen);
-    drsdb_common::logging::run_server(&log, listen, |listener, shutdown| drsdb_storage::serve(c, listener, shutdown))?;
+    let listener =
+        std::net::TcpListener::bind(c.listen).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", c.listen))?;
+    let log = c.log.clone();
+    drsdb_common::logging::run_server(&log, listener, |listener, shutdown| {
+        drsdb_storage::serve(c, listener, shutdown)
+    })?;
     Ok(())
 }

@@ -90,12 +90,16 @@ enum Command {
     ServeStorage {
         #[arg(long)]
         config: PathBuf,
+        #[arg(long)]
+        listen_fd: Option<i32>,
     },
     /// Run an index server (used by `drsdb local`).
     #[command(hide = true)]
     ServeIndex {
         #[arg(long)]
         config: PathBuf,
+        #[arg(long)]
+        listen_fd: Option<i32>,
     },
 }
 
@@ -142,10 +146,12 @@ fn main() -> ExitCode {
             .map(|()| println!("certificates written to {}", out.display()))
             .map_err(Into::into),
         Some(Command::Bench(args)) => bench::run(args),
-        Some(Command::ServeStorage { config }) => {
-            drsdb_client::local::serve(drsdb_client::local::SERVE_STORAGE, &config)
+        Some(Command::ServeStorage { config, listen_fd }) => {
+            drsdb_client::local::serve(drsdb_client::local::SERVE_STORAGE, &config, listen_fd)
         }
-        Some(Command::ServeIndex { config }) => drsdb_client::local::serve(drsdb_client::local::SERVE_INDEX, &config),
+        Some(Command::ServeIndex { config, listen_fd }) => {
+            drsdb_client::local::serve(drsdb_client::local::SERVE_INDEX, &config, listen_fd)
+        }
         None => shell::run(&cli.shell.connect, cli.shell.execute, cli.shell.file, cli.shell.mode),
     };
     match result {

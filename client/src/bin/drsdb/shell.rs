@@ -248,7 +248,7 @@ async fn print_rows(rows: &mut RowStream, mode: Mode, out: &mut impl Write) -> a
                     values.iter().zip(&widths).map(|(v, w)| format!(" {v:<w$} ")).collect::<Vec<_>>().join("|")
                 };
                 if first_block {
-                    writeln!(out, "{}", line(&header))?;
+                    writeln!(out, "{}", line(&header).trim_end())?;
                     writeln!(out, "{}", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"))?;
                 }
                 for r in &cells {
