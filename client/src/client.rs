@@ -39,7 +39,8 @@ struct Server {
 /// skipped; one that fails twice leaves the rotation, and the rotation is
 /// refreshed from a live index server. A statement is re-sent to the next
 /// server only when that is safe: it never reached the failed one, or it
-/// only reads. A `Client` is one session: `BEGIN` opens a transaction that
+/// only reads, or it is a write the cluster deduplicates by request id
+/// (every statement outside a transaction). A `Client` is one session: `BEGIN` opens a transaction that
 /// its next statements belong to, whichever index server they reach.
 pub struct Client {
     dialer: Dialer,
@@ -49,6 +50,10 @@ pub struct Client {
     dropped: HashMap<String, Instant>,
     next: usize,
     txn: Option<String>,
+    /// This session's id, the prefix of its request ids.
+    session: String,
+    /// Statements sent so far (the suffix of request ids).
+    sent: u64,
 }
 
 /// True when a failed call certainly never reached the server.
@@ -74,6 +79,8 @@ impl Client {
             dropped: HashMap::new(),
             next: 0,
             txn: None,
+            session: ulid::Ulid::generate().to_string(),
+            sent: 0,
         };
         client.set_rotation(servers.to_vec())?;
         client.refresh().await?;
@@ -146,12 +153,18 @@ impl Client {
             )));
         };
         let kind = syntax::check(statement)?;
+        self.sent += 1;
         let req = pb::ExecuteRequest {
             sql: statement.clone(),
             params: params.iter().cloned().map(Into::into).collect(),
             txn_id: self.txn.clone().unwrap_or_default(),
+            request_id: format!("{}-{}", self.session, self.sent),
         };
-        let result = self.send(req, kind == Kind::Read && self.txn.is_none()).await;
+        // Outside a transaction a statement may be sent again after a lost
+        // reply: reads are harmless, writes are deduplicated by request id.
+        // Transaction statements are not (their order matters).
+        let resendable = self.txn.is_none() && !kind.is_transaction_control();
+        let result = self.send(req, resendable).await;
         match kind {
             Kind::Begin => {
                 if let Ok(rs) = &result {

@@ -186,11 +186,14 @@ impl Cluster {
         }
     }
 
-    /// Proposes `command` to `group` and returns its result.
-    pub async fn write(&self, group: GroupId, command: &Command) -> Result<CommandResult> {
+    /// Proposes `command` to `group` and returns its result. An
+    /// `idempotent` command (one the storage tier deduplicates, or whose
+    /// repetition is harmless) is sent again after failures whose outcome
+    /// is unknown.
+    pub async fn write(&self, group: GroupId, command: &Command, idempotent: bool) -> Result<CommandResult> {
         let bytes = drsdb_storage::encode(command);
         let reply = self
-            .with_leader(group, false, |mut client| {
+            .with_leader(group, idempotent, |mut client| {
                 let req = pb::WriteRequest { group: group.0, command: bytes.clone() };
                 async move { client.write(req).await }
             })

@@ -163,6 +163,7 @@ impl Executor {
             params: req.params.into_iter().map(Into::into).collect(),
             seed: rand::random(),
             now_ms,
+            request_id: (!req.request_id.is_empty()).then_some(req.request_id),
         };
         match (kind, txn) {
             (Kind::Show, _) => introspection::show(self, &statement.sql, out, self.rows_per_batch).await,
@@ -194,7 +195,10 @@ impl Executor {
                 if kind == Kind::Write {
                     self.check_targets(&statement.sql).await?;
                 }
-                let outcome = match self.cluster.write(DATA, &Command::Batch(vec![statement])).await? {
+                // With a request id the storage tier applies it once, so
+                // it may be sent again after a lost reply.
+                let idempotent = statement.request_id.is_some();
+                let outcome = match self.cluster.write(DATA, &Command::Batch(vec![statement]), idempotent).await? {
                     CommandResult::Batch(mut o) if o.len() == 1 => o.remove(0),
                     other => return Err(Error::io(format!("unexpected write result {other:?}"))),
                 };
@@ -213,7 +217,7 @@ impl Executor {
     }
 
     async fn txn_command(&self, command: Command) -> Result<StatementResult> {
-        match self.cluster.write(DATA, &command).await? {
+        match self.cluster.write(DATA, &command, false).await? {
             CommandResult::Txn(outcome) => outcome,
             other => Err(Error::io(format!("unexpected transaction result {other:?}"))),
         }

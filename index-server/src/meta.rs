@@ -61,15 +61,16 @@ impl Catalog {
     }
 }
 
-/// A statement for the meta group, with a fixed seed (meta statements use
-/// no random functions).
+/// A statement for the meta group (meta statements use no random
+/// functions, so the seed is fixed).
 fn statement(sql: &str, params: Vec<Value>) -> Statement {
-    Statement { sql: sql.into(), params, seed: 0, now_ms: 0 }
+    Statement { sql: sql.into(), params, seed: 0, now_ms: chrono::Utc::now().timestamp_millis(), request_id: None }
 }
 
 /// Runs statements as one batch in the meta group; fails if any failed.
+/// Every meta write may repeat harmlessly (`IF NOT EXISTS`, `OR REPLACE`).
 async fn meta_write(cluster: &Cluster, statements: Vec<Statement>) -> Result<()> {
-    match cluster.write(GroupId::META, &Command::Batch(statements)).await? {
+    match cluster.write(GroupId::META, &Command::Batch(statements), true).await? {
         CommandResult::Batch(outcomes) => outcomes.into_iter().try_for_each(|o| o.map(|_| ())),
         other => Err(Error::io(format!("unexpected meta result {other:?}"))),
     }

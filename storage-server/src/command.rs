@@ -19,9 +19,14 @@ pub struct Statement {
     pub params: Vec<Value>,
     /// Seeds the statement's random functions (chosen before replication).
     pub seed: u64,
-    /// The statement's wall-clock time in ms since the Unix epoch (used by
-    /// `ulid()`).
+    /// The statement's wall-clock time in ms since the Unix epoch: every
+    /// clock reading of the statement returns it.
     pub now_ms: i64,
+    /// Deduplication id: an autocommit statement whose id was applied in
+    /// the last [`crate::REQUEST_MEMORY_MS`] is not run again; its first
+    /// outcome is returned.
+    #[serde(default)]
+    pub request_id: Option<String>,
 }
 
 /// A command in a group's log.

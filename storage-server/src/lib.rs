@@ -45,3 +45,4 @@ mod types;
 
 pub use command::{decode, encode, Column, Command, CommandResult, Outcome, Statement, StatementResult};
 pub use server::{serve, GROUPS};
+pub use state_machine::REQUEST_MEMORY_MS;

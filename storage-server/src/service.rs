@@ -83,6 +83,7 @@ impl pb::storage_server::Storage for StorageService {
             params: req.params.into_iter().map(Into::into).collect(),
             seed: req.seed,
             now_ms: req.now_ms,
+            request_id: None,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
         // When the reader goes away (the client cancelled), stop the query

@@ -310,7 +310,7 @@ mod tests {
     use super::*;
 
     fn stmt(sql: &str, seed: u64) -> Statement {
-        Statement { sql: sql.into(), params: vec![], seed, now_ms: 1_700_000_000_000 }
+        Statement { sql: sql.into(), params: vec![], seed, now_ms: 1_700_000_000_000, request_id: None }
     }
 
     #[test]

@@ -131,11 +131,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Creates the bookkeeping table if needed and reads the applied state.
+/// How long an applied request id is remembered for deduplication
+/// (measured on the statements' own clocks, so the same on every replica).
+pub const REQUEST_MEMORY_MS: i64 = 10 * 60 * 1000;
+
+/// Creates the bookkeeping tables if needed and reads the applied state.
 fn load_applied(db: &Db) -> io::Result<(Option<LogId>, StoredMembership)> {
     db.internal(|c| {
         c.execute_batch(
-            "CREATE TABLE IF NOT EXISTS _drsdb_raft(id INTEGER PRIMARY KEY CHECK (id = 0), applied TEXT NOT NULL, membership TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS _drsdb_raft(id INTEGER PRIMARY KEY CHECK (id = 0), applied TEXT NOT NULL, membership TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS _drsdb_requests(id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL, outcome TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS _drsdb_requests_at ON _drsdb_requests(at_ms);",
         )
     })
     .map_err(to_io)?;
@@ -241,7 +247,8 @@ impl Inner {
                     return Ok(CommandResult::Busy);
                 }
                 let outcomes = self.in_write_txn(|me| {
-                    statements.iter().map(|s| me.run_in_savepoint(s)).collect::<io::Result<Vec<Outcome>>>()
+                    me.forget_old_requests(&statements)?;
+                    statements.iter().map(|s| me.run_once(s)).collect::<io::Result<Vec<Outcome>>>()
                 })?;
                 Ok(CommandResult::Batch(outcomes))
             }
@@ -312,6 +319,42 @@ impl Inner {
                 Ok(CommandResult::Txn(Ok(StatementResult::default())))
             }
         }
+    }
+
+    /// Drops request ids older than the memory window, by the batch's clock.
+    fn forget_old_requests(&self, statements: &[crate::command::Statement]) -> io::Result<()> {
+        let Some(now) = statements.iter().map(|s| s.now_ms).max() else { return Ok(()) };
+        self.db
+            .internal(|c| c.execute("DELETE FROM _drsdb_requests WHERE at_ms < ?1", [now - REQUEST_MEMORY_MS]))
+            .map_err(to_io)?;
+        Ok(())
+    }
+
+    /// Runs an autocommit statement unless its request id was applied
+    /// already, in which case the first outcome is returned again.
+    fn run_once(&mut self, statement: &crate::command::Statement) -> io::Result<Outcome> {
+        let Some(id) = &statement.request_id else { return self.run_in_savepoint(statement) };
+        let seen: Option<String> = self
+            .db
+            .internal(|c| {
+                c.query_row("SELECT outcome FROM _drsdb_requests WHERE id = ?1", [id], |r| r.get(0)).optional()
+            })
+            .map_err(to_io)?;
+        if let Some(outcome) = seen {
+            return serde_json::from_str(&outcome)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt request record: {e}")));
+        }
+        let outcome = self.run_in_savepoint(statement)?;
+        let recorded = serde_json::to_string(&outcome).map_err(to_io)?;
+        self.db
+            .internal(|c| {
+                c.execute(
+                    "INSERT INTO _drsdb_requests(id, at_ms, outcome) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![id, statement.now_ms, recorded],
+                )
+            })
+            .map_err(to_io)?;
+        Ok(outcome)
     }
 
     /// Runs one autocommit statement of a batch inside a savepoint, so that
@@ -519,7 +562,7 @@ mod tests {
     }
 
     fn stmt(sql: &str) -> Statement {
-        Statement { sql: sql.into(), params: vec![], seed: 1, now_ms: 0 }
+        Statement { sql: sql.into(), params: vec![], seed: 1, now_ms: 0, request_id: None }
     }
 
     fn apply(sm: &StateMachine, index: u64, command: Command) -> CommandResult {
@@ -547,6 +590,22 @@ mod tests {
         let reader = Db::open_reader(&sm.shared.current_db()).unwrap();
         let rows = reader.run_collect(&stmt("SELECT count(*) FROM t")).unwrap().rows;
         assert_eq!(rows[0][0], drsdb_common::Value::Integer(3));
+    }
+
+    #[test]
+    fn a_request_applies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a INTEGER PRIMARY KEY AUTOINCREMENT, b)")]));
+        let insert = Statement { request_id: Some("s1-7".into()), ..stmt("INSERT INTO t(b) VALUES ('x') RETURNING a") };
+        let first = apply(&sm, 2, Command::Batch(vec![insert.clone()]));
+        let again = apply(&sm, 3, Command::Batch(vec![insert.clone(), insert]));
+        let CommandResult::Batch(first) = first else { panic!() };
+        let CommandResult::Batch(again) = again else { panic!() };
+        assert_eq!(again, vec![first[0].clone(), first[0].clone()], "the first outcome, RETURNING rows included");
+        let reader = Db::open_reader(&sm.shared.current_db()).unwrap();
+        let rows = reader.run_collect(&stmt("SELECT count(*) FROM t")).unwrap().rows;
+        assert_eq!(rows[0][0], drsdb_common::Value::Integer(1));
     }
 
     #[test]
