@@ -34,9 +34,9 @@
 //!
 //! ## Not yet
 //! One data group holds every table: no sharding, no distributed planning,
-//! no pushdown (they come with the sharding issue). Writes are not
-//! deduplicated: a write whose reply was lost is reported as possibly
-//! applied rather than retried.
+//! no pushdown (they come with the sharding issue). Autocommit writes carry
+//! the client's request id and are applied once, so they are re-sent after
+//! a lost reply; statements inside transactions are not.
 
 mod cluster;
 mod executor;
