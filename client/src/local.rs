@@ -300,15 +300,6 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Stops the server `name` with SIGTERM, killing it after a grace period.
-    pub fn terminate(&mut self, name: &str) -> anyhow::Result<()> {
-        let p = self.process(name)?;
-        if let Some(child) = p.child.take() {
-            stop_all(vec![(p.name.clone(), child)]);
-        }
-        Ok(())
-    }
-
     /// Stops every server (SIGTERM, then SIGKILL after a grace period).
     pub fn stop(&mut self) {
         let children: Vec<(String, Child)> =

@@ -133,15 +133,18 @@ impl From<tonic::Status> for Error {
             // A status that did not come from drsdb: transport failures,
             // TLS refusals, timeouts.
             _ => match s.code() {
-                Code::InvalidArgument | Code::OutOfRange | Code::NotFound | Code::AlreadyExists => {
-                    Error::InvalidInput(msg)
-                }
+                Code::InvalidArgument | Code::NotFound | Code::AlreadyExists => Error::InvalidInput(msg),
                 Code::Aborted => Error::Retryable(msg),
-                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                // Without drsdb's metadata, Unknown is the transport's
+                // (a connection that broke mid-request).
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
                     Error::Unavailable(if msg.is_empty() { "server unavailable".into() } else { msg })
                 }
                 Code::Unauthenticated | Code::PermissionDenied => {
                     Error::InvalidInput(format!("refused: {msg}; check the client certificate and CA"))
+                }
+                Code::ResourceExhausted | Code::OutOfRange => {
+                    Error::InvalidInput(format!("{msg}; send a smaller statement or fewer rows at once"))
                 }
                 Code::DataLoss => Error::Corrupt(msg),
                 _ => Error::Io(format!("{}: {msg}", s.code())),

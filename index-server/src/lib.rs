@@ -45,4 +45,4 @@ mod meta;
 mod server;
 mod service;
 
-pub use server::{serve, MAX_REQUEST};
+pub use server::serve;

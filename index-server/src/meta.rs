@@ -100,14 +100,24 @@ pub async fn query(cluster: &Cluster, group: GroupId, sql: &str, params: Vec<Val
     Ok(rows)
 }
 
-/// Records that the index server at `addr` is alive now.
+/// Index servers silent for this long are forgotten.
+const FORGET_INDEX_SERVER_MS: i64 = 60 * 60 * 1000;
+
+/// Records that the index server at `addr` is alive now, and forgets those
+/// long silent.
 pub async fn announce(cluster: &Cluster, addr: &str, now_ms: i64) -> Result<()> {
     meta_write(
         cluster,
-        vec![statement(
-            "INSERT OR REPLACE INTO index_servers(addr, last_seen_ms) VALUES (?1, ?2)",
-            vec![addr.into(), now_ms.into()],
-        )],
+        vec![
+            statement(
+                "INSERT OR REPLACE INTO index_servers(addr, last_seen_ms) VALUES (?1, ?2)",
+                vec![addr.into(), now_ms.into()],
+            ),
+            statement(
+                "DELETE FROM index_servers WHERE last_seen_ms < ?1",
+                vec![(now_ms - FORGET_INDEX_SERVER_MS).into()],
+            ),
+        ],
     )
     .await
 }

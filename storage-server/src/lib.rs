@@ -44,5 +44,5 @@ mod state_machine;
 mod types;
 
 pub use command::{decode, encode, Column, Command, CommandResult, Outcome, Statement, StatementResult};
-pub use server::{serve, GROUPS};
+pub use server::serve;
 pub use state_machine::REQUEST_MEMORY_MS;

@@ -17,7 +17,7 @@ use crate::service::{Node, RaftService, StorageService};
 
 /// The groups every storage server hosts until sharding lands: the meta
 /// group and the first data group, each on every member.
-pub const GROUPS: [GroupId; 2] = [GroupId::META, GroupId::FIRST_DATA];
+const GROUPS: [GroupId; 2] = [GroupId::META, GroupId::FIRST_DATA];
 
 /// Runs a storage server on `listener` until `shutdown` completes, then
 /// stops its groups cleanly.
