@@ -16,8 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use crate::command::{Command, CommandResult, Outcome, Statement};
 use crate::log_store::LogStore;
 use crate::network::{Network, Peers};
-use crate::sqlite::Db;
-use crate::state_machine::{Shared, StateMachine};
+use crate::state_machine::{Reader, Shared, StateMachine};
 use crate::types::{Raft, TypeConfig};
 
 /// Batches proposed at once by one group's write path; later writes queue
@@ -193,9 +192,9 @@ impl Group {
         })
     }
 
-    /// Opens a read-only connection on the group's committed data.
-    pub fn reader(&self) -> Result<Db> {
-        Db::open_reader(&self.proposer.shared.current_db()).map_err(|e| Error::io(format!("group {}: {e}", self.id)))
+    /// A read-only connection on the group's committed data.
+    pub fn reader(&self) -> Result<Reader> {
+        self.proposer.shared.reader().map_err(|e| Error::io(format!("group {}: {e}", self.id)))
     }
 }
 

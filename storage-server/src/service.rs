@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use drsdb_common::config::Member;
@@ -89,12 +90,13 @@ impl pb::storage_server::Storage for StorageService {
         // When the reader goes away (the client cancelled), stop the query
         // even if it is busy producing no rows. The watcher lets go of its
         // sender once the query ends, so that the stream can end.
-        let interrupt = db.interrupt_handle();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel_on_close = cancel.clone();
         let gone = tx.clone();
         let (finished, query_done) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             tokio::select! {
-                _ = gone.closed() => interrupt.interrupt(),
+                _ = gone.closed() => cancel_on_close.store(true, Ordering::Relaxed),
                 _ = query_done => {}
             }
         });
@@ -103,6 +105,7 @@ impl pb::storage_server::Storage for StorageService {
             let mut rows = Vec::with_capacity(ROWS_PER_PART);
             let result = db.run(
                 &statement,
+                Some(cancel),
                 |columns| {
                     // A gone reader shows up when the first rows are sent.
                     let _ = tx.blocking_send(Ok(columns_part(columns)));

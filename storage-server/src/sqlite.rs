@@ -44,6 +44,8 @@ struct Env {
     last_ulid: Option<u128>,
     /// Budget checks left for the running statement.
     checks_left: u64,
+    /// Set from another thread to stop the running statement.
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 /// A connection plus the switches drsdb flips around each statement.
@@ -123,8 +125,13 @@ impl Db {
 
     fn wrap(mut conn: Connection) -> rusqlite::Result<Db> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        let env =
-            Arc::new(Mutex::new(Env { rng: ChaCha8Rng::seed_from_u64(0), now_ms: 0, last_ulid: None, checks_left: 0 }));
+        let env = Arc::new(Mutex::new(Env {
+            rng: ChaCha8Rng::seed_from_u64(0),
+            now_ms: 0,
+            last_ulid: None,
+            checks_left: 0,
+            cancel: None,
+        }));
         register_functions(&conn, &env)?;
         let budget = env.clone();
         conn.progress_handler(
@@ -132,7 +139,7 @@ impl Db {
             Some(move || {
                 let mut env = budget.lock().expect("env lock");
                 env.checks_left = env.checks_left.saturating_sub(1);
-                env.checks_left == 0
+                env.checks_left == 0 || env.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
             }),
         )?;
         let internal = Arc::new(AtomicBool::new(false));
@@ -152,21 +159,18 @@ impl Db {
         r
     }
 
-    /// A handle that aborts the running statement from another thread.
-    pub fn interrupt_handle(&self) -> rusqlite::InterruptHandle {
-        self.conn.get_interrupt_handle()
-    }
-
     /// True outside any open SQLite transaction.
     pub fn is_autocommit(&self) -> bool {
         self.conn.is_autocommit()
     }
 
     /// Runs one user statement, handing each row to `on_row` (return false
-    /// to stop reading). Returns the columns and the change counts.
+    /// to stop reading). Setting `cancel` from another thread stops it.
+    /// Returns the columns and the change counts.
     pub fn run(
         &self,
         stmt: &Statement,
+        cancel: Option<Arc<AtomicBool>>,
         mut on_columns: impl FnMut(&[Column]),
         mut on_row: impl FnMut(Vec<Value>) -> bool,
     ) -> Result<StatementResult, Failure> {
@@ -176,6 +180,7 @@ impl Db {
             env.now_ms = stmt.now_ms;
             env.last_ulid = None;
             env.checks_left = self.max_steps / STEPS_PER_CHECK as u64;
+            env.cancel = cancel;
         }
         let _clock = clock::pin(stmt.now_ms);
         let before = self.conn.total_changes();
@@ -219,6 +224,7 @@ impl Db {
         let mut rows = Vec::new();
         let mut result = self.run(
             stmt,
+            None,
             |_| {},
             |r| {
                 rows.push(r);

@@ -54,6 +54,8 @@ type Snapshot = openraft::storage::Snapshot<
 >;
 
 const CURRENT_FILE: &str = "CURRENT";
+/// Idle read-only connections kept per group.
+const IDLE_READERS: usize = 8;
 const SNAPSHOT_META_FILE: &str = "snapshot.json";
 
 /// The explicit transaction holding a group, as seen by this replica.
@@ -80,9 +82,50 @@ pub struct Shared {
     current: Mutex<PathBuf>,
     /// The transaction holding the group, if any.
     holder: watch::Sender<Option<Holder>>,
+    /// Idle read-only connections, with the file each is on.
+    readers: Mutex<Vec<(PathBuf, Db)>>,
+}
+
+/// A read-only connection on a group's committed data; back to the pool
+/// when dropped.
+pub struct Reader {
+    db: Option<Db>,
+    path: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for Reader {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        self.db.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let Some(db) = self.db.take() else { return };
+        // A connection on a replaced database file is closed, not kept.
+        if self.path == self.shared.current_db() {
+            let mut idle = self.shared.readers.lock().expect("readers lock");
+            if idle.len() < IDLE_READERS {
+                idle.push((self.path.clone(), db));
+            }
+        }
+    }
 }
 
 impl Shared {
+    /// A read-only connection on the live database (reused when one is idle).
+    pub fn reader(self: &Arc<Self>) -> rusqlite::Result<Reader> {
+        let path = self.current_db();
+        let idle = self.readers.lock().expect("readers lock").pop();
+        let db = match idle {
+            Some((p, db)) if p == path => db,
+            _ => Db::open_reader(&path)?,
+        };
+        Ok(Reader { db: Some(db), path, shared: self.clone() })
+    }
+
     /// Path of the live database, for opening a reader.
     pub fn current_db(&self) -> PathBuf {
         self.current.lock().expect("current lock").clone()
@@ -168,7 +211,12 @@ impl StateMachine {
         let (holder, _) = watch::channel(None);
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(Inner { db, generation, last_applied, membership, txn: None })),
-            shared: Arc::new(Shared { dir: dir.to_path_buf(), current: Mutex::new(path), holder }),
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                current: Mutex::new(path),
+                holder,
+                readers: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -424,6 +472,7 @@ impl Inner {
         let old_path = db_path(&shared.dir, self.generation);
         self.generation = next;
         *shared.current.lock().expect("current lock") = next_path;
+        shared.readers.lock().expect("readers lock").clear();
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", old_path.display()));
         }
