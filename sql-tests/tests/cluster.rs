@@ -156,6 +156,44 @@ async fn leader_crash_loses_no_acknowledged_write_and_a_lagging_follower_catches
     assert_eq!(replicas[1], replicas[2]);
 }
 
+/// The data group's last log index on its leader.
+async fn data_log_index(client: &mut Client) -> i64 {
+    let rs = client.execute("SHOW GROUPS", &[]).await.unwrap();
+    rs.rows
+        .iter()
+        .filter(|r| r.get::<i64>(0).ok() == Some(1) && r.get::<String>(2).ok().as_deref() == Some("Leader"))
+        .find_map(|r| r.get::<i64>(5).ok())
+        .expect("a data leader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries() {
+    const WRITERS: i64 = 8;
+    const EACH: i64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), Options::default()).await;
+    let mut client = cluster.client().await.unwrap();
+    client.execute("CREATE TABLE g(w INTEGER, i INTEGER, PRIMARY KEY (w, i))", &[]).await.unwrap();
+    let before = data_log_index(&mut client).await;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut c = cluster.client().await.unwrap();
+        writers.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                c.execute("INSERT INTO g VALUES (?1, ?2)", params![w, i]).await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let entries = data_log_index(&mut client).await - before;
+    let n: i64 = client.execute("SELECT count(*) FROM g", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(n, WRITERS * EACH);
+    println!("{} writes in {entries} log entries", WRITERS * EACH);
+    assert!(entries < WRITERS * EACH, "group commit put several writes in one entry ({entries} entries)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_cluster_restart_keeps_every_row() {
     let dir = tempfile::tempdir().unwrap();

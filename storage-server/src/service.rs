@@ -77,7 +77,6 @@ impl pb::storage_server::Storage for StorageService {
         let group = self.0.group(req.group)?.clone();
         tracing::debug!(group = req.group, sql = %req.sql, "read");
         group.read_barrier().await?;
-        tracing::debug!(group = req.group, "read barrier passed");
         let db = group.reader()?;
         let statement = Statement {
             sql: req.sql,
