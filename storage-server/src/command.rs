@@ -2,8 +2,9 @@
 //!
 //! Raft sees a command as bytes (serde); the state machine interprets it.
 //! Everything a replica needs to apply a command identically is inside it:
-//! the SQL text with the clock already pinned by the index server, the
-//! parameters, and the seed for `random()`, `randomblob()` and `ulid()`.
+//! the SQL text, the parameters, the instant every clock reading of the
+//! statement returns, and the seed for `random()`, `randomblob()` and
+//! `ulid()`, all chosen by the index server before replication.
 
 use std::fmt;
 
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// One SQL statement with everything needed to run it deterministically.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Statement {
-    /// Exactly one SQL statement, its clock readings pinned.
+    /// Exactly one SQL statement, as the client wrote it.
     pub sql: String,
     /// Values for its placeholders.
     pub params: Vec<Value>,

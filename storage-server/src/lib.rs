@@ -4,7 +4,11 @@
 //! a durable log (`log_store`, a SQLite file with fsync on every append)
 //! and a state machine that is a SQLite database (`state_machine`); a
 //! command applies the same way on every replica because everything
-//! nondeterministic was fixed before it was proposed (`command`, `sqlite`).
+//! nondeterministic was fixed before it was proposed (`command`): the
+//! statement's instant, which SQLite's clock returns through our VFS
+//! (`clock`), and the seed of `random()`, `randomblob()` and `ulid()`
+//! (`sqlite`). A statement also has a budget of SQLite steps, counted the
+//! same on every replica, so a runaway statement fails everywhere alike.
 //!
 //! ## Data flow
 //! - **Writes**: an index server calls `Storage.Write` on the group's
@@ -12,7 +16,9 @@
 //!   (`group`), which proposes whatever has queued as one `Batch` entry:
 //!   one Raft round, one fsync, one SQLite transaction for many clients,
 //!   each statement in its own savepoint so that one failure does not fail
-//!   its neighbours. The reply comes when the entry is applied.
+//!   its neighbours. A statement with a request id already applied in the
+//!   last ten minutes is not run again; its first outcome is returned. The
+//!   reply comes when the entry is applied.
 //! - **Transactions**: `Begin` makes a transaction hold the group; its
 //!   statements, `Commit` and `Rollback` are entries too, and its SQLite
 //!   transaction stays open across them on every replica. Batches that
@@ -20,7 +26,8 @@
 //!   group is free. The leader rolls back a transaction idle for longer than
 //!   `txn_idle_timeout_ms`.
 //! - **Reads**: `Storage.Read` on the leader waits for a ReadIndex barrier
-//!   (linearizable), then streams rows from a read-only connection.
+//!   (linearizable), then streams rows from a pooled read-only connection,
+//!   which sees committed data only; a reader that goes away cancels it.
 //! - **Raft traffic**: `network` carries openraft's messages as bytes over
 //!   one gRPC channel per peer, tagged with the group id; snapshots stream
 //!   as SQLite files.
