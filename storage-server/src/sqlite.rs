@@ -33,6 +33,17 @@ const STEPS_PER_CHECK: i32 = 10_000;
 /// fails identically everywhere instead of wedging the log.
 pub const MAX_STATEMENT_STEPS: u64 = 5_000_000_000;
 
+/// Longest string or blob a replicated statement may build (SQLite's
+/// length limit on writers): larger values fail the statement, the same
+/// way on every replica, instead of exhausting memory on all of them.
+pub const MAX_VALUE_BYTES: i32 = 16 << 20;
+
+/// SQLite functions whose values depend on the connection's history, which
+/// differs between replicas (a replica that restarted has a fresh
+/// connection): refused inside replicated statements.
+const CONNECTION_FUNCTIONS: &[(&str, i32)] =
+    &[("changes", 0), ("total_changes", 0), ("last_insert_rowid", 0), ("sqlite_offset", 1)];
+
 /// Pragmas user SQL may run: read-only introspection.
 const ALLOWED_PRAGMAS: &[&str] =
     &["table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list"];
@@ -82,7 +93,9 @@ impl From<rusqlite::Error> for Failure {
                 | ErrorCode::OutOfMemory
                 | ErrorCode::FileLockingProtocolFailed
                 | ErrorCode::PermissionDenied
-                | ErrorCode::ReadOnly,
+                | ErrorCode::ReadOnly
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked,
             ) => Failure::Environment(std::io::Error::other(e.to_string())),
             Some(ErrorCode::OperationInterrupted) => Failure::Statement(Error::invalid(format!(
                 "statement interrupted: cancelled, or over the budget of {MAX_STATEMENT_STEPS} SQLite steps"
@@ -110,6 +123,18 @@ impl Db {
         let conn = Connection::open_with_flags_and_vfs(path, flags, clock::VFS_NAME)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
+        for &(name, args) in CONNECTION_FUNCTIONS {
+            conn.create_scalar_function(name, args, FunctionFlags::SQLITE_UTF8, move |_| {
+                Err::<i64, _>(rusqlite::Error::UserFunctionError(
+                    format!(
+                        "{name}() depends on the connection and is not available in replicated statements; \
+                         statement results report rows affected and the last rowid"
+                    )
+                    .into(),
+                ))
+            })?;
+        }
         Self::wrap(conn)
     }
 
@@ -241,7 +266,20 @@ fn authorize(ctx: &AuthContext<'_>, internal: bool) -> Authorization {
         return Authorization::Allow;
     }
     let table = match ctx.action {
-        AuthAction::Transaction { .. } | AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
+        // drsdb runs transactions itself; temporary objects would live on one
+        // connection of one replica only.
+        AuthAction::Transaction { .. }
+        | AuthAction::Savepoint { .. }
+        | AuthAction::Attach { .. }
+        | AuthAction::Detach { .. }
+        | AuthAction::CreateTempIndex { .. }
+        | AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempTrigger { .. }
+        | AuthAction::CreateTempView { .. }
+        | AuthAction::DropTempIndex { .. }
+        | AuthAction::DropTempTable { .. }
+        | AuthAction::DropTempTrigger { .. }
+        | AuthAction::DropTempView { .. } => {
             return Authorization::Deny;
         }
         AuthAction::Pragma { pragma_name, .. } => {
@@ -250,16 +288,10 @@ fn authorize(ctx: &AuthContext<'_>, internal: bool) -> Authorization {
         }
         AuthAction::CreateIndex { table_name, .. }
         | AuthAction::CreateTable { table_name }
-        | AuthAction::CreateTempIndex { table_name, .. }
-        | AuthAction::CreateTempTable { table_name }
-        | AuthAction::CreateTempTrigger { table_name, .. }
         | AuthAction::CreateTrigger { table_name, .. }
         | AuthAction::Delete { table_name }
         | AuthAction::DropIndex { table_name, .. }
         | AuthAction::DropTable { table_name }
-        | AuthAction::DropTempIndex { table_name, .. }
-        | AuthAction::DropTempTable { table_name }
-        | AuthAction::DropTempTrigger { table_name, .. }
         | AuthAction::DropTrigger { table_name, .. }
         | AuthAction::Insert { table_name }
         | AuthAction::Read { table_name, .. }
@@ -284,8 +316,13 @@ fn register_functions(conn: &Connection, env: &Arc<Mutex<Env>>) -> rusqlite::Res
     conn.create_scalar_function("random", 0, flags, move |_| Ok(e.lock().expect("env lock").rng.next_u64() as i64))?;
     let e = env.clone();
     conn.create_scalar_function("randomblob", 1, flags, move |ctx| {
-        // SQLite: a size below 1 gives one byte.
-        let n = ctx.get::<i64>(0).unwrap_or(1).clamp(1, i64::from(i32::MAX)) as usize;
+        // SQLite: a size below 1 gives one byte; beyond the length limit the
+        // statement fails before anything is allocated.
+        let n = ctx.get::<i64>(0).unwrap_or(1).max(1);
+        if n > i64::from(MAX_VALUE_BYTES) {
+            return Err(rusqlite::Error::UserFunctionError("string or blob too big".into()));
+        }
+        let n = n as usize;
         let mut bytes = vec![0u8; n];
         e.lock().expect("env lock").rng.fill_bytes(&mut bytes);
         Ok(bytes)

@@ -294,10 +294,7 @@ impl Inner {
                 if self.txn.is_some() {
                     return Ok(CommandResult::Busy);
                 }
-                let outcomes = self.in_write_txn(|me| {
-                    me.forget_old_requests(&statements)?;
-                    statements.iter().map(|s| me.run_once(s)).collect::<io::Result<Vec<Outcome>>>()
-                })?;
+                let outcomes = self.in_write_txn(|me| me.run_batch(&statements))?;
                 Ok(CommandResult::Batch(outcomes))
             }
             Command::Begin(txn) => {
@@ -369,6 +366,34 @@ impl Inner {
         }
     }
 
+    /// Runs a batch's statements in the open SQLite transaction. A statement
+    /// that ends the whole transaction (`ON CONFLICT ROLLBACK`, an
+    /// interrupted write) keeps its error; the transaction is begun again
+    /// and the statements before it run again, which gives the same results
+    /// on every replica since they are deterministic.
+    fn run_batch(&mut self, statements: &[crate::command::Statement]) -> io::Result<Vec<Outcome>> {
+        let mut ended_txn: std::collections::BTreeMap<usize, Error> = Default::default();
+        'attempt: loop {
+            self.forget_old_requests(statements)?;
+            let mut outcomes = Vec::with_capacity(statements.len());
+            for (i, statement) in statements.iter().enumerate() {
+                if let Some(e) = ended_txn.get(&i) {
+                    outcomes.push(Err(e.clone()));
+                    continue;
+                }
+                let outcome = self.run_once(statement)?;
+                if self.db.is_autocommit() {
+                    let e = outcome.err().unwrap_or_else(|| Error::invalid("the statement ended the transaction"));
+                    ended_txn.insert(i, e);
+                    self.db.internal(|c| c.execute_batch("BEGIN IMMEDIATE")).map_err(to_io)?;
+                    continue 'attempt;
+                }
+                outcomes.push(outcome);
+            }
+            return Ok(outcomes);
+        }
+    }
+
     /// Drops request ids older than the memory window, by the batch's clock.
     fn forget_old_requests(&self, statements: &[crate::command::Statement]) -> io::Result<()> {
         let Some(now) = statements.iter().map(|s| s.now_ms).max() else { return Ok(()) };
@@ -393,6 +418,11 @@ impl Inner {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt request record: {e}")));
         }
         let outcome = self.run_in_savepoint(statement)?;
+        if self.db.is_autocommit() {
+            // The statement ended the batch's transaction; the batch runs
+            // again without it (see `run_batch`).
+            return Ok(outcome);
+        }
         let recorded = serde_json::to_string(&outcome).map_err(to_io)?;
         self.db
             .internal(|c| {
@@ -408,18 +438,23 @@ impl Inner {
     /// Runs one autocommit statement of a batch inside a savepoint, so that
     /// its failure undoes only itself.
     fn run_in_savepoint(&mut self, statement: &crate::command::Statement) -> io::Result<Outcome> {
-        self.db.internal(|c| c.execute_batch("SAVEPOINT stmt")).map_err(to_io)?;
-        match self.db.run_collect(statement) {
-            Ok(r) => {
-                self.db.internal(|c| c.execute_batch("RELEASE stmt")).map_err(to_io)?;
-                Ok(Ok(r))
-            }
-            Err(Failure::Statement(e)) => {
-                self.db.internal(|c| c.execute_batch("ROLLBACK TO stmt; RELEASE stmt")).map_err(to_io)?;
-                Ok(Err(e))
-            }
-            Err(Failure::Environment(e)) => Err(e),
+        self.db.internal(|c| c.execute_batch("SAVEPOINT _drsdb_statement")).map_err(to_io)?;
+        let outcome = match self.db.run_collect(statement) {
+            Ok(r) => Ok(r),
+            Err(Failure::Statement(e)) => Err(e),
+            Err(Failure::Environment(e)) => return Err(e),
+        };
+        if self.db.is_autocommit() {
+            // The statement rolled back the whole transaction, savepoint included.
+            return Ok(outcome);
         }
+        let finish = if outcome.is_ok() {
+            "RELEASE _drsdb_statement"
+        } else {
+            "ROLLBACK TO _drsdb_statement; RELEASE _drsdb_statement"
+        };
+        self.db.internal(|c| c.execute_batch(finish)).map_err(to_io)?;
+        Ok(outcome)
     }
 
     /// Takes a consistent copy of the committed database.
@@ -447,10 +482,12 @@ impl Inner {
         // Keep a copy as our own current snapshot.
         let snapshot_path = shared.dir.join(snapshot_file_name(meta));
         {
-            let mut out = std::fs::File::create(&snapshot_path)?;
+            let receiving = shared.dir.join("snapshot.receiving");
+            let mut out = std::fs::File::create(&receiving)?;
             data.rewind()?;
             io::copy(&mut data, &mut out)?;
             out.sync_all()?;
+            std::fs::rename(&receiving, &snapshot_path)?;
         }
         // The next generation of the live database is a copy of it.
         let next = self.generation + 1;
@@ -639,6 +676,27 @@ mod tests {
         let reader = Db::open_reader(&sm.shared.current_db()).unwrap();
         let rows = reader.run_collect(&stmt("SELECT count(*) FROM t")).unwrap().rows;
         assert_eq!(rows[0][0], drsdb_common::Value::Integer(3));
+    }
+
+    #[test]
+    fn a_statement_that_rolls_back_the_batch_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a INTEGER PRIMARY KEY ON CONFLICT ROLLBACK)")]));
+        let r = apply(
+            &sm,
+            2,
+            Command::Batch(vec![
+                stmt("INSERT INTO t VALUES (1)"),
+                stmt("INSERT INTO t VALUES (1)"),
+                stmt("INSERT INTO t VALUES (2)"),
+            ]),
+        );
+        let CommandResult::Batch(outcomes) = r else { panic!("{r:?}") };
+        assert!(outcomes[0].is_ok() && outcomes[1].is_err() && outcomes[2].is_ok(), "{outcomes:?}");
+        let reader = Db::open_reader(&sm.shared.current_db()).unwrap();
+        let rows = reader.run_collect(&stmt("SELECT group_concat(a) FROM t")).unwrap().rows;
+        assert_eq!(rows[0][0], drsdb_common::Value::Text("1,2".into()));
     }
 
     #[test]
