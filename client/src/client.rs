@@ -56,14 +56,6 @@ pub struct Client {
     sent: u64,
 }
 
-/// True when a failed call certainly never reached the server.
-fn never_arrived(e: &tonic::Status) -> bool {
-    e.code() == tonic::Code::Unavailable && {
-        let m = e.message().to_ascii_lowercase();
-        m.contains("connect") || m.contains("refused")
-    }
-}
-
 impl Client {
     /// Connects to the cluster through `servers` (index server addresses,
     /// `host:port`), authenticating with `tls`. Fails if none answers.
@@ -243,7 +235,7 @@ impl Client {
                 server.addr
             )),
         };
-        let safe = idempotent || never_arrived(&status);
+        let safe = idempotent || drsdb_common::error::never_arrived(&status);
         match Error::from(status) {
             e @ Error::Unavailable(_) if safe => Err(Ok(e)),
             e => Err(Err(e)),

@@ -78,6 +78,16 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// True when a failed call certainly never reached the server: the
+/// connection could not be opened. (A connection that broke after the
+/// request went out does not count: the server may have acted on it.)
+pub fn never_arrived(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && {
+        let m = status.message().to_ascii_lowercase();
+        m.contains("tcp connect error") || m.contains("error trying to connect") || m.contains("connection refused")
+    }
+}
+
 /// Metadata keys that carry the error kind and leader hint across gRPC.
 const KIND_KEY: &str = "drsdb-error";
 const GROUP_KEY: &str = "drsdb-group";

@@ -34,14 +34,6 @@ pub struct Cluster {
     leaders: RwLock<HashMap<GroupId, u64>>,
 }
 
-/// True when a failed call certainly never reached the server's handler.
-fn never_arrived(e: &tonic::Status) -> bool {
-    e.code() == tonic::Code::Unavailable && {
-        let m = e.message().to_ascii_lowercase();
-        m.contains("connect") || m.contains("refused")
-    }
-}
-
 impl Cluster {
     /// A cluster reached through `seeds` (storage server addresses).
     pub fn new(dialer: Dialer, seeds: Vec<String>) -> Cluster {
@@ -161,7 +153,7 @@ impl Cluster {
                 Err(s) => s,
             };
             tracing::debug!(%group, %addr, "storage server failed: {status}");
-            let arrived = !never_arrived(&status);
+            let arrived = !drsdb_common::error::never_arrived(&status);
             let error = Error::from(status);
             let retry = match &error {
                 Error::NotLeader { .. } => true,

@@ -18,7 +18,7 @@ use crate::meta;
 use crate::service::SqlService;
 
 /// Largest request a client may send (a statement and its parameters).
-pub const MAX_REQUEST: usize = 16 << 20;
+pub const MAX_REQUEST: usize = 8 << 20;
 /// An index server counts as alive for this many announce intervals.
 const LIVENESS_INTERVALS: i64 = 3;
 /// Announce interval, shared with the liveness check (set once at start).

@@ -31,12 +31,33 @@ const REAPER_PERIOD: Duration = Duration::from_millis(500);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A read barrier not confirmed by a majority by then fails.
 const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of statements one batch gathers (a single larger statement
+/// still forms its own batch).
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Most entries in one AppendEntries message, so that a message of large
+/// entries stays under the transport's limit.
+const MAX_ENTRIES_PER_MESSAGE: u64 = 8;
 /// Snapshot transfers may take this long.
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 30_000;
 
 struct PendingWrite {
     statement: Statement,
-    reply: oneshot::Sender<Outcome>,
+    /// The statement's outcome, or why its batch could not be committed.
+    reply: oneshot::Sender<Result<Outcome>>,
+}
+
+/// Roughly how many bytes a statement adds to an entry.
+fn approximate_size(s: &Statement) -> usize {
+    use drsdb_common::Value;
+    s.sql.len()
+        + s.params
+            .iter()
+            .map(|v| match v {
+                Value::Text(t) => t.len(),
+                Value::Blob(b) => b.len(),
+                _ => 8,
+            })
+            .sum::<usize>()
 }
 
 /// Proposes commands to one group's log (the parts of a [`Group`] that
@@ -69,6 +90,7 @@ fn raft_config(c: &StorageConfig) -> Result<openraft::Config> {
         install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
         max_in_snapshot_log_to_keep: r.keep_entries_after_snapshot,
+        max_payload_entries: MAX_ENTRIES_PER_MESSAGE,
         ..Default::default()
     }
     .validate()
@@ -82,7 +104,7 @@ fn write_error(group: GroupId, e: RaftError<TypeConfig, ClientWriteError<TypeCon
             Error::NotLeader { group, leader: f.leader_id.map(NodeId) }
         }
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => Error::unavailable(format!(
-            "group {group} changed leader while the write was in flight; it did not commit, send it again"
+            "group {group} changed leader while the write was in flight; it may or may not have been applied"
         )),
         RaftError::APIError(other) => Error::invalid(other),
         RaftError::Fatal(f) => Error::unavailable(format!("group {group} replica stopped: {f}")),
@@ -164,7 +186,9 @@ impl Group {
                 }
                 let mut outcomes = Vec::with_capacity(replies.len());
                 for rx in replies {
-                    outcomes.push(rx.await.map_err(|_| Error::unavailable("server is shutting down"))?);
+                    // A batch that could not be committed fails the request
+                    // as a whole, so that the caller can retry or redirect.
+                    outcomes.push(rx.await.map_err(|_| Error::unavailable("server is shutting down"))??);
                 }
                 Ok(CommandResult::Batch(outcomes))
             }
@@ -240,15 +264,21 @@ async fn batcher(group: Proposer, mut queue: mpsc::Receiver<PendingWrite>, max_b
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_BATCHES));
     loop {
         let Ok(permit) = inflight.clone().acquire_owned().await else { return };
-        let mut batch = Vec::with_capacity(max_batch);
-        if queue.recv_many(&mut batch, max_batch).await == 0 {
-            return;
+        let Some(first) = queue.recv().await else { return };
+        let mut bytes = approximate_size(&first.statement);
+        let mut batch = vec![first];
+        while batch.len() < max_batch && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = queue.try_recv() else { break };
+            bytes += approximate_size(&next.statement);
+            batch.push(next);
         }
         let group = group.clone();
         tokio::spawn(async move {
             let (statements, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.statement, w.reply)).unzip();
-            let outcomes = match group.propose_waiting(Command::Batch(statements)).await {
-                Ok(CommandResult::Batch(outcomes)) if outcomes.len() == replies.len() => outcomes,
+            let outcomes: Vec<Result<Outcome>> = match group.propose_waiting(Command::Batch(statements)).await {
+                Ok(CommandResult::Batch(outcomes)) if outcomes.len() == replies.len() => {
+                    outcomes.into_iter().map(Ok).collect()
+                }
                 Ok(other) => {
                     let e = Error::io(format!("unexpected result for a batch: {other:?}"));
                     vec![Err(e); replies.len()]

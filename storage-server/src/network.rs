@@ -23,7 +23,7 @@ use crate::state_machine::SnapshotData;
 use crate::types::{SnapshotMeta, TypeConfig, Vote};
 
 /// Largest gRPC message between storage servers (a batch of log entries).
-pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
+pub const MAX_RAFT_MESSAGE: usize = 256 << 20;
 /// Size of one snapshot chunk.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 
