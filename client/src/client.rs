@@ -156,17 +156,42 @@ impl Client {
         // reply: reads are harmless, writes are deduplicated by request id.
         // Transaction statements are not (their order matters).
         let resendable = self.txn.is_none() && !kind.is_transaction_control();
+        let request_id = req.request_id.clone();
         let result = self.send(req, resendable).await;
         match kind {
-            Kind::Begin => {
-                if let Ok(rs) = &result {
-                    self.txn = rs.done.as_ref().map(|d| d.txn_id.clone()).filter(|t| !t.is_empty());
+            Kind::Begin => match &result {
+                Ok(rs) => self.txn = rs.done.as_ref().map(|d| d.txn_id.clone()).filter(|t| !t.is_empty()),
+                // The transaction (named by the request id) may have begun:
+                // end it rather than leave it holding its group.
+                Err(e) if e.is_transient() => self.abandon(request_id).await,
+                Err(_) => {}
+            },
+            Kind::Commit | Kind::Rollback => {
+                if let (Err(e), Some(txn)) = (&result, self.txn.clone()) {
+                    if e.is_transient() {
+                        self.abandon(txn).await;
+                    }
                 }
+                self.txn = None;
             }
-            Kind::Commit | Kind::Rollback => self.txn = None,
             _ => {}
         }
         result
+    }
+
+    /// Best effort: rolls back transaction `txn` whose state is unknown
+    /// (rolling back a transaction that already ended changes nothing).
+    async fn abandon(&mut self, txn: String) {
+        self.sent += 1;
+        let req = pb::ExecuteRequest {
+            sql: "ROLLBACK".into(),
+            params: Vec::new(),
+            txn_id: txn,
+            request_id: format!("{}-{}", self.session, self.sent),
+        };
+        if let Err(e) = self.send(req, true).await {
+            tracing::debug!("could not roll back an abandoned transaction: {e}");
+        }
     }
 
     /// Sends a request to the next server, failing over when safe: each

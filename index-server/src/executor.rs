@@ -171,7 +171,9 @@ impl Executor {
             (Kind::Commit, None) => Err(Error::invalid("cannot commit - no transaction is active")),
             (Kind::Rollback, None) => Err(Error::invalid("cannot rollback - no transaction is active")),
             (Kind::Begin, None) => {
-                let t = TxnId(ulid::Ulid::generate().to_string());
+                // The client's request id names the transaction, so that a
+                // client whose BEGIN reply was lost can still roll it back.
+                let t = TxnId(statement.request_id.clone().unwrap_or_else(|| ulid::Ulid::generate().to_string()));
                 self.txn_command(Command::Begin(t.clone())).await?;
                 send(out, done(0, 0, Some(&t))).await
             }

@@ -84,6 +84,8 @@ pub struct Shared {
     holder: watch::Sender<Option<Holder>>,
     /// Idle read-only connections, with the file each is on.
     readers: Mutex<Vec<(PathBuf, Db)>>,
+    /// Held while snapshot files are written or recorded.
+    snapshots: Mutex<()>,
 }
 
 /// A read-only connection on a group's committed data; back to the pool
@@ -129,6 +131,31 @@ impl Shared {
     /// Path of the live database, for opening a reader.
     pub fn current_db(&self) -> PathBuf {
         self.current.lock().expect("current lock").clone()
+    }
+
+    /// Takes a consistent copy of the committed database. Runs beside
+    /// apply (it reads committed data through its own connection); only
+    /// snapshot files are locked.
+    fn build_snapshot(&self) -> io::Result<(SnapshotMeta, std::fs::File)> {
+        let shared = self;
+        let _files = self.snapshots.lock().expect("snapshots lock");
+        let tmp = shared.dir.join("snapshot.building");
+        let _ = std::fs::remove_file(&tmp);
+        // A separate connection sees only committed data.
+        let source =
+            Connection::open_with_flags(shared.current_db(), OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(to_io)?;
+        source.execute("VACUUM INTO ?1", [tmp.to_string_lossy()]).map_err(to_io)?;
+        drop(source);
+        let copy = Connection::open_with_flags(&tmp, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(to_io)?;
+        let (last_log_id, last_membership) = read_applied(&copy)?;
+        drop(copy);
+        std::fs::File::open(&tmp)?.sync_all()?;
+        let meta = SnapshotMeta { last_log_id, last_membership };
+        let path = shared.dir.join(snapshot_file_name(&meta));
+        std::fs::rename(&tmp, &path)?;
+        let file = std::fs::File::open(&path)?;
+        record_snapshot(shared, &meta, &path)?;
+        Ok((meta, file))
     }
 
     /// Watches which transaction holds the group.
@@ -216,6 +243,7 @@ impl StateMachine {
                 current: Mutex::new(path),
                 holder,
                 readers: Mutex::new(Vec::new()),
+                snapshots: Mutex::new(()),
             }),
         })
     }
@@ -457,28 +485,9 @@ impl Inner {
         Ok(outcome)
     }
 
-    /// Takes a consistent copy of the committed database.
-    fn build_snapshot(&mut self, shared: &Shared) -> io::Result<(SnapshotMeta, PathBuf)> {
-        let tmp = shared.dir.join("snapshot.building");
-        let _ = std::fs::remove_file(&tmp);
-        // A separate connection sees only committed data.
-        let source =
-            Connection::open_with_flags(shared.current_db(), OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(to_io)?;
-        source.execute("VACUUM INTO ?1", [tmp.to_string_lossy()]).map_err(to_io)?;
-        drop(source);
-        let copy = Connection::open_with_flags(&tmp, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(to_io)?;
-        let (last_log_id, last_membership) = read_applied(&copy)?;
-        drop(copy);
-        std::fs::File::open(&tmp)?.sync_all()?;
-        let meta = SnapshotMeta { last_log_id, last_membership };
-        let path = shared.dir.join(snapshot_file_name(&meta));
-        std::fs::rename(&tmp, &path)?;
-        record_snapshot(shared, &meta, &path)?;
-        Ok((meta, path))
-    }
-
     fn install_snapshot(&mut self, shared: &Shared, meta: &SnapshotMeta, mut data: SnapshotData) -> io::Result<()> {
         use std::io::Seek;
+        let _files = shared.snapshots.lock().expect("snapshots lock");
         // Keep a copy as our own current snapshot.
         let snapshot_path = shared.dir.join(snapshot_file_name(meta));
         {
@@ -550,8 +559,16 @@ fn snapshot_file_name(meta: &SnapshotMeta) -> String {
     }
 }
 
-/// Makes `path` the current snapshot and removes older snapshot files.
+/// Makes `path` the current snapshot and removes older snapshot files,
+/// unless a newer snapshot is recorded already (a build that raced with an
+/// install). Callers hold `Shared::snapshots`.
 fn record_snapshot(shared: &Shared, meta: &SnapshotMeta, path: &Path) -> io::Result<()> {
+    if let Some(current) = recorded_snapshot(shared)? {
+        if current.meta.last_log_id > meta.last_log_id {
+            let _ = std::fs::remove_file(path);
+            return Ok(());
+        }
+    }
     let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let record = SnapshotRecord { meta: meta.clone(), file: file.clone() };
     write_atomic(&shared.dir.join(SNAPSHOT_META_FILE), &serde_json::to_vec(&record).map_err(to_io)?)?;
@@ -565,13 +582,18 @@ fn record_snapshot(shared: &Shared, meta: &SnapshotMeta, path: &Path) -> io::Res
     Ok(())
 }
 
-fn current_snapshot(shared: &Shared) -> io::Result<Option<Snapshot>> {
+/// The current snapshot's record, if there is one.
+fn recorded_snapshot(shared: &Shared) -> io::Result<Option<SnapshotRecord>> {
     let bytes = match std::fs::read(shared.dir.join(SNAPSHOT_META_FILE)) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let record: SnapshotRecord = serde_json::from_slice(&bytes).map_err(to_io)?;
+    serde_json::from_slice(&bytes).map(Some).map_err(to_io)
+}
+
+fn current_snapshot(shared: &Shared) -> io::Result<Option<Snapshot>> {
+    let Some(record) = recorded_snapshot(shared)? else { return Ok(None) };
     let file = std::fs::File::open(shared.dir.join(&record.file))?;
     Ok(Some(Snapshot { meta: record.meta, snapshot: file }))
 }
@@ -580,8 +602,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let (meta, path) = self.blocking(|inner, shared| inner.build_snapshot(shared)).await?;
-        let file = std::fs::File::open(path)?;
+        let shared = self.shared.clone();
+        let (meta, file) = tokio::task::spawn_blocking(move || shared.build_snapshot()).await.map_err(to_io)??;
         tracing::info!(last_log_id = ?meta.last_log_id, "built snapshot");
         Ok(Snapshot { meta, snapshot: file })
     }
@@ -633,7 +655,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || current_snapshot(&shared)).await.map_err(to_io)?
+        tokio::task::spawn_blocking(move || {
+            let _files = shared.snapshots.lock().expect("snapshots lock");
+            current_snapshot(&shared)
+        })
+        .await
+        .map_err(to_io)?
     }
 }
 
