@@ -97,6 +97,12 @@ impl From<rusqlite::Error> for Failure {
                 | ErrorCode::DatabaseBusy
                 | ErrorCode::DatabaseLocked,
             ) => Failure::Environment(std::io::Error::other(e.to_string())),
+            Some(ErrorCode::AuthorizationForStatementDenied) => Failure::Statement(Error::invalid(format!(
+                "{}: drsdb refuses statements a replica could not reproduce or that reach outside the database \
+                 (temporary tables, views and triggers; SAVEPOINT; ATTACH; PRAGMAs other than table introspection; \
+                 drsdb's own _drsdb tables); use a regular table or view instead",
+                statement_message(&e)
+            ))),
             Some(ErrorCode::OperationInterrupted) => Failure::Statement(Error::invalid(format!(
                 "statement interrupted: cancelled, or over the budget of {MAX_STATEMENT_STEPS} SQLite steps"
             ))),
