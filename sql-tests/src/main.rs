@@ -91,7 +91,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let ran = passed + failed;
     let rate = if ran == 0 { 0.0 } else { 100.0 * passed as f64 / ran as f64 };
     println!(
-        "{} files in {:.0?}; pass rate {rate:.2}% of {ran} records run ({broken} files could not run)",
+        "{} files in {:.0?}; pass rate {rate:.3}% of {ran} records run ({broken} files could not run)",
         files.len(),
         started.elapsed()
     );
