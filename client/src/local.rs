@@ -397,8 +397,7 @@ pub fn serve(subcommand: &str, config_path: &Path, listen_fd: Option<i32>) -> an
             // SAFETY: the parent passed a listening socket on this
             // descriptor and nothing else in this process owns it.
             Some(fd) => Ok(unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
-            None => std::net::TcpListener::bind(configured)
-                .map_err(|e| anyhow::anyhow!("cannot listen on {configured}: {e}")),
+            None => Ok(drsdb_common::logging::listen(configured)?),
         }
     };
     match subcommand {

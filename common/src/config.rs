@@ -45,6 +45,17 @@ impl Default for TlsConfig {
     }
 }
 
+impl TlsConfig {
+    /// Applies the servers' command-line flags: `--certs DIR` (the node
+    /// certificate set in DIR) and `--insecure`.
+    pub fn apply_flags(&mut self, certs: Option<&Path>, insecure: bool) {
+        if let Some(dir) = certs {
+            *self = crate::tls::node_config_in(dir);
+        }
+        self.insecure |= insecure;
+    }
+}
+
 /// A storage server of the static bootstrap member list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -32,6 +32,11 @@ pub async fn terminated() {
     }
 }
 
+/// Binds a server's listening socket, with an error that names the address.
+pub fn listen(addr: std::net::SocketAddr) -> Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).map_err(|e| Error::io(format!("cannot listen on {addr}: {e}")))
+}
+
 /// Runs a server process: installs logging with `log` and runs
 /// `serve(listener, shutdown)` on a new runtime until SIGTERM or SIGINT.
 pub fn run_server<F, Fut>(log: &str, listener: std::net::TcpListener, serve: F) -> Result<()>

@@ -61,13 +61,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.log {
         c.log = v;
     }
-    if let Some(dir) = args.certs {
-        c.tls = drsdb_common::tls::node_config_in(&dir);
-    }
-    c.tls.insecure |= args.insecure;
+    c.tls.apply_flags(args.certs.as_deref(), args.insecure);
     c.validate()?;
-    let listener =
-        std::net::TcpListener::bind(c.listen).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", c.listen))?;
+    let listener = drsdb_common::logging::listen(c.listen)?;
     let log = c.log.clone();
     drsdb_common::logging::run_server(&log, listener, |listener, shutdown| {
         drsdb_storage::serve(c, listener, shutdown)
