@@ -46,6 +46,8 @@ pub struct Options {
     pub index_servers: usize,
     /// Plaintext instead of TLS.
     pub insecure: bool,
+    /// Data shards (unset: the storage servers' default).
+    pub shards: Option<usize>,
     /// Log filter for the servers.
     pub log: String,
     /// Raft tuning for the storage servers.
@@ -61,6 +63,7 @@ impl Default for Options {
             storage_servers: 3,
             index_servers: 2,
             insecure: false,
+            shards: None,
             log: storage.log,
             raft: storage.raft,
             txn_idle_timeout_ms: storage.txn_idle_timeout_ms,
@@ -77,6 +80,9 @@ pub struct Layout {
     pub index: Vec<String>,
     /// Whether the cluster runs without TLS.
     pub insecure: bool,
+    /// Data shards (unset: the storage servers' default).
+    #[serde(default)]
+    pub shards: Option<usize>,
 }
 
 impl Layout {
@@ -107,7 +113,7 @@ impl Layout {
             listeners.iter().map(|l| Ok(l.local_addr()?.to_string())).collect::<anyhow::Result<Vec<_>>>()?;
         let index = addrs.split_off(options.storage_servers as usize);
         let storage = addrs.into_iter().zip(1..).map(|(addr, id)| Member { id, addr }).collect();
-        let layout = Layout { storage, index, insecure: options.insecure };
+        let layout = Layout { storage, index, insecure: options.insecure, shards: options.shards };
         std::fs::write(dir.join(LAYOUT_FILE), serde_json::to_string_pretty(&layout)?)?;
         Ok((layout, listeners))
     }
@@ -165,6 +171,7 @@ impl LocalCluster {
                 listen: m.addr.parse()?,
                 data_dir: dir.join(format!("storage-{}", m.id)),
                 members: layout.storage.clone(),
+                shards: layout.shards,
                 log: options.log.clone(),
                 tls: node_tls.clone(),
                 raft: options.raft.clone(),

@@ -111,6 +111,10 @@ pub struct StorageConfig {
     /// server gets the same list; the one with the lowest id initializes
     /// the groups the first time the cluster starts.
     pub members: Vec<Member>,
+    /// Number of data shards, fixed when the cluster is first started;
+    /// every server must be given the same value. Unset: four per full
+    /// set of three storage servers ([`crate::shard::default_shards`]).
+    pub shards: Option<usize>,
     /// Log filter (`error`, `warn`, `info`, `debug`, or a tracing
     /// directive such as `drsdb_storage=debug`).
     pub log: String,
@@ -131,6 +135,7 @@ impl Default for StorageConfig {
             listen: DEFAULT_STORAGE_LISTEN.parse().expect("valid default address"),
             data_dir: "data".into(),
             members: vec![Member { id: 1, addr: DEFAULT_STORAGE_LISTEN.into() }],
+            shards: None,
             log: "info".into(),
             max_batch: 256,
             txn_idle_timeout_ms: 30_000,
@@ -164,7 +169,16 @@ impl StorageConfig {
         if self.max_batch == 0 {
             return Err(Error::invalid("max_batch must be at least 1"));
         }
+        if !(1..=crate::shard::MAX_SHARDS).contains(&self.shard_count()) {
+            return Err(Error::invalid(format!("shards must be between 1 and {}", crate::shard::MAX_SHARDS)));
+        }
         Ok(())
+    }
+
+    /// The number of data shards (the configured value or the default for
+    /// this many members).
+    pub fn shard_count(&self) -> usize {
+        self.shards.unwrap_or_else(|| crate::shard::default_shards(self.members.len()))
     }
 
     /// This node's id.

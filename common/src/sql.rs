@@ -194,6 +194,70 @@ pub fn classify(sql: &str) -> Result<Kind> {
     })
 }
 
+/// Writes every placeholder as `?N`, numbered the way SQLite numbers
+/// them (`?` takes the next number after the largest so far; a name takes
+/// one at its first appearance and keeps it), so that any part of the
+/// statement can be cut out and still bind the same values.
+pub fn number_placeholders(sql: &str) -> Result<String> {
+    let tokens = tokenize(sql)?;
+    let offsets = Offsets::new(sql);
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut copied = 0;
+    let mut largest = 0usize;
+    let mut names: Vec<(String, usize)> = Vec::new();
+    for t in &tokens {
+        let Token::Placeholder(p) = &t.token else { continue };
+        let number = if p == "?" {
+            largest += 1;
+            largest
+        } else if let Some(n) = p.strip_prefix('?').and_then(|d| d.parse::<usize>().ok()) {
+            largest = largest.max(n);
+            n
+        } else if let Some((_, n)) = names.iter().find(|(name, _)| name == p) {
+            *n
+        } else {
+            largest += 1;
+            names.push((p.clone(), largest));
+            largest
+        };
+        let range = offsets.range(t);
+        out.push_str(&sql[copied..range.start]);
+        out.push_str(&format!("?{number}"));
+        copied = range.end;
+    }
+    out.push_str(&sql[copied..]);
+    Ok(out)
+}
+
+/// The largest placeholder number in `sql` (after `number_placeholders`):
+/// how many parameters it binds.
+pub fn placeholder_count(sql: &str) -> Result<usize> {
+    Ok(tokenize(sql)?
+        .iter()
+        .filter_map(|t| match &t.token {
+            Token::Placeholder(p) => p.strip_prefix('?').and_then(|d| d.parse::<usize>().ok()),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0))
+}
+
+/// For `CREATE REFERENCE TABLE …`, the statement as SQLite knows it
+/// (`CREATE TABLE …`); `None` for any other statement.
+pub fn strip_reference(sql: &str) -> Option<String> {
+    let tokens = tokenize(sql).ok()?;
+    let words: Vec<&TokenWithSpan> = tokens.iter().filter(|t| !is_trivia(&t.token)).take(3).collect();
+    let is_reference = words.len() == 3
+        && keyword(&words[0].token) == Some(Keyword::CREATE)
+        && matches!(&words[1].token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("REFERENCE"))
+        && keyword(&words[2].token) == Some(Keyword::TABLE);
+    if !is_reference {
+        return None;
+    }
+    let range = Offsets::new(sql).range(words[1]);
+    Some(format!("{}{}", &sql[..range.start], sql[range.end..].trim_start()))
+}
+
 /// Parses one statement with sqlparser's SQLite dialect. `Ok(false)` when
 /// sqlparser does not understand it (the caller may then ask SQLite);
 /// the error text is returned alongside for the message.
@@ -208,6 +272,21 @@ pub fn sqlparser_accepts(sql: &str) -> std::result::Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_as_sqlite_numbers_them() {
+        assert_eq!(
+            number_placeholders("SELECT ?, '?', ?5, ?, $a, ?, $a").unwrap(),
+            "SELECT ?1, '?', ?5, ?6, ?7, ?8, ?7"
+        );
+        assert_eq!(number_placeholders("SELECT 1").unwrap(), "SELECT 1");
+    }
+
+    #[test]
+    fn reference_tables_are_recognized() {
+        assert_eq!(strip_reference("create  Reference TABLE r(a)").as_deref(), Some("create  TABLE r(a)"));
+        assert_eq!(strip_reference("CREATE TABLE reference(a)"), None);
+    }
 
     #[test]
     fn splits_statements_and_keeps_text() {

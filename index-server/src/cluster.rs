@@ -89,12 +89,13 @@ impl Cluster {
         Ok(status)
     }
 
-    /// Refreshes the node list from any reachable storage server.
-    pub async fn refresh(&self) -> Result<()> {
+    /// Refreshes the node list from any reachable storage server, and
+    /// returns that server's status.
+    pub async fn refresh(&self) -> Result<pb::StatusResponse> {
         let mut last = Error::unavailable("no storage server configured");
         for (_, addr) in self.addresses() {
             match self.status_of(&addr).await {
-                Ok(_) => return Ok(()),
+                Ok(s) => return Ok(s),
                 Err(e) => last = e,
             }
         }

@@ -1,35 +1,41 @@
 //! Executes one statement: classify, fix its clock and random seed, check
-//! the catalog, route to the group, and stream the result back.
+//! the catalog, plan (`planner`), carry the plan out over the shards, and
+//! stream the result back.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use drsdb_common::sql::{self, Kind};
-use drsdb_common::{Error, GroupId, Result, TxnId, Value};
+use drsdb_common::{shard, Error, GroupId, Result, TxnId, Value};
 use drsdb_proto as pb;
-use drsdb_storage::{Command, CommandResult, Statement, StatementResult};
-use sqlparser::ast::{FromTable, ObjectName, ObjectNamePart, TableFactor, TableObject};
+use drsdb_storage::{Column, Command, CommandResult, Db, Statement, StatementResult};
+use futures::future::join_all;
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use crate::catalog::{self, Catalog};
 use crate::cluster::Cluster;
+use crate::insert;
 use crate::introspection;
-use crate::meta::{self, Catalog};
+use crate::keys::{Keys, RowidGenerator};
+use crate::meta;
+use crate::planner::{self, Context, Plan, Source};
 
 /// Where a statement's result parts go (the client's stream).
 pub type PartSender = mpsc::Sender<std::result::Result<pb::ResultPart, Status>>;
-
-/// The group all tables live in until sharding lands.
-const DATA: GroupId = GroupId::FIRST_DATA;
 
 /// Runs statements for any client. Holds no per-client state: a
 /// transaction is named by the id the client sends with each statement.
 pub struct Executor {
     /// The storage tier.
     pub cluster: Arc<Cluster>,
-    catalog: RwLock<Catalog>,
+    catalog: RwLock<Arc<Catalog>>,
+    /// The number of data shards; 0 until read from the meta group.
+    shards: AtomicUsize,
     rows_per_batch: usize,
+    rowids: RowidGenerator,
 }
 
 fn part(p: pb::result_part::Part) -> pb::ResultPart {
@@ -49,6 +55,17 @@ async fn send(out: &PartSender, p: pb::ResultPart) -> Result<()> {
     out.send(Ok(p)).await.map_err(|_| Error::unavailable("client went away"))
 }
 
+fn rows_part(rows: Vec<Vec<Value>>) -> pb::ResultPart {
+    let rows = rows.into_iter().map(|r| pb::Row { values: r.into_iter().map(Into::into).collect() }).collect();
+    part(pb::result_part::Part::Rows(pb::Rows { rows }))
+}
+
+fn columns_part(columns: &[Column]) -> pb::ResultPart {
+    part(pb::result_part::Part::Columns(pb::Columns {
+        columns: columns.iter().map(|c| pb::Column { name: c.name.clone(), decl_type: c.decl_type.clone() }).collect(),
+    }))
+}
+
 /// Sends a complete result: columns, rows in batches, then `Done`.
 pub async fn send_rows(
     out: &PartSender,
@@ -62,66 +79,42 @@ pub async fn send_rows(
     }
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
-        let batch: Vec<pb::Row> = rows
-            .by_ref()
-            .take(rows_per_batch)
-            .map(|r| pb::Row { values: r.into_iter().map(Into::into).collect() })
-            .collect();
-        send(out, part(pb::result_part::Part::Rows(pb::Rows { rows: batch }))).await?;
+        send(out, rows_part(rows.by_ref().take(rows_per_batch).collect())).await?;
     }
     send(out, done_part).await
 }
 
-fn last_name(name: &ObjectName) -> Option<String> {
-    match name.0.last()? {
-        ObjectNamePart::Identifier(i) => Some(i.value.clone()),
-        _ => None,
+/// `EXPLAIN stmt` (but not SQLite's `EXPLAIN QUERY PLAN`): the statement.
+fn explained(sql: &str) -> Option<&str> {
+    let trimmed = sql.trim_start();
+    let head = trimmed.get(..7)?;
+    if !head.eq_ignore_ascii_case("EXPLAIN") || !trimmed[7..].starts_with(char::is_whitespace) {
+        return None;
     }
-}
-
-/// The tables a write statement changes, when sqlparser understands it.
-fn write_targets(sql: &str) -> Vec<String> {
-    let Ok(statements) = Parser::parse_sql(&SQLiteDialect {}, sql) else { return Vec::new() };
-    let mut names = Vec::new();
-    for s in statements {
-        match s {
-            sqlparser::ast::Statement::Insert(i) => {
-                if let TableObject::TableName(n) = &i.table {
-                    names.extend(last_name(n));
-                }
-            }
-            sqlparser::ast::Statement::Update(u) => {
-                if let TableFactor::Table { name, .. } = &u.table.relation {
-                    names.extend(last_name(name));
-                }
-            }
-            sqlparser::ast::Statement::Delete(d) => {
-                let (FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t)) = &d.from;
-                for twj in t {
-                    if let TableFactor::Table { name, .. } = &twj.relation {
-                        names.extend(last_name(name));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    names
+    let rest = trimmed[7..].trim_start();
+    let query_plan = rest.get(..5).is_some_and(|w| w.eq_ignore_ascii_case("QUERY"));
+    (!query_plan).then_some(rest)
 }
 
 impl Executor {
     /// An executor over `cluster`.
     pub fn new(cluster: Arc<Cluster>, rows_per_batch: usize) -> Executor {
-        Executor { cluster, catalog: RwLock::new(Catalog::default()), rows_per_batch }
+        Executor {
+            cluster,
+            catalog: RwLock::new(Arc::new(Catalog::default())),
+            shards: AtomicUsize::new(0),
+            rows_per_batch,
+            rowids: RowidGenerator::new(rand::random()),
+        }
     }
 
     /// The cached catalog.
-    pub fn catalog(&self) -> Catalog {
+    pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("catalog lock").clone()
     }
 
     fn set_catalog(&self, c: Catalog) {
-        *self.catalog.write().expect("catalog lock") = c;
+        *self.catalog.write().expect("catalog lock") = Arc::new(c);
     }
 
     /// Reloads the catalog from the meta group.
@@ -131,13 +124,33 @@ impl Executor {
         Ok(())
     }
 
-    /// Checks that the tables a write targets exist: from the cache, then
-    /// the meta group, then the data group's own schema (which also heals a
-    /// catalog that missed a change).
-    async fn check_targets(&self, sql: &str) -> Result<()> {
-        let targets = write_targets(sql);
+    /// The number of data shards, read from the meta group once.
+    pub async fn shard_count(&self) -> Result<usize> {
+        let known = self.shards.load(Ordering::Relaxed);
+        if known > 0 {
+            return Ok(known);
+        }
+        let n = meta::shard_count(&self.cluster).await?;
+        if n == 0 {
+            return Err(Error::unavailable("the cluster's shard map is not written yet; try again shortly"));
+        }
+        self.shards.store(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn groups(&self, shards: usize) -> Vec<GroupId> {
+        (0..shards).map(shard::shard_group).collect()
+    }
+
+    /// Makes sure the catalog knows every table `sql` names: when the cache
+    /// misses one, reloads it from the meta group, then from the first
+    /// shard's own schema (which also heals a catalog that missed a
+    /// change). A write naming a table that is still unknown fails; a read
+    /// goes on and fails on a shard with SQLite's message.
+    async fn ensure_known(&self, sql: &str, kind: Kind) -> Result<()> {
+        let targets = planner::relations(sql);
         let missing = |c: &Catalog| targets.iter().find(|t| c.relation(t).is_none()).cloned();
-        if missing(&self.catalog.read().expect("catalog lock")).is_none() {
+        if missing(&self.catalog()).is_none() {
             return Ok(());
         }
         self.refresh_catalog().await?;
@@ -146,8 +159,8 @@ impl Executor {
         }
         let synced = meta::sync_catalog(&self.cluster).await?;
         let result = match missing(&synced) {
-            Some(t) => Err(Error::invalid(format!("no such table: {t}"))),
-            None => Ok(()),
+            Some(t) if kind == Kind::Write => Err(Error::invalid(format!("no such table: {t}"))),
+            _ => Ok(()),
         };
         self.set_catalog(synced);
         result
@@ -157,16 +170,18 @@ impl Executor {
     pub async fn execute(&self, req: pb::ExecuteRequest, out: &PartSender) -> Result<()> {
         let kind = sql::classify(&req.sql)?;
         let txn = (!req.txn_id.is_empty()).then(|| TxnId(req.txn_id.clone()));
-        let now_ms = chrono::Utc::now().timestamp_millis();
         let statement = Statement {
             sql: req.sql,
             params: req.params.into_iter().map(Into::into).collect(),
             seed: rand::random(),
-            now_ms,
+            now_ms: chrono::Utc::now().timestamp_millis(),
             request_id: (!req.request_id.is_empty()).then_some(req.request_id),
         };
-        match (kind, txn) {
-            (Kind::Show, _) => introspection::show(self, &statement.sql, out, self.rows_per_batch).await,
+        if kind == Kind::Show {
+            return introspection::show(self, &statement.sql, out, self.rows_per_batch).await;
+        }
+        let shards = self.shard_count().await?;
+        match (kind, &txn) {
             (Kind::Begin, Some(_)) => Err(Error::invalid("cannot start a transaction within a transaction")),
             (Kind::Commit, None) => Err(Error::invalid("cannot commit - no transaction is active")),
             (Kind::Rollback, None) => Err(Error::invalid("cannot rollback - no transaction is active")),
@@ -174,55 +189,387 @@ impl Executor {
                 // The client's request id names the transaction, so that a
                 // client whose BEGIN reply was lost can still roll it back.
                 let t = TxnId(statement.request_id.clone().unwrap_or_else(|| ulid::Ulid::generate().to_string()));
-                self.txn_command(Command::Begin(t.clone())).await?;
+                self.begin(&t, shards).await?;
                 send(out, done(0, 0, Some(&t))).await
             }
             (Kind::Commit, Some(t)) => {
-                self.txn_command(Command::Commit(t)).await?;
+                self.end(shards, |_| Command::Commit(t.clone())).await?;
                 send(out, done(0, 0, None)).await
             }
             (Kind::Rollback, Some(t)) => {
-                self.txn_command(Command::Rollback(t)).await?;
+                self.end(shards, |_| Command::Rollback(t.clone())).await?;
                 send(out, done(0, 0, None)).await
             }
-            (_, Some(t)) => {
-                if kind == Kind::Write {
-                    self.check_targets(&statement.sql).await?;
-                }
-                let r = self.txn_command(Command::InTxn(t.clone(), statement)).await?;
-                self.send_result(out, r, Some(&t)).await
-            }
-            (Kind::Read, None) => self.read(statement, out).await,
-            (Kind::Write | Kind::Ddl, None) => {
-                if kind == Kind::Write {
-                    self.check_targets(&statement.sql).await?;
-                }
-                // With a request id the storage tier applies it once, so
-                // it may be sent again after a lost reply.
-                let idempotent = statement.request_id.is_some();
-                let outcome = match self.cluster.write(DATA, &Command::Batch(vec![statement]), idempotent).await? {
-                    CommandResult::Batch(mut o) if o.len() == 1 => o.remove(0),
-                    other => return Err(Error::io(format!("unexpected write result {other:?}"))),
-                };
-                let result = outcome?;
-                if kind == Kind::Ddl {
-                    match meta::sync_catalog(&self.cluster).await {
-                        Ok(c) => self.set_catalog(c),
-                        // The data group has the change; the catalog heals
-                        // on the next lookup that misses.
-                        Err(e) => tracing::warn!("catalog not updated after DDL: {e}"),
+            _ => {
+                if let Some(inner) = explained(&statement.sql) {
+                    let inner_kind = sql::classify(inner)?;
+                    if matches!(inner_kind, Kind::Read | Kind::Write) {
+                        self.ensure_known(inner, inner_kind).await?;
                     }
+                    let plan = self.plan(inner, &statement.params, inner_kind, shards).await?;
+                    let rows = plan.to_string().lines().map(|l| vec![Value::Text(l.to_string())]).collect();
+                    let columns = vec![pb::Column { name: "plan".into(), decl_type: String::new() }];
+                    return send_rows(out, columns, rows, self.rows_per_batch, done(0, 0, txn.as_ref())).await;
                 }
-                self.send_result(out, result, None).await
+                if matches!(kind, Kind::Read | Kind::Write) {
+                    self.ensure_known(&statement.sql, kind).await?;
+                }
+                let plan = self.plan(&statement.sql, &statement.params, kind, shards).await?;
+                tracing::debug!(sql = %statement.sql, plan = %plan, "planned");
+                self.run(plan, kind, statement, txn.as_ref(), shards, out).await
             }
         }
     }
 
-    async fn txn_command(&self, command: Command) -> Result<StatementResult> {
-        match self.cluster.write(DATA, &command, false).await? {
+    async fn plan(&self, sql: &str, params: &[Value], kind: Kind, shards: usize) -> Result<Plan> {
+        let catalog = self.catalog();
+        let numbered = sql::number_placeholders(sql)?;
+        let keys = Keys { params };
+        planner::plan(&Context { catalog: &catalog, shards, keys: &keys }, &numbered, kind)
+    }
+
+    async fn run(
+        &self,
+        plan: Plan,
+        kind: Kind,
+        statement: Statement,
+        txn: Option<&TxnId>,
+        shards: usize,
+        out: &PartSender,
+    ) -> Result<()> {
+        match plan {
+            Plan::Single { group, .. } if kind == Kind::Read && txn.is_none() => {
+                self.stream_read(group, statement, out).await
+            }
+            Plan::Gather { tables, groups } => {
+                let db = self.gather(&tables, &groups, txn).await?;
+                let out = out.clone();
+                let done_txn = txn.cloned();
+                let rows_per_batch = self.rows_per_batch;
+                let result = tokio::task::spawn_blocking(move || {
+                    let mut batch = Vec::new();
+                    let r = db.run(
+                        &statement,
+                        None,
+                        |columns| {
+                            let _ = out.blocking_send(Ok(columns_part(columns)));
+                        },
+                        |row| {
+                            batch.push(row);
+                            if batch.len() == rows_per_batch {
+                                return out.blocking_send(Ok(rows_part(std::mem::take(&mut batch)))).is_ok();
+                            }
+                            true
+                        },
+                    );
+                    if !batch.is_empty() {
+                        let _ = out.blocking_send(Ok(rows_part(batch)));
+                    }
+                    r.map(|_| {
+                        let _ = out.blocking_send(Ok(done(0, 0, done_txn.as_ref())));
+                    })
+                })
+                .await
+                .map_err(|e| Error::io(format!("query task: {e}")))?;
+                result.map_err(failure)
+            }
+            Plan::Schema { groups, creates } => {
+                let r = self.schema_change(statement, &groups, creates, txn).await?;
+                self.send_result(out, r, txn).await
+            }
+            Plan::Insert { table, source } => {
+                let r = self.insert(&table, source, statement, txn, shards).await?;
+                self.send_result(out, r, txn).await
+            }
+            Plan::Single { group, .. } => {
+                let r = self.apply(group, statement, txn).await?;
+                self.send_result(out, r, txn).await
+            }
+            Plan::Broadcast { groups, same_seed } => {
+                let r = self.broadcast(&groups, statement, same_seed, txn).await?;
+                self.send_result(out, r, txn).await
+            }
+        }
+    }
+
+    /// Opens the transaction on every shard, in shard order (so two
+    /// transactions never wait for each other in a cycle).
+    async fn begin(&self, t: &TxnId, shards: usize) -> Result<()> {
+        for (i, g) in self.groups(shards).into_iter().enumerate() {
+            if let Err(e) = self.txn_command(g, Command::Begin(t.clone())).await {
+                for earlier in self.groups(i) {
+                    let _ = self.txn_command(earlier, Command::Rollback(t.clone())).await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits or rolls back on every shard, in shard order.
+    async fn end(&self, shards: usize, command: impl Fn(GroupId) -> Command) -> Result<()> {
+        let mut first_error = None;
+        for g in self.groups(shards) {
+            if let Err(e) = self.txn_command(g, command(g)).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn txn_command(&self, group: GroupId, command: Command) -> Result<StatementResult> {
+        match self.cluster.write(group, &command, false).await? {
             CommandResult::Txn(outcome) => outcome,
             other => Err(Error::io(format!("unexpected transaction result {other:?}"))),
         }
+    }
+
+    /// Applies one statement to one shard, autocommit or in `txn`.
+    async fn apply(&self, group: GroupId, statement: Statement, txn: Option<&TxnId>) -> Result<StatementResult> {
+        if let Some(t) = txn {
+            return self.txn_command(group, Command::InTxn(t.clone(), statement)).await;
+        }
+        // With a request id the storage tier applies it once, so it may be
+        // sent again after a lost reply.
+        let idempotent = statement.request_id.is_some();
+        match self.cluster.write(group, &Command::Batch(vec![statement]), idempotent).await? {
+            CommandResult::Batch(mut o) if o.len() == 1 => o.remove(0),
+            other => Err(Error::io(format!("unexpected write result {other:?}"))),
+        }
+    }
+
+    /// `statement` for shard `group`: its own request id, and its own seed
+    /// unless every shard must compute the same values.
+    fn for_shard(statement: &Statement, group: GroupId, same_seed: bool) -> Statement {
+        let mut s = statement.clone();
+        if !same_seed {
+            s.seed ^= group.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+        s.request_id = statement.request_id.as_ref().map(|r| format!("{r}#{group}"));
+        s
+    }
+
+    /// Applies `statement` on every shard of `groups` in parallel and adds
+    /// up the results (a reference table's copies count once).
+    async fn broadcast(
+        &self,
+        groups: &[GroupId],
+        statement: Statement,
+        same_seed: bool,
+        txn: Option<&TxnId>,
+    ) -> Result<StatementResult> {
+        let results =
+            join_all(groups.iter().map(|g| self.apply(*g, Self::for_shard(&statement, *g, same_seed), txn))).await;
+        combine(results, same_seed)
+    }
+
+    /// Runs a schema change on the first shard, then (if it worked there)
+    /// on the others, and records the new catalog.
+    async fn schema_change(
+        &self,
+        mut statement: Statement,
+        groups: &[GroupId],
+        creates: Option<(String, bool)>,
+        txn: Option<&TxnId>,
+    ) -> Result<StatementResult> {
+        if let Some(stripped) = sql::strip_reference(&statement.sql) {
+            statement.sql = stripped;
+        }
+        if groups.len() > 1 {
+            // Refuse what shards could not enforce before any shard runs it.
+            // Statements SQLite itself refuses fail on the first shard, with
+            // SQLite's message.
+            let sql = statement.sql.clone();
+            let reference = creates.as_ref().is_some_and(|(_, r)| *r);
+            let catalog = self.catalog();
+            let checked = tokio::task::spawn_blocking(move || catalog::analyse_new(&catalog, &sql, reference))
+                .await
+                .map_err(|e| Error::io(format!("schema check: {e}")))?;
+            if let Err(e) = checked {
+                if e.to_string().contains("cannot be enforced") {
+                    return Err(e);
+                }
+            }
+        }
+        // A new table's distribution is recorded before it exists anywhere
+        // (an existing one keeps its own: CREATE … IF NOT EXISTS).
+        if let Some((name, reference)) = &creates {
+            if self.catalog().table(name).is_none() {
+                meta::set_reference(&self.cluster, name, *reference).await?;
+            }
+        }
+        let (first, rest) = groups.split_first().expect("at least one shard");
+        let r = self.apply(*first, Self::for_shard(&statement, *first, true), txn).await?;
+        let others = join_all(rest.iter().map(|g| self.apply(*g, Self::for_shard(&statement, *g, true), txn))).await;
+        let failed: Vec<String> =
+            rest.iter().zip(&others).filter_map(|(g, o)| o.as_ref().err().map(|e| format!("shard {g}: {e}"))).collect();
+        match meta::sync_catalog(&self.cluster).await {
+            Ok(c) => self.set_catalog(c),
+            // The shards have the change; the catalog heals on the next
+            // lookup that misses.
+            Err(e) => tracing::warn!("catalog not updated after DDL: {e}"),
+        }
+        if !failed.is_empty() {
+            return Err(Error::unavailable(format!(
+                "the schema change was applied on shard {first} but not on every shard ({}); run it again \
+                 (with IF NOT EXISTS / IF EXISTS) once those shards are available",
+                failed.join("; ")
+            )));
+        }
+        Ok(r)
+    }
+
+    /// Computes an INSERT's rows, splits them by shard and writes them.
+    async fn insert(
+        &self,
+        table: &str,
+        source: Source,
+        statement: Statement,
+        txn: Option<&TxnId>,
+        shards: usize,
+    ) -> Result<StatementResult> {
+        let catalog = self.catalog();
+        let Some(table) = catalog.table(table).cloned() else {
+            return Err(Error::invalid(format!("no such table: {table}")));
+        };
+        let numbered = sql::number_placeholders(&statement.sql)?;
+        // The source binds the parameters it names (RETURNING may name others).
+        let source_statement = |sql: &str| -> Result<Statement> {
+            let n = sql::placeholder_count(sql)?;
+            let mut params = statement.params.clone();
+            params.truncate(n);
+            Ok(Statement { sql: sql.to_string(), params, request_id: None, ..statement.clone() })
+        };
+        let rows = match &source {
+            Source::Defaults => vec![Vec::new()],
+            Source::Local(sql) => self.compute(source_statement(sql)?).await?,
+            Source::Query(sql, plan) => self.collect(plan, source_statement(sql)?, txn).await?,
+        };
+        let Ok(mut parsed) = Parser::parse_sql(&SQLiteDialect {}, &numbered) else {
+            return Err(Error::invalid("INSERT cannot be parsed"));
+        };
+        let Some(sqlparser::ast::Statement::Insert(ins)) = parsed.pop() else {
+            return Err(Error::invalid("not an INSERT"));
+        };
+        let defaults = |expr: &str| -> Result<Value> {
+            let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
+            let s = Statement { sql: format!("SELECT {expr}"), params: vec![], ..statement.clone() };
+            let r = db.run_collect(&s).map_err(failure)?;
+            Ok(r.rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
+        };
+        let parts = insert::split(&table, &ins, rows, shards, &self.rowids, statement.now_ms, &defaults)?;
+        let last_group = parts.iter().max_by_key(|p| p.last_row).map(|p| p.group);
+        let results = join_all(parts.iter().enumerate().map(|(i, p)| {
+            let s = Statement {
+                sql: p.sql.clone(),
+                params: p.params.clone(),
+                seed: statement.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                now_ms: statement.now_ms,
+                request_id: statement.request_id.as_ref().map(|r| format!("{r}#{i}")),
+            };
+            self.apply(p.group, s, txn)
+        }))
+        .await;
+        let last_rowid = parts
+            .iter()
+            .zip(&results)
+            .filter(|(p, _)| Some(p.group) == last_group)
+            .filter_map(|(_, r)| r.as_ref().ok().map(|r| r.last_insert_rowid))
+            .last();
+        let mut r = combine(results, false)?;
+        r.last_insert_rowid = last_rowid.unwrap_or(0);
+        Ok(r)
+    }
+
+    /// Runs a query that reads no table in a scratch database here.
+    async fn compute(&self, s: Statement) -> Result<Vec<Vec<Value>>> {
+        tokio::task::spawn_blocking(move || {
+            let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
+            db.run_collect(&s).map(|r| r.rows).map_err(failure)
+        })
+        .await
+        .map_err(|e| Error::io(format!("query task: {e}")))?
+    }
+
+    /// Runs a read plan and collects its rows.
+    async fn collect(&self, plan: &Plan, statement: Statement, txn: Option<&TxnId>) -> Result<Vec<Vec<Value>>> {
+        match plan {
+            Plan::Single { group, .. } => self.fetch(*group, statement, txn).await,
+            Plan::Gather { tables, groups } => {
+                let db = self.gather(tables, groups, txn).await?;
+                tokio::task::spawn_blocking(move || db.run_collect(&statement).map(|r| r.rows).map_err(failure))
+                    .await
+                    .map_err(|e| Error::io(format!("query task: {e}")))?
+            }
+            other => Err(Error::io(format!("not a read plan: {other}"))),
+        }
+    }
+
+    /// Collects the rows of a read on one shard.
+    async fn fetch(&self, group: GroupId, statement: Statement, txn: Option<&TxnId>) -> Result<Vec<Vec<Value>>> {
+        if let Some(t) = txn {
+            return Ok(self.txn_command(group, Command::InTxn(t.clone(), statement)).await?.rows);
+        }
+        let req = pb::ReadRequest {
+            group: group.0,
+            sql: statement.sql,
+            params: statement.params.into_iter().map(Into::into).collect(),
+            seed: statement.seed,
+            now_ms: statement.now_ms,
+        };
+        let mut stream = self.cluster.read(req).await?;
+        let mut rows = Vec::new();
+        while let Some(p) = stream.message().await.map_err(Error::from)? {
+            if let Some(pb::result_part::Part::Rows(r)) = p.part {
+                rows.extend(r.rows.into_iter().map(|row| row.values.into_iter().map(Value::from).collect()));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// A scratch database with the catalog's schema and every row of
+    /// `tables` from every shard of `groups` (with their rowids, so rows
+    /// keep the order they have on one database).
+    async fn gather(&self, tables: &[String], groups: &[GroupId], txn: Option<&TxnId>) -> Result<Db> {
+        let catalog = self.catalog();
+        let mut loads = Vec::new();
+        for name in tables {
+            let Some(table) = catalog.table(name) else { continue };
+            let mut columns: Vec<String> =
+                table.columns.iter().map(|c| format!("\"{}\"", c.name.replace('"', "\"\""))).collect();
+            if let Some(alias) = &table.rowid_alias {
+                columns.insert(0, alias.clone());
+            }
+            let select = format!("SELECT {} FROM \"{}\"", columns.join(", "), table.name.replace('"', "\"\""));
+            let insert = format!(
+                "INSERT INTO \"{}\"({}) VALUES ({})",
+                table.name.replace('"', "\"\""),
+                columns.join(", "),
+                vec!["?"; columns.len()].join(", ")
+            );
+            let statement = Statement { sql: select, params: vec![], seed: 0, now_ms: 0, request_id: None };
+            let fetched = join_all(groups.iter().map(|g| self.fetch(*g, statement.clone(), txn))).await;
+            let rows: Vec<Vec<Vec<Value>>> = fetched.into_iter().collect::<Result<_>>()?;
+            loads.push((insert, rows));
+        }
+        tokio::task::spawn_blocking(move || {
+            let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
+            catalog::create_schema(&db, catalog.objects(), true)?;
+            db.internal(|c| {
+                c.execute_batch("BEGIN")?;
+                for (insert, shards) in &loads {
+                    let mut s = c.prepare(insert)?;
+                    for row in shards.iter().flatten() {
+                        s.execute(rusqlite::params_from_iter(row.iter()))?;
+                    }
+                }
+                c.execute_batch("COMMIT")
+            })
+            .map_err(|e| Error::io(format!("gathering rows: {e}")))?;
+            Ok(db)
+        })
+        .await
+        .map_err(|e| Error::io(format!("gather task: {e}")))?
     }
 
     async fn send_result(&self, out: &PartSender, r: StatementResult, txn: Option<&TxnId>) -> Result<()> {
@@ -231,10 +578,10 @@ impl Executor {
         send_rows(out, columns, r.rows, self.rows_per_batch, done(r.rows_affected, r.last_insert_rowid, txn)).await
     }
 
-    /// Streams a read from the group's leader straight through.
-    async fn read(&self, statement: Statement, out: &PartSender) -> Result<()> {
+    /// Streams a read from a shard's leader straight through.
+    async fn stream_read(&self, group: GroupId, statement: Statement, out: &PartSender) -> Result<()> {
         let req = pb::ReadRequest {
-            group: DATA.0,
+            group: group.0,
             sql: statement.sql,
             params: statement.params.into_iter().map(Into::into).collect(),
             seed: statement.seed,
@@ -249,4 +596,31 @@ impl Executor {
             }
         }
     }
+}
+
+fn failure(f: drsdb_storage::Failure) -> Error {
+    match f {
+        drsdb_storage::Failure::Statement(e) => e,
+        drsdb_storage::Failure::Environment(e) => Error::io(e),
+    }
+}
+
+/// Adds up per-shard results: the first error wins; rows concatenate;
+/// counts add up, except for `copies` of one table (reference tables),
+/// which count once.
+fn combine(results: Vec<Result<StatementResult>>, copies: bool) -> Result<StatementResult> {
+    let mut total: Option<StatementResult> = None;
+    for r in results {
+        let r = r?;
+        match &mut total {
+            None => total = Some(r),
+            Some(t) if !copies => {
+                t.rows_affected += r.rows_affected;
+                t.rows.extend(r.rows);
+                t.last_insert_rowid = r.last_insert_rowid;
+            }
+            Some(_) => {}
+        }
+    }
+    total.ok_or_else(|| Error::io("no shard answered"))
 }

@@ -4,15 +4,19 @@
 //! - `SHOW GROUPS`: every replica of every group: role, leader, term, last
 //!   log index, applied index, snapshot index, voters.
 //! - `SHOW INDEX SERVERS`: index servers that announced themselves recently.
-//! - `SHOW TABLES`: tables and views of the catalog.
+//! - `SHOW TABLES`: tables and views of the catalog, and how each is spread.
+//! - `SHOW SHARDS`: the shard map: each shard's group, the first hash of its
+//!   slice of the hash space, its replicas (preferred leader first) and its
+//!   current leader.
 
 use drsdb_common::{Error, Result, Value};
 use drsdb_proto as pb;
 
+use crate::catalog::{Distribution, Key};
 use crate::executor::{done, send_rows, Executor, PartSender};
 
 /// What `SHOW` accepts, for the error message.
-const USAGE: &str = "use SHOW NODES, SHOW GROUPS, SHOW INDEX SERVERS or SHOW TABLES";
+const USAGE: &str = "use SHOW NODES, SHOW GROUPS, SHOW SHARDS, SHOW INDEX SERVERS or SHOW TABLES";
 
 fn columns(names: &[&str]) -> Vec<pb::Column> {
     names.iter().map(|n| pb::Column { name: n.to_string(), decl_type: String::new() }).collect()
@@ -86,19 +90,50 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
                 rows,
             )
         }
+        ["SHARDS"] => {
+            let status = ex.cluster.refresh().await.ok();
+            let leaders: std::collections::BTreeMap<u64, u64> =
+                status.iter().flat_map(|s| &s.groups).map(|g| (g.group, g.leader)).collect();
+            let mut rows = crate::meta::shard_rows(&ex.cluster).await?;
+            for r in &mut rows {
+                let leader = match r.first() {
+                    Some(Value::Integer(g)) => leaders.get(&(*g as u64)).copied().filter(|l| *l != 0),
+                    _ => None,
+                };
+                r.push(leader.map(|l| l as i64).into());
+            }
+            (columns(&["grp", "hash_start", "replicas", "leader"]), rows)
+        }
         ["INDEX", "SERVERS"] => {
             let addrs = crate::server::live_index_servers(&ex.cluster).await?;
             (columns(&["address"]), addrs.into_iter().map(|a| vec![Value::Text(a)]).collect())
         }
         ["TABLES"] => {
             ex.refresh_catalog().await?;
-            let rows = ex
-                .catalog()
+            let catalog = ex.catalog();
+            let rows = catalog
                 .objects()
                 .filter(|o| o.kind == "table" || o.kind == "view")
-                .map(|o| vec![Value::Text(o.name.clone()), Value::Text(o.kind.clone()), Value::Text(o.sql.clone())])
+                .map(|o| {
+                    let spread = match catalog.table(&o.name).map(|t| &t.distribution) {
+                        Some(Distribution::Reference) => "reference".to_string(),
+                        Some(Distribution::Sharded(Key::Rowid)) => "sharded by rowid".to_string(),
+                        Some(Distribution::Sharded(Key::Columns(c))) => {
+                            let t = catalog.table(&o.name).expect("table exists");
+                            let names: Vec<&str> = c.iter().map(|i| t.columns[*i].name.as_str()).collect();
+                            format!("sharded by ({})", names.join(", "))
+                        }
+                        None => String::new(),
+                    };
+                    vec![
+                        Value::Text(o.name.clone()),
+                        Value::Text(o.kind.clone()),
+                        Value::Text(spread),
+                        Value::Text(o.sql.clone()),
+                    ]
+                })
                 .collect();
-            (columns(&["name", "type", "sql"]), rows)
+            (columns(&["name", "type", "distribution", "sql"]), rows)
         }
         _ => return Err(Error::invalid(format!("unknown SHOW statement; {USAGE}"))),
     };

@@ -38,10 +38,14 @@
 //! the client's request id and are applied once, so they are re-sent after
 //! a lost reply; statements inside transactions are not.
 
+mod catalog;
 mod cluster;
 mod executor;
+mod insert;
 mod introspection;
+mod keys;
 mod meta;
+mod planner;
 mod server;
 mod service;
 

@@ -1,65 +1,31 @@
-//! What index servers keep in the meta group: the catalog, and the list of
-//! live index servers. Both are tables of the meta group's SQLite database,
-//! written through its Raft log like any other data.
+//! What index servers keep in the meta group: the shard map, the catalog,
+//! which tables are reference tables, and the list of live index servers.
+//! All are tables of the meta group's SQLite database, written through its
+//! Raft log like any other data.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
-use drsdb_common::{Error, GroupId, Result, Value};
+use drsdb_common::shard::{self, Placement};
+use drsdb_common::{Error, GroupId, NodeId, Result, Value};
 use drsdb_proto as pb;
 use drsdb_storage::{Command, CommandResult, Statement};
 
+use crate::catalog::{self, Catalog};
 use crate::cluster::Cluster;
 
 /// Tables of the meta group.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS catalog(grp INTEGER PRIMARY KEY, objects TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS index_servers(addr TEXT PRIMARY KEY, last_seen_ms INTEGER NOT NULL)",
+    // One row per data shard: its group, the first hash of its slice of
+    // the hash space (hex), and its replicas (JSON array of node ids,
+    // preferred leader first). Written once, when the cluster is created.
+    "CREATE TABLE IF NOT EXISTS shards(grp INTEGER PRIMARY KEY, hash_start TEXT NOT NULL, replicas TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS reference_tables(name TEXT PRIMARY KEY COLLATE NOCASE)",
 ];
 
-/// A schema object (table, index, view, trigger) of a data group.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Object {
-    /// `table`, `index`, `view` or `trigger`.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
-    /// The table it belongs to.
-    pub table: String,
-    /// Its CREATE statement.
-    pub sql: String,
-}
-
-/// The schema of the data groups, keyed by lower-cased name.
-#[derive(Debug, Clone, Default)]
-pub struct Catalog {
-    objects: BTreeMap<String, Object>,
-}
-
-impl Catalog {
-    /// The table or view called `name` (case-insensitive), if any.
-    pub fn relation(&self, name: &str) -> Option<&Object> {
-        self.objects.get(&name.to_ascii_lowercase()).filter(|o| o.kind == "table" || o.kind == "view")
-    }
-
-    /// Every object, ordered by name.
-    pub fn objects(&self) -> impl Iterator<Item = &Object> {
-        self.objects.values()
-    }
-
-    fn from_rows(rows: Vec<Vec<Value>>) -> Catalog {
-        let text = |v: &Value| match v {
-            Value::Text(t) => t.clone(),
-            _ => String::new(),
-        };
-        let objects = rows
-            .iter()
-            .filter(|r| r.len() == 4)
-            .map(|r| Object { kind: text(&r[0]), name: text(&r[1]), table: text(&r[2]), sql: text(&r[3]) })
-            .map(|o| (o.name.to_ascii_lowercase(), o))
-            .collect();
-        Catalog { objects }
-    }
-}
+/// The catalog row that holds the data shards' schema.
+const CATALOG_ROW: i64 = 1;
 
 /// A statement for the meta group (meta statements use no random
 /// functions, so the seed is fixed).
@@ -140,6 +106,64 @@ pub async fn live_index_servers(cluster: &Cluster, since_ms: i64) -> Result<Vec<
         .collect())
 }
 
+/// Records the shard map for a cluster of `nodes` with `shards` data
+/// shards, unless one is recorded already (the first one written stays).
+pub async fn ensure_shard_map(cluster: &Cluster, nodes: &[NodeId], shards: usize) -> Result<()> {
+    let statements = shard::placement(nodes, shards)
+        .into_iter()
+        .skip(1) // the meta group
+        .enumerate()
+        .map(|(k, Placement { group, replicas })| {
+            let replicas: Vec<u64> = replicas.iter().map(|r| r.0).collect();
+            statement(
+                "INSERT OR IGNORE INTO shards(grp, hash_start, replicas) VALUES (?1, ?2, ?3)",
+                vec![
+                    (group.0 as i64).into(),
+                    format!("{:016x}", shard::slice_start(k, shards)).into(),
+                    serde_json::to_string(&replicas).expect("ids serialize").into(),
+                ],
+            )
+        })
+        .collect();
+    meta_write(cluster, statements).await
+}
+
+/// The number of data shards the meta group records (0 before the map is
+/// written).
+pub async fn shard_count(cluster: &Cluster) -> Result<usize> {
+    let rows = query(cluster, GroupId::META, "SELECT count(*) FROM shards", vec![]).await?;
+    match rows.first().and_then(|r| r.first()) {
+        Some(Value::Integer(n)) => Ok(*n as usize),
+        _ => Err(Error::io("unexpected shard count")),
+    }
+}
+
+/// The shard map as rows of (group, hash start, replicas), for `SHOW SHARDS`.
+pub async fn shard_rows(cluster: &Cluster) -> Result<Vec<Vec<Value>>> {
+    query(cluster, GroupId::META, "SELECT grp, hash_start, replicas FROM shards ORDER BY grp", vec![]).await
+}
+
+/// Marks `name` as a reference table (before it is created), or forgets it.
+pub async fn set_reference(cluster: &Cluster, name: &str, reference: bool) -> Result<()> {
+    let sql = if reference {
+        "INSERT OR REPLACE INTO reference_tables(name) VALUES (?1)"
+    } else {
+        "DELETE FROM reference_tables WHERE name = ?1"
+    };
+    meta_write(cluster, vec![statement(sql, vec![name.into()])]).await
+}
+
+async fn references(cluster: &Cluster) -> Result<BTreeSet<String>> {
+    let rows = query(cluster, GroupId::META, "SELECT name FROM reference_tables", vec![]).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| match r.into_iter().next() {
+            Some(Value::Text(n)) => Some(n.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The catalog as the meta group holds it.
 pub async fn load_catalog(cluster: &Cluster) -> Result<Catalog> {
     let rows = query(
@@ -147,14 +171,15 @@ pub async fn load_catalog(cluster: &Cluster) -> Result<Catalog> {
         GroupId::META,
         "SELECT j.value->>'kind', j.value->>'name', j.value->>'table', j.value->>'sql'
            FROM catalog, json_each(catalog.objects) AS j WHERE catalog.grp = ?1",
-        vec![(GroupId::FIRST_DATA.0 as i64).into()],
+        vec![CATALOG_ROW.into()],
     )
     .await?;
-    Ok(Catalog::from_rows(rows))
+    Catalog::new(catalog::objects_from_rows(rows), &references(cluster).await?)
 }
 
-/// Reads the data group's schema and records it as the catalog in the meta
-/// group (one statement: all or nothing). Returns the new catalog.
+/// Reads the first shard's schema (every shard has the same) and records
+/// it as the catalog in the meta group (one statement: all or nothing).
+/// Returns the new catalog.
 pub async fn sync_catalog(cluster: &Cluster) -> Result<Catalog> {
     let rows = query(
         cluster,
@@ -164,14 +189,14 @@ pub async fn sync_catalog(cluster: &Cluster) -> Result<Catalog> {
         vec![],
     )
     .await?;
-    let catalog = Catalog::from_rows(rows);
+    let catalog = Catalog::new(catalog::objects_from_rows(rows), &references(cluster).await?)?;
     meta_write(
         cluster,
         vec![statement(
             "INSERT OR REPLACE INTO catalog(grp, objects)
              SELECT ?1, coalesce(json_group_array(json_object('kind', k, 'name', n, 'table', t, 'sql', s)), '[]')
                FROM (SELECT value->>0 AS k, value->>1 AS n, value->>2 AS t, value->>3 AS s FROM json_each(?2))",
-            vec![(GroupId::FIRST_DATA.0 as i64).into(), catalog_json(&catalog).into()],
+            vec![CATALOG_ROW.into(), catalog_json(&catalog).into()],
         )],
     )
     .await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use drsdb_common::config::IndexConfig;
 use drsdb_common::tls::{self, Dialer};
-use drsdb_common::{Error, Result};
+use drsdb_common::{Error, NodeId, Result};
 use drsdb_proto as pb;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -34,15 +34,26 @@ pub async fn live_index_servers(cluster: &Cluster) -> Result<Vec<String>> {
     meta::live_index_servers(cluster, now_ms() - LIVENESS_INTERVALS * interval).await
 }
 
+/// Creates the meta tables and records the shard map (what the storage
+/// servers were configured with), unless already done.
+async fn prepare_meta(executor: &Executor) -> Result<()> {
+    meta::ensure_schema(&executor.cluster).await?;
+    let status = executor.cluster.refresh().await?;
+    let nodes: Vec<NodeId> = status.nodes.iter().map(|n| NodeId(n.id)).collect();
+    meta::ensure_shard_map(&executor.cluster, &nodes, status.shards as usize).await?;
+    executor.shard_count().await?;
+    Ok(())
+}
+
 /// Keeps the meta schema present, this server announced and the catalog
 /// fresh.
 async fn maintain(executor: Arc<Executor>, advertise: String, interval: Duration) {
     let mut schema_ready = false;
     loop {
         if !schema_ready {
-            match meta::ensure_schema(&executor.cluster).await {
+            match prepare_meta(&executor).await {
                 Ok(()) => schema_ready = true,
-                Err(e) => tracing::debug!("meta schema not ready: {e}"),
+                Err(e) => tracing::debug!("meta not ready: {e}"),
             }
         }
         if schema_ready {

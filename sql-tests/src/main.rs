@@ -25,6 +25,9 @@ struct Args {
     /// Print at most this many failures per file.
     #[arg(long, default_value_t = 5)]
     show_failures: usize,
+    /// Data shards of the cluster (default: 4 for its 3 storage servers).
+    #[arg(long)]
+    shards: Option<usize>,
     /// Keep the cluster directory (for its logs) instead of deleting it.
     #[arg(long)]
     keep: bool,
@@ -62,7 +65,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let mut cluster = LocalCluster::start(
         &std::env::current_exe()?,
         dir.path(),
-        &Options { log: "warn".into(), ..Options::default() },
+        &Options { log: "warn".into(), shards: args.shards, ..Options::default() },
     )?;
     runtime.block_on(cluster.wait_ready(READY_DEADLINE))?;
     let started = Instant::now();

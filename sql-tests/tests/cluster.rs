@@ -89,8 +89,10 @@ async fn applied(client: &mut Client, node: u64) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_crash_loses_no_acknowledged_write_and_a_lagging_follower_catches_up_by_snapshot() {
     let dir = tempfile::tempdir().unwrap();
+    // One shard: the test follows one group's replicas.
     let options = Options {
         raft: RaftConfig { snapshot_after_entries: 100, keep_entries_after_snapshot: 10, ..RaftConfig::default() },
+        shards: Some(1),
         ..Options::default()
     };
     let mut cluster = start(dir.path(), options).await;
@@ -235,7 +237,8 @@ async fn the_client_carries_on_when_an_index_server_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nondeterministic_functions_agree_on_every_replica() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start(dir.path(), Options::default()).await;
+    // One shard: the test compares one group's replicas.
+    let mut cluster = start(dir.path(), Options { shards: Some(1), ..Options::default() }).await;
     let mut client = cluster.client().await.unwrap();
     client
         .execute("CREATE TABLE n(id INTEGER PRIMARY KEY, r, b, u, t, d DEFAULT CURRENT_TIMESTAMP)", &[])

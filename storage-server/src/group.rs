@@ -157,6 +157,28 @@ impl Group {
         }
     }
 
+    /// Hands leadership to `preferred` when this replica leads the group,
+    /// `preferred` is another voter, and it holds every log entry: the way
+    /// leaders return to their placement after a failover, so that each
+    /// server leads its share of groups.
+    pub async fn hand_over(&self, preferred: NodeId) {
+        let caught_up = {
+            use openraft::async_runtime::WatchReceiver;
+            let m = self.raft.metrics().borrow_watched().clone();
+            let matched = m.replication.as_ref().and_then(|r| r.get(&preferred.0).cloned().flatten());
+            m.current_leader == Some(m.id)
+                && m.id != preferred.0
+                && m.membership_config.membership().voter_ids().any(|v| v == preferred.0)
+                && matched.map(|l| l.index) == m.last_log_index
+        };
+        if caught_up {
+            tracing::info!(group = %self.id, to = %preferred, "handing leadership to the preferred replica");
+            if let Err(e) = self.raft.trigger().transfer_leader(preferred.0).await {
+                tracing::warn!(group = %self.id, "leader transfer: {e}");
+            }
+        }
+    }
+
     /// Fails with `NotLeader` unless this replica leads the group.
     fn ensure_leader(&self) -> Result<()> {
         if self.raft.is_leader() {

@@ -52,4 +52,5 @@ mod types;
 
 pub use command::{decode, encode, Column, Command, CommandResult, Outcome, Statement, StatementResult};
 pub use server::serve;
+pub use sqlite::{Db, Failure};
 pub use state_machine::REQUEST_MEMORY_MS;

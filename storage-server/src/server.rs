@@ -1,12 +1,17 @@
-//! Wiring: open the groups, bootstrap them, serve gRPC until shutdown.
+//! Wiring: open the groups this server holds replicas of, bootstrap the
+//! ones it is the preferred leader of, serve gRPC until shutdown, and hand
+//! leadership back to preferred leaders after failovers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use drsdb_common::config::StorageConfig;
+use drsdb_common::shard::{self, Placement};
 use drsdb_common::tls::{self, Dialer};
-use drsdb_common::{Error, GroupId, Result};
+use drsdb_common::{Error, NodeId, Result};
 use drsdb_proto as pb;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -15,9 +20,42 @@ use crate::group::Group;
 use crate::network::{Peers, MAX_RAFT_MESSAGE};
 use crate::service::{Node, RaftService, StorageService};
 
-/// The groups every storage server hosts until sharding lands: the meta
-/// group and the first data group, each on every member.
-const GROUPS: [GroupId; 2] = [GroupId::META, GroupId::FIRST_DATA];
+/// How often leaders check whether a group's preferred leader is back.
+const HAND_OVER_PERIOD: Duration = Duration::from_secs(5);
+/// The file in the data directory that records the shard count the cluster
+/// was created with.
+const SHARDS_FILE: &str = "shards";
+
+/// Records the shard count on first start; afterwards refuses a config
+/// that asks for another (the count is fixed when the cluster is created).
+fn check_shard_count(data_dir: &Path, shards: usize) -> Result<()> {
+    let path = data_dir.join(SHARDS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(n) if n == shards => Ok(()),
+            Ok(n) => Err(Error::invalid(format!(
+                "this cluster was created with {n} shards but the config asks for {shards}; \
+                 the shard count is fixed when a cluster is created (set shards = {n})"
+            ))),
+            Err(_) => Err(Error::Corrupt(format!("{} does not hold a shard count", path.display()))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&path, format!("{shards}\n"))
+            .map_err(|e| Error::io(format!("cannot write {}: {e}", path.display()))),
+        Err(e) => Err(Error::io(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// Every `HAND_OVER_PERIOD`, each group this server leads goes back to
+/// its preferred leader if that one is up to date.
+async fn hand_over_leaders(node: Arc<Node>, preferred: Vec<(Arc<crate::group::Group>, NodeId)>) {
+    let _node = node;
+    loop {
+        tokio::time::sleep(HAND_OVER_PERIOD).await;
+        for (group, leader) in &preferred {
+            group.hand_over(*leader).await;
+        }
+    }
+}
 
 /// Runs a storage server on `listener` until `shutdown` completes, then
 /// stops its groups cleanly.
@@ -28,22 +66,29 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
     for dir in [&groups_dir, &scratch_dir] {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
     }
+    let shards = config.shard_count();
+    check_shard_count(&config.data_dir, shards)?;
+    let addrs: BTreeMap<NodeId, String> = config.members.iter().map(|m| (NodeId(m.id), m.addr.clone())).collect();
+    let mine: Vec<Placement> = shard::placement(&addrs.keys().copied().collect::<Vec<_>>(), shards)
+        .into_iter()
+        .filter(|p| p.replicas.contains(&config.node()))
+        .collect();
     let peers = Peers::new(Dialer::new(&config.tls)?);
     let mut groups = HashMap::new();
-    for id in GROUPS {
-        let group = Group::open(id, &groups_dir.join(id.0.to_string()), &config, peers.clone()).await?;
-        groups.insert(id, group);
-    }
-    let node = Arc::new(Node { id: config.node(), groups, members: config.members.clone(), scratch_dir });
-
-    // The lowest member id initializes the groups, once.
-    let lowest = config.members.iter().map(|m| m.id).min();
-    if lowest == Some(config.node_id) {
-        let members: BTreeMap<u64, String> = config.members.iter().map(|m| (m.id, m.addr.clone())).collect();
-        for group in node.groups.values() {
+    let mut preferred = Vec::new();
+    for p in &mine {
+        let group = Group::open(p.group, &groups_dir.join(p.group.0.to_string()), &config, peers.clone()).await?;
+        // A group's preferred leader initializes it, once; starting the
+        // first election there spreads the first leaders evenly.
+        if p.replicas[0] == config.node() {
+            let members: BTreeMap<u64, String> = p.replicas.iter().map(|r| (r.0, addrs[r].clone())).collect();
             group.bootstrap(&members).await?;
         }
+        preferred.push((group.clone(), p.replicas[0]));
+        groups.insert(p.group, group);
     }
+    let node = Arc::new(Node { id: config.node(), groups, members: config.members.clone(), shards, scratch_dir });
+    let balancer = tokio::spawn(hand_over_leaders(node.clone(), preferred));
 
     let mut builder = Server::builder();
     if let Some(tls) = tls::server_config(&config.tls)? {
@@ -63,6 +108,7 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
         )
         .serve_with_incoming_shutdown(tls::incoming(listener), shutdown)
         .await;
+    balancer.abort();
     for group in node.groups.values() {
         group.shutdown().await;
     }

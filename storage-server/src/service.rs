@@ -33,6 +33,8 @@ pub struct Node {
     pub groups: HashMap<GroupId, Arc<Group>>,
     /// The bootstrap member list (id, address).
     pub members: Vec<Member>,
+    /// The cluster's number of data shards.
+    pub shards: usize,
     /// Where incoming snapshots are buffered.
     pub scratch_dir: std::path::PathBuf,
 }
@@ -161,7 +163,7 @@ impl pb::storage_server::Storage for StorageService {
             .collect();
         groups.sort_by_key(|g| g.group);
         let nodes = self.0.members.iter().map(|m| pb::NodeAddr { id: m.id, addr: m.addr.clone() }).collect();
-        Ok(Response::new(pb::StatusResponse { node: self.0.id.0, groups, nodes }))
+        Ok(Response::new(pb::StatusResponse { node: self.0.id.0, groups, nodes, shards: self.0.shards as u32 }))
     }
 }
 

@@ -154,6 +154,18 @@ impl Db {
         Self::wrap(conn)
     }
 
+    /// Opens a private scratch database (a temporary file that SQLite
+    /// deletes on close, cached in memory until it grows): what an index
+    /// server computes with, with the same functions and authorizer.
+    pub fn open_scratch() -> rusqlite::Result<Db> {
+        clock::register();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags_and_vfs("", flags, clock::VFS_NAME)?;
+        conn.pragma_update(None, "synchronous", "OFF")?;
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
+        Self::wrap(conn)
+    }
+
     fn wrap(mut conn: Connection) -> rusqlite::Result<Db> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let env = Arc::new(Mutex::new(Env {

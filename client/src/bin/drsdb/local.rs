@@ -26,6 +26,10 @@ pub struct LocalArgs {
     /// Index servers (first run only).
     #[arg(long, default_value_t = 2)]
     index_servers: usize,
+    /// Data shards, each a Raft group of 3 replicas (first run only;
+    /// default: 4 per 3 storage servers).
+    #[arg(long)]
+    shards: Option<usize>,
     /// Plaintext instead of TLS (first run only; warns).
     #[arg(long)]
     insecure: bool,
@@ -41,6 +45,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         storage_servers: args.storage_servers,
         index_servers: args.index_servers,
         insecure: args.insecure,
+        shards: args.shards,
         log: args.log,
         ..Options::default()
     };

@@ -1,0 +1,204 @@
+//! Data placement: which Raft group holds a row, and which storage servers
+//! hold a group.
+//!
+//! A cluster has a fixed number of data shards, chosen when it is created.
+//! Shard `k` (of `n`) is Raft group `k + 1` and owns the slice
+//! `[k·2⁶⁴/n, (k+1)·2⁶⁴/n)` of the 64-bit hash space; a row belongs to the
+//! shard whose slice holds the hash of its shard key ([`key_hash`]). The
+//! hash is computed on the key as SQLite stores and compares it (after
+//! column affinity, under the column's collation), so two keys SQLite calls
+//! equal always land on the same shard.
+//!
+//! Replicas ([`placement`]) are laid out round-robin over the storage
+//! servers ordered by id: shard `k`'s replicas start at server `k mod m`,
+//! so no server holds two replicas of a shard and each server is the
+//! preferred leader (the first replica) of an equal share of shards.
+//!
+//! Everything here is a pure function: the meta group records its results
+//! (the shard map), and storage servers use it to know which groups to host.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{GroupId, NodeId};
+use crate::value::Value;
+
+/// Replicas per group (fewer only when the cluster has fewer servers).
+pub const REPLICATION_FACTOR: usize = 3;
+/// Shards per full replica set of storage servers when the config does
+/// not choose.
+pub const DEFAULT_SHARDS_PER_REPLICA_SET: usize = 4;
+/// Most shards a cluster may have.
+pub const MAX_SHARDS: usize = 1024;
+
+/// The default shard count for a cluster of `servers` storage servers:
+/// four per full set of three.
+pub fn default_shards(servers: usize) -> usize {
+    DEFAULT_SHARDS_PER_REPLICA_SET * servers.div_ceil(REPLICATION_FACTOR).max(1)
+}
+
+/// One group's replicas, preferred leader first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The group.
+    pub group: GroupId,
+    /// The servers holding a replica; the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+}
+
+/// Where the meta group and `shards` data groups live on `members`
+/// (storage server ids, any order). The meta group comes first.
+pub fn placement(members: &[NodeId], shards: usize) -> Vec<Placement> {
+    let mut servers = members.to_vec();
+    servers.sort_unstable();
+    servers.dedup();
+    let width = servers.len().min(REPLICATION_FACTOR);
+    let replicas = |start: usize| (0..width).map(|i| servers[(start + i) % servers.len()]).collect();
+    let mut out = vec![Placement { group: GroupId::META, replicas: replicas(0) }];
+    out.extend((0..shards).map(|k| Placement { group: shard_group(k), replicas: replicas(k) }));
+    out
+}
+
+/// The group of the `k`-th shard (counting from 0).
+pub fn shard_group(k: usize) -> GroupId {
+    GroupId(GroupId::FIRST_DATA.0 + k as u64)
+}
+
+/// The first hash of shard `k`'s slice; its slice ends where shard `k+1`'s
+/// begins (the last one at 2⁶⁴).
+pub fn slice_start(k: usize, shards: usize) -> u64 {
+    ((k as u128) << 64).div_ceil(shards as u128) as u64
+}
+
+/// The shard (counting from 0) whose slice holds `hash`.
+pub fn shard_of(hash: u64, shards: usize) -> usize {
+    ((u128::from(hash) * shards as u128) >> 64) as usize
+}
+
+/// How a key column compares text, which decides which keys are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Collation {
+    /// Byte-wise (SQLite's default).
+    Binary,
+    /// ASCII letters compare without case.
+    NoCase,
+    /// Trailing spaces are ignored.
+    RTrim,
+}
+
+impl Collation {
+    /// SQLite's collation of that name (case-insensitive); unknown names
+    /// are not possible for a table SQLite accepted.
+    pub fn from_name(name: &str) -> Collation {
+        if name.eq_ignore_ascii_case("NOCASE") {
+            Collation::NoCase
+        } else if name.eq_ignore_ascii_case("RTRIM") {
+            Collation::RTrim
+        } else {
+            Collation::Binary
+        }
+    }
+}
+
+/// The hash of a shard key: its values as SQLite stores them, each under
+/// its column's collation. Integers and reals that SQLite calls equal
+/// (`1` and `1.0`) hash alike.
+pub fn key_hash(key: &[(Value, Collation)]) -> u64 {
+    let mut bytes = Vec::with_capacity(16 * key.len());
+    for (value, collation) in key {
+        match value {
+            Value::Null => bytes.push(0),
+            Value::Integer(i) => push_integer(&mut bytes, *i),
+            Value::Real(r) => {
+                // A real with an exact integer value compares equal to that integer.
+                let truncated = *r as i64;
+                if truncated as f64 == *r && r.fract() == 0.0 {
+                    push_integer(&mut bytes, truncated);
+                } else {
+                    bytes.push(2);
+                    bytes.extend_from_slice(&r.to_bits().to_le_bytes());
+                }
+            }
+            Value::Text(t) => {
+                bytes.push(3);
+                let folded = match collation {
+                    Collation::Binary => t.clone(),
+                    Collation::NoCase => t.to_ascii_lowercase(),
+                    Collation::RTrim => t.trim_end_matches(' ').to_string(),
+                };
+                bytes.extend_from_slice(&(folded.len() as u64).to_le_bytes());
+                bytes.extend_from_slice(folded.as_bytes());
+            }
+            Value::Blob(b) => {
+                bytes.push(4);
+                bytes.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                bytes.extend_from_slice(b);
+            }
+        }
+    }
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+fn push_integer(bytes: &mut Vec<u8>, i: i64) {
+    bytes.push(1);
+    bytes.extend_from_slice(&i.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(ids: &[u64]) -> Vec<NodeId> {
+        ids.iter().map(|i| NodeId(*i)).collect()
+    }
+
+    #[test]
+    fn replicas_are_distinct_and_leaders_balanced() {
+        let p = placement(&nodes(&[3, 1, 2, 4, 5]), 10);
+        assert_eq!(p[0], Placement { group: GroupId::META, replicas: nodes(&[1, 2, 3]) });
+        let mut leaders = std::collections::BTreeMap::new();
+        for g in &p[1..] {
+            let mut r = g.replicas.clone();
+            r.sort_unstable();
+            r.dedup();
+            assert_eq!(r.len(), 3, "{g:?}");
+            *leaders.entry(g.replicas[0]).or_insert(0) += 1;
+        }
+        assert!(leaders.values().all(|&n| n == 2), "{leaders:?}");
+        assert_eq!(placement(&nodes(&[7]), 2)[2].replicas, nodes(&[7]));
+    }
+
+    #[test]
+    fn slices_cover_the_hash_space() {
+        for shards in [1, 3, 8, 1000] {
+            assert_eq!(slice_start(0, shards), 0);
+            for k in 0..shards {
+                assert_eq!(shard_of(slice_start(k, shards), shards), k, "{k}/{shards}");
+                if k > 0 {
+                    assert_eq!(shard_of(slice_start(k, shards) - 1, shards), k - 1);
+                }
+            }
+            assert_eq!(shard_of(u64::MAX, shards), shards - 1);
+        }
+    }
+
+    #[test]
+    fn keys_sqlite_calls_equal_hash_alike() {
+        let h = |v: Value, c: Collation| key_hash(&[(v, c)]);
+        assert_eq!(h(Value::Integer(5), Collation::Binary), h(Value::Real(5.0), Collation::Binary));
+        assert_ne!(h(Value::Integer(5), Collation::Binary), h(Value::Real(5.5), Collation::Binary));
+        assert_ne!(h(Value::Integer(5), Collation::Binary), h(Value::Text("5".into()), Collation::Binary));
+        assert_eq!(h(Value::Text("Ab".into()), Collation::NoCase), h(Value::Text("aB".into()), Collation::NoCase));
+        assert_ne!(h(Value::Text("Ab".into()), Collation::Binary), h(Value::Text("aB".into()), Collation::Binary));
+        assert_eq!(h(Value::Text("a  ".into()), Collation::RTrim), h(Value::Text("a".into()), Collation::RTrim));
+    }
+
+    #[test]
+    fn sequential_keys_spread_evenly() {
+        let shards = 8;
+        let mut counts = vec![0usize; shards];
+        for i in 0..80_000 {
+            counts[shard_of(key_hash(&[(Value::Integer(i), Collation::Binary)]), shards)] += 1;
+        }
+        assert!(counts.iter().all(|&c| (9_000..11_000).contains(&c)), "{counts:?}");
+    }
+}

@@ -1,0 +1,380 @@
+//! The catalog: the schema every data shard holds, and how each table is
+//! distributed over the shards.
+//!
+//! The schema objects come from a shard's `sqlite_schema` (every shard has
+//! the same, because DDL runs on all of them); which tables are reference
+//! tables comes from the meta group. From the CREATE statements the
+//! catalog derives each table's shard key exactly as SQLite sees the
+//! table: it loads them into a scratch SQLite database and asks SQLite
+//! (`pragma_table_xinfo`, column metadata) for columns, declared types,
+//! primary keys and collations, instead of re-implementing SQLite's
+//! parsing rules.
+//!
+//! Shard keys:
+//! - a table with a PRIMARY KEY is partitioned on it;
+//! - a table without one on its rowid, which index servers assign
+//!   (cluster-unique and increasing, see `rowid`) so that rows keep their
+//!   insertion order across shards;
+//! - a rowid table with a primary key that is not its rowid also gets an
+//!   assigned rowid, for the same reason.
+//!
+//! A UNIQUE constraint on a sharded table must include the whole shard
+//! key: each shard enforces uniqueness among its own rows only, so a
+//! constraint that two shards could both satisfy is refused at CREATE.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use drsdb_common::shard::Collation;
+use drsdb_common::{Error, Result, Value};
+use drsdb_storage::Db;
+
+/// A schema object (table, index, view, trigger) of the data shards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    /// `table`, `index`, `view` or `trigger`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// The table it belongs to.
+    pub table: String,
+    /// Its CREATE statement.
+    pub sql: String,
+}
+
+/// A column that can be written (not generated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// Its declared type (decides its affinity).
+    pub decl_type: String,
+    /// Its collation.
+    pub collation: Collation,
+    /// Its DEFAULT expression, as written.
+    pub default: Option<String>,
+}
+
+/// What a table's rows are partitioned on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Key {
+    /// These columns (indexes into [`Table::columns`]), the primary key.
+    Columns(Vec<usize>),
+    /// The rowid, assigned by the index server.
+    Rowid,
+}
+
+/// How a table is spread over the shards.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Distribution {
+    /// Hash-partitioned on a shard key.
+    Sharded(Key),
+    /// A full copy on every shard (`CREATE REFERENCE TABLE`).
+    Reference,
+}
+
+/// A table and its distribution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// Its name as created.
+    pub name: String,
+    /// Its writable columns in declaration order.
+    pub columns: Vec<Column>,
+    /// How its rows are spread.
+    pub distribution: Distribution,
+    /// A name that reaches its rowid (`rowid`, `_rowid_` or `oid`, the
+    /// first no column shadows); `None` for WITHOUT ROWID tables.
+    pub rowid_alias: Option<String>,
+    /// True when the primary key is an alias of the rowid (INTEGER
+    /// PRIMARY KEY): a row written without one gets an assigned id.
+    pub integer_key: bool,
+}
+
+impl Table {
+    /// True when the index server assigns this table's rowids (rowid
+    /// tables whose rowid is not a declared INTEGER PRIMARY KEY).
+    pub fn assigns_rowid(&self) -> bool {
+        self.rowid_alias.is_some() && !self.integer_key && self.distribution != Distribution::Reference
+    }
+
+    /// The column at `name` (case-insensitive).
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name.eq_ignore_ascii_case(name))
+    }
+
+    /// The shard key's columns, when it is made of declared columns.
+    pub fn key_columns(&self) -> Option<&[usize]> {
+        match &self.distribution {
+            Distribution::Sharded(Key::Columns(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// True for a hash-partitioned table.
+    pub fn is_sharded(&self) -> bool {
+        matches!(self.distribution, Distribution::Sharded(_))
+    }
+}
+
+/// The data shards' schema, keyed by lower-cased name.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    objects: BTreeMap<String, Object>,
+    tables: BTreeMap<String, Table>,
+}
+
+impl Catalog {
+    /// Builds the catalog of `objects`, `references` naming the reference
+    /// tables (lower-cased).
+    pub fn new(objects: Vec<Object>, references: &BTreeSet<String>) -> Result<Catalog> {
+        let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
+        let objects: BTreeMap<String, Object> = objects.into_iter().map(|o| (o.name.to_ascii_lowercase(), o)).collect();
+        create_schema(&db, objects.values(), false)?;
+        let mut tables = BTreeMap::new();
+        for o in objects.values().filter(|o| o.kind == "table") {
+            let reference = references.contains(&o.name.to_ascii_lowercase());
+            let table = analyse(&db, &o.name, reference).map_err(|e| Error::io(format!("table {}: {e}", o.name)))?;
+            tables.insert(o.name.to_ascii_lowercase(), table);
+        }
+        Ok(Catalog { objects, tables })
+    }
+
+    /// The table or view called `name` (case-insensitive), if any.
+    pub fn relation(&self, name: &str) -> Option<&Object> {
+        self.objects.get(&name.to_ascii_lowercase()).filter(|o| o.kind == "table" || o.kind == "view")
+    }
+
+    /// The table called `name` (case-insensitive), if any.
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.tables.get(&name.to_ascii_lowercase())
+    }
+
+    /// Every object, ordered by name.
+    pub fn objects(&self) -> impl Iterator<Item = &Object> {
+        self.objects.values()
+    }
+}
+
+/// Creates `objects` in `db`: tables, then indexes, then views (which may
+/// name each other, so they are retried until none is left). Triggers are
+/// left out (scratch databases are only read).
+pub fn create_schema<'a>(db: &Db, objects: impl Iterator<Item = &'a Object>, with_views: bool) -> Result<()> {
+    let objects: Vec<&Object> = objects.collect();
+    let run = |sql: &str| db.internal(|c| c.execute_batch(sql));
+    for kind in ["table", "index"] {
+        for o in objects.iter().filter(|o| o.kind == kind) {
+            run(&o.sql).map_err(|e| Error::io(format!("catalog object {}: {e}", o.name)))?;
+        }
+    }
+    if with_views {
+        let mut views: Vec<&Object> = objects.iter().copied().filter(|o| o.kind == "view").collect();
+        while !views.is_empty() {
+            let before = views.len();
+            views.retain(|o| run(&o.sql).is_err());
+            if views.len() == before {
+                return Err(Error::io(format!("catalog view {} cannot be created", views[0].name)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a table's columns, key and rowid from SQLite.
+fn analyse(db: &Db, name: &str, reference: bool) -> rusqlite::Result<Table> {
+    db.internal(|c| {
+        let mut columns = Vec::new();
+        let mut key: Vec<(i64, usize)> = Vec::new();
+        let mut all_names = Vec::new();
+        let mut stmt =
+            c.prepare("SELECT name, type, pk, dflt_value, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")?;
+        let mut rows = stmt.query([name])?;
+        while let Some(r) = rows.next()? {
+            let col: String = r.get(0)?;
+            all_names.push(col.clone());
+            if r.get::<_, i64>(4)? != 0 {
+                continue; // generated or hidden: never written
+            }
+            let pk: i64 = r.get(2)?;
+            if pk > 0 {
+                key.push((pk, columns.len()));
+            }
+            let (_, collation, ..) = c.column_metadata(None::<&str>, name, col.as_str())?;
+            let collation = collation.and_then(|s| s.to_str().ok()).map_or(Collation::Binary, Collation::from_name);
+            columns.push(Column { name: col, decl_type: r.get(1)?, collation, default: r.get(3)? });
+        }
+        key.sort_unstable();
+        let without_rowid: bool = c.query_row(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE",
+            [name],
+            |r| r.get(0),
+        )?;
+        let rowid_alias = (!without_rowid)
+            .then(|| {
+                ["rowid", "_rowid_", "oid"]
+                    .into_iter()
+                    .find(|a| !all_names.iter().any(|n| n.eq_ignore_ascii_case(a)))
+                    .map(str::to_string)
+            })
+            .flatten();
+        let integer_key =
+            !without_rowid && key.len() == 1 && columns[key[0].1].decl_type.eq_ignore_ascii_case("INTEGER");
+        let distribution = if reference {
+            Distribution::Reference
+        } else if key.is_empty() {
+            Distribution::Sharded(Key::Rowid)
+        } else {
+            Distribution::Sharded(Key::Columns(key.into_iter().map(|(_, i)| i).collect()))
+        };
+        Ok(Table { name: name.to_string(), columns, distribution, rowid_alias, integer_key })
+    })
+}
+
+/// Refuses UNIQUE constraints of `table` (in `db`) that do not include
+/// its whole shard key: shards could not enforce them.
+pub fn check_unique_constraints(db: &Db, table: &Table) -> Result<()> {
+    let key: Vec<&str> = match &table.distribution {
+        Distribution::Reference => return Ok(()),
+        Distribution::Sharded(Key::Rowid) => Vec::new(),
+        Distribution::Sharded(Key::Columns(c)) => c.iter().map(|i| table.columns[*i].name.as_str()).collect(),
+    };
+    let unique: Vec<(String, Vec<Option<String>>)> = db
+        .internal(|c| {
+            let mut out = Vec::new();
+            let mut list =
+                c.prepare("SELECT name FROM pragma_index_list(?1) WHERE \"unique\" AND origin <> 'pk' ORDER BY name")?;
+            let names: Vec<String> = list.query_map([&table.name], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            for index in names {
+                let mut cols = c.prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?;
+                let columns = cols.query_map([&index], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+                out.push((index, columns));
+            }
+            Ok(out)
+        })
+        .map_err(|e| Error::io(format!("scratch database: {e}")))?;
+    for (index, columns) in unique {
+        let covers = !key.is_empty() && key.iter().all(|k| columns.iter().flatten().any(|c| c.eq_ignore_ascii_case(k)));
+        if !covers {
+            let shown: Vec<&str> = columns.iter().map(|c| c.as_deref().unwrap_or("<expression>")).collect();
+            let key_text = if key.is_empty() { "the table has no primary key".to_string() } else { key.join(", ") };
+            return Err(Error::invalid(format!(
+                "UNIQUE ({}) on {} cannot be enforced: {} is sharded on its primary key ({key_text}) and each shard \
+                 checks uniqueness among its own rows only; include the primary key in the constraint, make it the \
+                 primary key, or create the table with CREATE REFERENCE TABLE (index {index})",
+                shown.join(", "),
+                table.name,
+                table.name,
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Parses catalog rows of `[kind, name, table, sql]`.
+pub fn objects_from_rows(rows: Vec<Vec<Value>>) -> Vec<Object> {
+    let text = |v: &Value| match v {
+        Value::Text(t) => t.clone(),
+        _ => String::new(),
+    };
+    rows.iter()
+        .filter(|r| r.len() == 4)
+        .map(|r| Object { kind: text(&r[0]), name: text(&r[1]), table: text(&r[2]), sql: text(&r[3]) })
+        .collect()
+}
+
+/// Analyses one table as `sql` creates it, in a scratch database holding
+/// the rest of `catalog` (for the checks before a CREATE runs anywhere).
+pub fn analyse_new(catalog: &Catalog, create: &str, reference: bool) -> Result<Option<Table>> {
+    let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
+    create_schema(&db, catalog.objects(), false)?;
+    let before: BTreeSet<String> = table_names(&db)?;
+    db.internal(|c| c.execute_batch(create)).map_err(|e| Error::invalid(e.to_string()))?;
+    let after = table_names(&db)?;
+    // CREATE INDEX changes an existing table; CREATE TABLE adds one.
+    let target = after.difference(&before).next().cloned().or_else(|| index_table(&db, create));
+    let Some(name) = target else { return Ok(None) };
+    let reference = reference || catalog.table(&name).is_some_and(|t| t.distribution == Distribution::Reference);
+    let table = analyse(&db, &name, reference).map_err(|e| Error::io(format!("table {name}: {e}")))?;
+    check_unique_constraints(&db, &table)?;
+    Ok(Some(table))
+}
+
+fn table_names(db: &Db) -> Result<BTreeSet<String>> {
+    db.internal(|c| {
+        let mut s = c.prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")?;
+        let names = s.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<BTreeSet<_>>>()?;
+        Ok(names)
+    })
+    .map_err(|e| Error::io(format!("scratch database: {e}")))
+}
+
+/// The table a `CREATE INDEX` statement just created an index on.
+fn index_table(db: &Db, create: &str) -> Option<String> {
+    let upper = create.to_ascii_uppercase();
+    if !upper.contains("INDEX") {
+        return None;
+    }
+    db.internal(|c| {
+        c.query_row(
+            "SELECT tbl_name FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL ORDER BY rowid DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+    })
+    .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog(sqls: &[&str]) -> Catalog {
+        let objects = sqls
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Object {
+                kind: "table".into(),
+                name: format!("t{i}"),
+                table: format!("t{i}"),
+                sql: s.to_string(),
+            })
+            .collect();
+        Catalog::new(objects, &BTreeSet::new()).unwrap()
+    }
+
+    #[test]
+    fn shard_keys_follow_sqlite() {
+        let c = catalog(&[
+            "CREATE TABLE t0(id INTEGER PRIMARY KEY, a)",
+            "CREATE TABLE t1(a, b TEXT COLLATE NOCASE, PRIMARY KEY(b, a))",
+            "CREATE TABLE t2(a, b)",
+            "CREATE TABLE t3(k TEXT PRIMARY KEY, rowid) WITHOUT ROWID",
+            "CREATE TABLE t4(id INT PRIMARY KEY, g AS (id * 2))",
+        ]);
+        let t0 = c.table("T0").unwrap();
+        assert!(t0.integer_key && !t0.assigns_rowid());
+        assert_eq!(t0.key_columns(), Some(&[0][..]));
+        let t1 = c.table("t1").unwrap();
+        assert_eq!(t1.key_columns(), Some(&[1, 0][..]));
+        assert_eq!(t1.columns[1].collation, Collation::NoCase);
+        assert!(t1.assigns_rowid());
+        let t2 = c.table("t2").unwrap();
+        assert_eq!(t2.distribution, Distribution::Sharded(Key::Rowid));
+        let t3 = c.table("t3").unwrap();
+        assert_eq!(t3.rowid_alias, None);
+        assert!(!t3.assigns_rowid());
+        let t4 = c.table("t4").unwrap();
+        assert!(!t4.integer_key, "INT is not INTEGER: not a rowid alias");
+        assert_eq!(t4.columns.len(), 1, "generated columns are not written");
+    }
+
+    #[test]
+    fn unique_constraints_must_include_the_shard_key() {
+        let c = Catalog::default();
+        assert!(analyse_new(&c, "CREATE TABLE a(id INTEGER PRIMARY KEY, x, UNIQUE(x, id))", false).is_ok());
+        let e = analyse_new(&c, "CREATE TABLE b(id INTEGER PRIMARY KEY, x UNIQUE)", false).unwrap_err();
+        assert!(e.to_string().contains("CREATE REFERENCE TABLE"), "{e}");
+        assert!(analyse_new(&c, "CREATE TABLE r(id INTEGER PRIMARY KEY, x UNIQUE)", true).is_ok());
+        let c = catalog(&["CREATE TABLE t0(pk INTEGER PRIMARY KEY, col0 INTEGER)"]);
+        assert!(analyse_new(&c, "CREATE UNIQUE INDEX i ON t0(col0)", false).is_err());
+        assert!(analyse_new(&c, "CREATE INDEX i ON t0(col0)", false).is_ok());
+    }
+}

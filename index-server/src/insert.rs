@@ -1,0 +1,205 @@
+//! Splitting an INSERT's rows by shard.
+//!
+//! The rows arrive computed (the index server ran the VALUES or SELECT);
+//! each gets its shard key completed (an integer key left out gets an
+//! assigned id, a key column with a DEFAULT gets that default computed
+//! here so that it decides the shard) and, for tables whose rowid is not
+//! their key, an assigned rowid. Then each shard receives one
+//! `INSERT … VALUES (?, …), …` per chunk of its rows, with the original
+//! conflict clause, upsert and RETURNING.
+
+use std::collections::BTreeMap;
+
+use drsdb_common::{shard, Error, GroupId, Result, Value};
+use sqlparser::ast::{Insert, ObjectNamePart, SqliteOnConflict};
+
+use crate::catalog::Table;
+use crate::keys::{self, RowidGenerator};
+
+/// Most placeholders in one statement (SQLite's limit is 32766).
+const MAX_PARAMS_PER_STATEMENT: usize = 30_000;
+/// Roughly most bytes of values in one statement.
+const MAX_BYTES_PER_STATEMENT: usize = 4 << 20;
+
+/// One statement for one shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    /// The shard.
+    pub group: GroupId,
+    /// `INSERT … VALUES (?1, ?2), …`.
+    pub sql: String,
+    /// Its values.
+    pub params: Vec<Value>,
+    /// The position (in the INSERT's row order) of the last row it writes.
+    pub last_row: usize,
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The INSERT's target columns (indexes into `table.columns`).
+fn target_columns(table: &Table, insert: &Insert) -> Result<Vec<usize>> {
+    if insert.columns.is_empty() {
+        return Ok((0..table.columns.len()).collect());
+    }
+    insert
+        .columns
+        .iter()
+        .map(|c| {
+            let name = match c.0.last() {
+                Some(ObjectNamePart::Identifier(i)) => i.value.clone(),
+                _ => c.to_string(),
+            };
+            table
+                .column(&name)
+                .ok_or_else(|| Error::invalid(format!("table {} has no column named {name}", table.name)))
+        })
+        .collect()
+}
+
+/// The parts of an INSERT into sharded `table` of `rows` (each as wide as
+/// the target column list). `default_of` computes a column's DEFAULT
+/// expression.
+pub fn split(
+    table: &Table,
+    insert: &Insert,
+    rows: Vec<Vec<Value>>,
+    shards: usize,
+    rowids: &RowidGenerator,
+    now_ms: i64,
+    default_of: &dyn Fn(&str) -> Result<Value>,
+) -> Result<Vec<Part>> {
+    let mut columns = target_columns(table, insert)?;
+    let width = columns.len();
+    if let Some(bad) = rows.iter().find(|r| r.len() != width) {
+        return Err(Error::invalid(if insert.columns.is_empty() {
+            format!("table {} has {width} columns but {} values were supplied", table.name, bad.len())
+        } else {
+            format!("{} values for {width} columns", bad.len())
+        }));
+    }
+    let mut rows = rows;
+    // Key columns the statement leaves out get their value here.
+    let key = table.key_columns().map(<[usize]>::to_vec).unwrap_or_default();
+    for k in &key {
+        if columns.contains(k) {
+            continue;
+        }
+        let default = match &table.columns[*k].default {
+            Some(expr) if !table.integer_key => default_of(expr)?,
+            _ => Value::Null,
+        };
+        columns.push(*k);
+        for r in &mut rows {
+            r.push(default.clone());
+        }
+    }
+    if table.integer_key {
+        let at = columns.iter().position(|c| *c == key[0]).expect("key column is a target");
+        for r in &mut rows {
+            if r[at] == Value::Null {
+                r[at] = Value::Integer(rowids.next(now_ms));
+            }
+        }
+    }
+    let mut names: Vec<String> = columns.iter().map(|c| quote(&table.columns[*c].name)).collect();
+    let hashes = if table.assigns_rowid() {
+        let alias = table.rowid_alias.as_deref().expect("rowid tables have an alias");
+        names.push(alias.to_string());
+        let ids: Vec<i64> = rows.iter().map(|_| rowids.next(now_ms)).collect();
+        for (r, id) in rows.iter_mut().zip(&ids) {
+            r.push(Value::Integer(*id));
+        }
+        match table.key_columns() {
+            Some(_) => None,
+            None => Some(
+                ids.iter()
+                    .map(|id| shard::key_hash(&[(Value::Integer(*id), shard::Collation::Binary)]))
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    } else {
+        None
+    };
+    let hashes = match hashes {
+        Some(h) => h,
+        None => {
+            let at: Vec<usize> =
+                key.iter().map(|k| columns.iter().position(|c| c == k).expect("key is a target")).collect();
+            let key_rows: Vec<Vec<Value>> = rows.iter().map(|r| at.iter().map(|i| r[*i].clone()).collect()).collect();
+            keys::hash_values(table, &key_rows)?
+        }
+    };
+
+    let verb = match (insert.replace_into, &insert.or) {
+        (true, _) => "REPLACE",
+        (false, None) => "INSERT",
+        (false, Some(SqliteOnConflict::Replace)) => "INSERT OR REPLACE",
+        (false, Some(SqliteOnConflict::Ignore)) => "INSERT OR IGNORE",
+        (false, Some(SqliteOnConflict::Abort)) => "INSERT OR ABORT",
+        (false, Some(SqliteOnConflict::Fail)) => "INSERT OR FAIL",
+        (false, Some(SqliteOnConflict::Rollback)) => "INSERT OR ROLLBACK",
+    };
+    let mut tail = String::new();
+    if let Some(on) = &insert.on {
+        tail.push_str(&format!(" {on}"));
+    }
+    if let Some(returning) = &insert.returning {
+        let items: Vec<String> = returning.iter().map(ToString::to_string).collect();
+        tail.push_str(&format!(" RETURNING {}", items.join(", ")));
+    }
+    let head = format!("{verb} INTO {}({}) VALUES ", quote(&table.name), names.join(", "));
+
+    let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, h) in hashes.iter().enumerate() {
+        by_shard.entry(shard::shard_of(*h, shards)).or_default().push(i);
+    }
+    let mut parts = Vec::new();
+    for (k, indexes) in by_shard {
+        let mut chunk: Vec<usize> = Vec::new();
+        let mut bytes = 0;
+        let flush = |chunk: &mut Vec<usize>, parts: &mut Vec<Part>| {
+            if chunk.is_empty() {
+                return;
+            }
+            let mut params = Vec::with_capacity(chunk.len() * names.len());
+            let mut tuples = Vec::with_capacity(chunk.len());
+            for i in chunk.iter() {
+                let first = params.len();
+                params.extend(rows[*i].iter().cloned());
+                let marks: Vec<String> = (first + 1..=params.len()).map(|n| format!("?{n}")).collect();
+                tuples.push(format!("({})", marks.join(", ")));
+            }
+            parts.push(Part {
+                group: shard::shard_group(k),
+                sql: format!("{head}{}{tail}", tuples.join(", ")),
+                params,
+                last_row: *chunk.last().expect("chunk is not empty"),
+            });
+            chunk.clear();
+        };
+        for i in indexes {
+            let size: usize = rows[i].iter().map(value_size).sum();
+            if !chunk.is_empty()
+                && ((chunk.len() + 1) * names.len() > MAX_PARAMS_PER_STATEMENT
+                    || bytes + size > MAX_BYTES_PER_STATEMENT)
+            {
+                flush(&mut chunk, &mut parts);
+                bytes = 0;
+            }
+            chunk.push(i);
+            bytes += size;
+        }
+        flush(&mut chunk, &mut parts);
+    }
+    Ok(parts)
+}
+
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::Text(t) => t.len(),
+        Value::Blob(b) => b.len(),
+        _ => 8,
+    }
+}

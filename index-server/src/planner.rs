@@ -1,0 +1,489 @@
+//! The distributed planner: where a statement runs, as a [`Plan`] that
+//! `EXPLAIN` prints as a tree.
+//!
+//! Planning is a function of the catalog, the shard count, the statement
+//! and its parameters (a shard key written as an expression is evaluated
+//! by an in-process SQLite, `keys`); it does no I/O. The executor carries
+//! plans out.
+//!
+//! What the planner knows so far:
+//! - with one shard, everything runs there unchanged;
+//! - a statement that reads no sharded table runs on one shard (reference
+//!   tables are complete on every shard);
+//! - a query or UPDATE/DELETE whose only sharded table is pinned to one key
+//!   by its WHERE clause (`key = constant`, ANDed) runs on that key's shard;
+//! - UPDATE/DELETE of one sharded table that read no other sharded table
+//!   run on every shard, each changing its own rows;
+//! - INSERT computes its rows at the index server (VALUES there, a SELECT
+//!   through the read planner), assigns rowids and missing integer keys,
+//!   and sends each shard its rows;
+//! - every other query gathers the rows of the sharded tables it reads
+//!   into a scratch SQLite database at the index server and runs there:
+//!   slow for big tables, always SQLite's answer.
+//!
+//! Not yet: pushing filters, projections, partial aggregates and top-N to
+//! the shards, co-located joins, direct streaming to the client, writes
+//! whose subqueries read other sharded tables, updates of shard keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::ControlFlow;
+
+use drsdb_common::sql::Kind;
+use drsdb_common::{shard, Error, GroupId, Result};
+use sqlparser::ast::{
+    AssignmentTarget, BinaryOperator, Expr, FromTable, ObjectName, ObjectNamePart, Query, SetExpr, Statement,
+    TableFactor, TableObject, Visit, Visitor,
+};
+use sqlparser::dialect::SQLiteDialect;
+use sqlparser::parser::Parser;
+
+use crate::catalog::{Catalog, Table};
+use crate::keys::Keys;
+
+/// Where a statement's rows come from before an INSERT splits them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// `DEFAULT VALUES`: one row of defaults.
+    Defaults,
+    /// A query that reads no table, computed at the index server.
+    Local(String),
+    /// A query planned like any other read.
+    Query(String, Box<Plan>),
+}
+
+/// How one statement runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// The statement runs unchanged on one shard.
+    Single {
+        /// The shard's group.
+        group: GroupId,
+        /// Why one shard answers for all.
+        why: String,
+    },
+    /// A write runs unchanged on every shard, each applying it to its own
+    /// rows (or, for a reference table, to its copy); counts add up.
+    Broadcast {
+        /// Every shard.
+        groups: Vec<GroupId>,
+        /// True when every shard must compute identical values (reference
+        /// tables); otherwise each shard gets its own random seed.
+        same_seed: bool,
+    },
+    /// The rows of `tables` are gathered from every shard into a scratch
+    /// database at the index server, where the statement runs.
+    Gather {
+        /// The sharded tables read, lower-cased.
+        tables: Vec<String>,
+        /// Every shard.
+        groups: Vec<GroupId>,
+    },
+    /// An INSERT whose rows are computed first, then split by shard key.
+    Insert {
+        /// The target table.
+        table: String,
+        /// Where the rows come from.
+        source: Source,
+    },
+    /// A schema change: the first shard, then the others.
+    Schema {
+        /// Every shard, first one first.
+        groups: Vec<GroupId>,
+        /// For CREATE TABLE: the table, and whether it is a reference table.
+        creates: Option<(String, bool)>,
+    },
+}
+
+impl Plan {
+    fn fmt_tree(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
+        let pad = "  ".repeat(depth);
+        match self {
+            Plan::Single { group, why } => writeln!(f, "{pad}Single shard (group {group}): {why}"),
+            Plan::Broadcast { groups, same_seed } => {
+                let what = if *same_seed { "identical copies" } else { "each shard its own rows" };
+                writeln!(f, "{pad}Broadcast to {} shards ({what})", groups.len())
+            }
+            Plan::Gather { tables, groups } => {
+                writeln!(f, "{pad}Run at index server over gathered rows")?;
+                for t in tables {
+                    writeln!(f, "{pad}  Scan {t} on {} shards", groups.len())?;
+                }
+                Ok(())
+            }
+            Plan::Insert { table, source } => {
+                writeln!(f, "{pad}Insert into {table}, rows split by shard key")?;
+                match source {
+                    Source::Defaults => writeln!(f, "{pad}  Default values"),
+                    Source::Local(_) => writeln!(f, "{pad}  Values computed at index server"),
+                    Source::Query(_, plan) => plan.fmt_tree(f, depth + 1),
+                }
+            }
+            Plan::Schema { groups, creates } => {
+                let what = match creates {
+                    Some((t, true)) => format!(", creates reference table {t}"),
+                    Some((t, false)) => format!(", creates sharded table {t}"),
+                    None => String::new(),
+                };
+                writeln!(f, "{pad}Schema change on {} shards, first shard first{what}", groups.len())
+            }
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_tree(f, 0)
+    }
+}
+
+/// What the planner needs to know about the cluster.
+pub struct Context<'a> {
+    /// The schema.
+    pub catalog: &'a Catalog,
+    /// The number of data shards.
+    pub shards: usize,
+    /// Evaluates shard keys written as expressions.
+    pub keys: &'a Keys<'a>,
+}
+
+impl Context<'_> {
+    fn groups(&self) -> Vec<GroupId> {
+        (0..self.shards).map(shard::shard_group).collect()
+    }
+
+    fn sharded(&self, name: &str) -> Option<&Table> {
+        self.catalog.table(name).filter(|t| t.is_sharded())
+    }
+}
+
+/// Plans `sql` (placeholders numbered, see `number_placeholders`) of kind `kind`.
+pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
+    let groups = cx.groups();
+    if kind == Kind::Ddl {
+        let stripped = drsdb_common::sql::strip_reference(sql);
+        let reference = stripped.is_some();
+        let creates = created_table(stripped.as_deref().unwrap_or(sql)).map(|t| (t, reference));
+        return Ok(Plan::Schema { groups, creates });
+    }
+    if cx.shards == 1 {
+        return Ok(Plan::Single { group: groups[0], why: "the only shard".into() });
+    }
+    let statement = parse(sql)?;
+    let refs = References::of(cx.catalog, &statement);
+    match &statement {
+        Statement::Query(q) => plan_query(cx, q, &refs),
+        Statement::Insert(insert) => {
+            let TableObject::TableName(name) = &insert.table else {
+                return Err(Error::invalid("INSERT into a table function is not supported"));
+            };
+            let target = last_name(name);
+            let table = match cx.catalog.table(&target) {
+                Some(t) => t,
+                None => return Err(Error::invalid(format!("no such table: {target}"))),
+            };
+            let source = match &insert.source {
+                None => Source::Defaults,
+                Some(q) => {
+                    let source_refs = References::of(cx.catalog, &Statement::Query(q.clone()));
+                    if source_refs.all.is_empty() {
+                        Source::Local(q.to_string())
+                    } else {
+                        Source::Query(q.to_string(), Box::new(plan_query(cx, q, &source_refs)?))
+                    }
+                }
+            };
+            if !table.is_sharded() {
+                if refs.sharded.is_empty() {
+                    return Ok(Plan::Broadcast { groups, same_seed: true });
+                }
+                return Err(not_yet("an INSERT into a reference table that reads sharded tables"));
+            }
+            if insert.on.is_some() && refs.occurrences > 1 {
+                return Err(not_yet("an upsert whose values read tables"));
+            }
+            Ok(Plan::Insert { table: table.name.clone(), source })
+        }
+        Statement::Update(u) => {
+            let TableFactor::Table { name, alias, .. } = &u.table.relation else {
+                return Err(Error::invalid("UPDATE target is not a table"));
+            };
+            let target = last_name(name);
+            let Some(table) = cx.catalog.table(&target) else {
+                return Err(Error::invalid(format!("no such table: {target}")));
+            };
+            for a in &u.assignments {
+                let columns = match &a.target {
+                    AssignmentTarget::ColumnName(c) => vec![c],
+                    AssignmentTarget::Tuple(cs) => cs.iter().collect(),
+                };
+                for c in columns {
+                    if is_key_column(table, &last_name(c)) {
+                        return Err(Error::invalid(format!(
+                            "cannot change column {} of {}: it is the table's shard key and the row would have to \
+                             move to another shard; DELETE the row and INSERT it again instead",
+                            last_name(c),
+                            table.name
+                        )));
+                    }
+                }
+            }
+            plan_change(cx, table, alias.as_ref().map(|a| a.name.value.clone()), u.selection.as_ref(), &refs)
+        }
+        Statement::Delete(d) => {
+            let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
+            let Some(TableFactor::Table { name, alias, .. }) = from.first().map(|t| &t.relation) else {
+                return Err(Error::invalid("DELETE target is not a table"));
+            };
+            let target = last_name(name);
+            let Some(table) = cx.catalog.table(&target) else {
+                return Err(Error::invalid(format!("no such table: {target}")));
+            };
+            plan_change(cx, table, alias.as_ref().map(|a| a.name.value.clone()), d.selection.as_ref(), &refs)
+        }
+        // Anything else that is not DDL (PRAGMA table_info and the like)
+        // reads the schema, which every shard has.
+        _ => Ok(Plan::Single { group: groups[0], why: "statement reads no table rows".into() }),
+    }
+}
+
+fn not_yet(what: &str) -> Error {
+    Error::invalid(format!(
+        "{what} is not supported on a sharded cluster yet; run the read first and write its results, \
+         or use a reference table"
+    ))
+}
+
+fn parse(sql: &str) -> Result<Statement> {
+    let mut statements = Parser::parse_sql(&SQLiteDialect {}, sql)
+        .map_err(|e| Error::invalid(format!("drsdb cannot plan this statement across shards: {e}")))?;
+    match statements.len() {
+        1 => Ok(statements.remove(0)),
+        n => Err(Error::invalid(format!("expected one statement, found {n}"))),
+    }
+}
+
+/// The table a `CREATE TABLE` statement creates.
+fn created_table(sql: &str) -> Option<String> {
+    match parse(sql).ok()? {
+        Statement::CreateTable(c) => Some(last_name(&c.name)),
+        _ => None,
+    }
+}
+
+fn plan_query(cx: &Context<'_>, q: &Query, refs: &References) -> Result<Plan> {
+    let groups = cx.groups();
+    if refs.sharded.is_empty() {
+        return Ok(Plan::Single { group: groups[0], why: "reads no sharded table".into() });
+    }
+    if refs.sharded.len() == 1 && refs.occurrences_of_sharded == 1 {
+        if let SetExpr::Select(select) = q.body.as_ref() {
+            if let [twj] = select.from.as_slice() {
+                if let (TableFactor::Table { name, alias, .. }, true) = (&twj.relation, twj.joins.is_empty()) {
+                    if let Some(table) = cx.sharded(&last_name(name)) {
+                        let alias = alias.as_ref().map(|a| a.name.value.clone());
+                        if let Some(group) = pinned_shard(cx, table, alias, select.selection.as_ref())? {
+                            return Ok(Plan::Single { group, why: format!("key of {} pinned by WHERE", table.name) });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(Plan::Gather { tables: refs.sharded.iter().cloned().collect(), groups })
+}
+
+/// UPDATE or DELETE of `table`.
+fn plan_change(
+    cx: &Context<'_>,
+    table: &Table,
+    alias: Option<String>,
+    selection: Option<&Expr>,
+    refs: &References,
+) -> Result<Plan> {
+    let groups = cx.groups();
+    if !table.is_sharded() {
+        if refs.sharded.is_empty() {
+            return Ok(Plan::Broadcast { groups, same_seed: true });
+        }
+        return Err(not_yet("a change to a reference table that reads sharded tables"));
+    }
+    if refs.sharded.len() > 1 || refs.occurrences_of_sharded > 1 {
+        return Err(not_yet("an UPDATE or DELETE that reads other sharded tables (or its own in a subquery)"));
+    }
+    if let Some(group) = pinned_shard(cx, table, alias, selection)? {
+        return Ok(Plan::Single { group, why: format!("key of {} pinned by WHERE", table.name) });
+    }
+    Ok(Plan::Broadcast { groups, same_seed: false })
+}
+
+fn is_key_column(table: &Table, column: &str) -> bool {
+    let is_rowid =
+        ["rowid", "_rowid_", "oid"].iter().any(|a| a.eq_ignore_ascii_case(column)) && table.column(column).is_none();
+    match table.key_columns() {
+        Some(key) => key.iter().any(|i| table.columns[*i].name.eq_ignore_ascii_case(column)) || is_rowid,
+        None => is_rowid && table.is_sharded(),
+    }
+}
+
+/// The shard holding every row `selection` can match, when its top-level
+/// ANDed terms set each shard key column equal to a constant.
+fn pinned_shard(
+    cx: &Context<'_>,
+    table: &Table,
+    alias: Option<String>,
+    selection: Option<&Expr>,
+) -> Result<Option<GroupId>> {
+    let (Some(key), Some(selection)) = (table.key_columns(), selection) else { return Ok(None) };
+    let qualifier = alias.unwrap_or_else(|| table.name.clone());
+    let mut pinned: BTreeMap<usize, String> = BTreeMap::new();
+    let mut terms = vec![selection];
+    while let Some(e) = terms.pop() {
+        match e {
+            Expr::Nested(inner) => terms.push(inner),
+            Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+                terms.push(left);
+                terms.push(right);
+            }
+            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
+                for (col, value) in [(left, right), (right, left)] {
+                    if let Some(c) = column_of(col, &qualifier).and_then(|c| table.column(&c)) {
+                        if key.contains(&c) && is_constant(value) {
+                            pinned.insert(c, value.to_string());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if pinned.len() != key.len() {
+        return Ok(None);
+    }
+    let exprs: Vec<String> = key.iter().map(|c| pinned[c].clone()).collect();
+    let hash = cx.keys.hash_exprs(table, &exprs)?;
+    Ok(Some(shard::shard_group(shard::shard_of(hash, cx.shards))))
+}
+
+/// The column an expression names, if it is a bare or `qualifier.`-qualified column.
+fn column_of(e: &Expr, qualifier: &str) -> Option<String> {
+    match e {
+        Expr::Identifier(i) => Some(i.value.clone()),
+        Expr::CompoundIdentifier(parts) if parts.len() == 2 && parts[0].value.eq_ignore_ascii_case(qualifier) => {
+            Some(parts[1].value.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Literals, placeholders, and signs or casts of them: values that are
+/// the same wherever they are computed.
+fn is_constant(e: &Expr) -> bool {
+    match e {
+        Expr::Value(_) => true,
+        Expr::UnaryOp { expr, .. } | Expr::Nested(expr) => is_constant(expr),
+        Expr::Cast { expr, .. } => is_constant(expr),
+        _ => false,
+    }
+}
+
+fn last_name(name: &ObjectName) -> String {
+    match name.0.last() {
+        Some(ObjectNamePart::Identifier(i)) => i.value.clone(),
+        _ => name.to_string(),
+    }
+}
+
+/// The relations a statement reads or writes, with views expanded.
+#[derive(Debug, Default)]
+struct References {
+    /// Every relation named (lower-cased), CTE names excepted.
+    all: BTreeSet<String>,
+    /// The sharded tables among them, views expanded.
+    sharded: BTreeSet<String>,
+    /// How many times relations are named.
+    occurrences: usize,
+    /// How many times sharded tables are named (through views too).
+    occurrences_of_sharded: usize,
+}
+
+#[derive(Default)]
+struct Names {
+    relations: Vec<String>,
+    ctes: BTreeSet<String>,
+    functions: BTreeSet<String>,
+}
+
+impl Names {
+    /// Relations named, without CTEs and table-valued functions.
+    fn tables(self) -> Vec<String> {
+        let skip = |r: &String| self.ctes.contains(r) || self.functions.contains(r);
+        self.relations.iter().filter(|r| !skip(r)).cloned().collect()
+    }
+}
+
+/// The tables and views `sql` names (lower-cased; CTEs and table-valued
+/// functions left out). Empty when sqlparser cannot parse it.
+pub fn relations(sql: &str) -> Vec<String> {
+    let Ok(statement) = parse(sql) else { return Vec::new() };
+    let mut names = Names::default();
+    let _ = statement.visit(&mut names);
+    names.tables()
+}
+
+impl Visitor for Names {
+    type Break = ();
+    fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table { name, args: Some(_), .. } = t {
+            self.functions.insert(last_name(name).to_ascii_lowercase());
+        }
+        ControlFlow::Continue(())
+    }
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        if let Some(with) = &q.with {
+            self.ctes.extend(with.cte_tables.iter().map(|c| c.alias.name.value.to_ascii_lowercase()));
+        }
+        ControlFlow::Continue(())
+    }
+    fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+        self.relations.push(last_name(r).to_ascii_lowercase());
+        ControlFlow::Continue(())
+    }
+}
+
+impl References {
+    fn of(catalog: &Catalog, statement: &Statement) -> References {
+        let mut refs = References::default();
+        refs.add(catalog, statement, 0);
+        refs
+    }
+
+    fn add(&mut self, catalog: &Catalog, statement: &Statement, depth: usize) {
+        const MAX_VIEW_DEPTH: usize = 32;
+        let mut names = Names::default();
+        let _ = statement.visit(&mut names);
+        for r in names.tables() {
+            self.occurrences += 1;
+            self.all.insert(r.clone());
+            if let Some(t) = catalog.table(&r) {
+                if t.is_sharded() {
+                    self.sharded.insert(r);
+                    self.occurrences_of_sharded += 1;
+                }
+            } else if let Some(view) = catalog.relation(&r).filter(|o| o.kind == "view") {
+                match parse(&view.sql) {
+                    Ok(v) if depth < MAX_VIEW_DEPTH => self.add(catalog, &v, depth + 1),
+                    // A view we cannot read: assume it reads every sharded table.
+                    _ => {
+                        for o in catalog.objects().filter(|o| o.kind == "table") {
+                            if catalog.table(&o.name).is_some_and(Table::is_sharded) {
+                                self.sharded.insert(o.name.to_ascii_lowercase());
+                                self.occurrences_of_sharded += 2;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
