@@ -458,7 +458,6 @@ impl Executor {
             Ok(r.rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
         };
         let parts = insert::split(&table, &ins, rows, shards, &self.rowids, statement.now_ms, &defaults)?;
-        let last_group = parts.iter().max_by_key(|p| p.last_row).map(|p| p.group);
         let results = join_all(parts.iter().enumerate().map(|(i, p)| {
             let s = Statement {
                 sql: p.sql.clone(),
@@ -470,12 +469,9 @@ impl Executor {
             self.apply(p.group, s, txn)
         }))
         .await;
-        let last_rowid = parts
-            .iter()
-            .zip(&results)
-            .filter(|(p, _)| Some(p.group) == last_group)
-            .filter_map(|(_, r)| r.as_ref().ok().map(|r| r.last_insert_rowid))
-            .last();
+        // last_insert_rowid() is that of the part holding the last row.
+        let last_part = parts.iter().enumerate().max_by_key(|(_, p)| p.last_row).map(|(i, _)| i);
+        let last_rowid = last_part.and_then(|i| results[i].as_ref().ok()).map(|r| r.last_insert_rowid);
         let mut r = combine(results, false)?;
         r.last_insert_rowid = last_rowid.unwrap_or(0);
         Ok(r)

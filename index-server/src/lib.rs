@@ -16,27 +16,35 @@
 //!    column defaults) and the seed of `random()`, `randomblob()` and
 //!    `ulid()`. Both travel inside the command, so every replica computes
 //!    the same values: the statement is deterministic from here on.
-//! 3. Writes are checked against the catalog (`meta`): a target table that
-//!    the cache, the meta group and the data group's schema all lack is an
+//! 3. The tables it names are looked up in the catalog (`catalog`, kept in
+//!    the meta group by `meta`); a miss reloads it, and a write to a table
+//!    that the meta group and the first shard's schema both lack is an
 //!    error before anything is proposed.
-//! 4. The statement goes to the leader of its group (`cluster`), following
-//!    leader changes: a write becomes a Raft entry (group commit batches it
-//!    with others), a read waits for a ReadIndex barrier. Inside a
-//!    transaction every statement, reads included, is an entry of the
-//!    group's log, so it sees the transaction's own writes.
-//! 5. Rows stream back part by part (columns, row batches, `Done`); a read
-//!    is relayed as the storage server produces it, never held whole.
-//! 6. After DDL the data group's schema is recorded as the catalog in the
+//! 4. The planner (`planner`) decides where it runs: one shard (no sharded
+//!    table read, or the primary key pinned by WHERE, `keys` hashing it as
+//!    SQLite stores it), every shard (UPDATE/DELETE, DDL), rows split by
+//!    shard key (INSERT, `insert`), or gathered into a scratch SQLite
+//!    database here (every other query).
+//! 5. Each shard's part goes to the leader of its group (`cluster`),
+//!    following leader changes: a write becomes a Raft entry (group commit
+//!    batches it with others), a read waits for a ReadIndex barrier. Inside
+//!    a transaction every statement, reads included, is an entry of the
+//!    logs of the shards it touches, so it sees the transaction's writes.
+//! 6. Rows stream back part by part (columns, row batches, `Done`); a
+//!    one-shard read is relayed as the storage server produces it.
+//! 7. After DDL the first shard's schema is recorded as the catalog in the
 //!    meta group, where other index servers read it.
 //!
 //! `SHOW …` statements (`introspection`) answer from the storage servers'
 //! Raft status and the meta group.
 //!
 //! ## Not yet
-//! One data group holds every table: no sharding, no distributed planning,
-//! no pushdown (they come with the sharding issue). Autocommit writes carry
-//! the client's request id and are applied once, so they are re-sent after
-//! a lost reply; statements inside transactions are not.
+//! Pushdown (filters, projections, partial aggregates, top-N), co-located
+//! joins and direct streaming from storage servers to clients; statements
+//! over several shards are applied shard by shard, not atomically.
+//! Autocommit writes carry the client's request id and are applied once,
+//! so they are re-sent after a lost reply; statements inside transactions
+//! are not.
 
 mod catalog;
 mod cluster;

@@ -256,6 +256,15 @@ async fn nondeterministic_functions_agree_on_every_replica() {
         .await
         .unwrap();
     client.execute("UPDATE n SET r = r + abs(random() % 10)", &[]).await.unwrap();
+    // A write is acknowledged once a majority has it: wait for the third
+    // replica before stopping.
+    eventually!("every replica to apply the last write", {
+        let mut applied_by = Vec::new();
+        for node in 1..=3 {
+            applied_by.push(applied(&mut client, node).await);
+        }
+        (applied_by.iter().all(Option::is_some) && applied_by.windows(2).all(|w| w[0] == w[1])).then_some(())
+    });
     cluster.stop();
     let replicas = replica_rows(dir.path(), "SELECT * FROM n ORDER BY id");
     assert_eq!(replicas[0].len(), 2);

@@ -32,10 +32,15 @@
 //!   one gRPC channel per peer, tagged with the group id; snapshots stream
 //!   as SQLite files.
 //!
+//! ## Groups
+//! A server hosts the groups the placement (`drsdb_common::shard`) gives
+//! it: the meta group and its share of the data shards. A group's
+//! preferred leader initializes it on first start and gets leadership back
+//! after failovers (`server`).
+//!
 //! ## Not yet
-//! Groups are fixed (the meta group and one data group on every member);
-//! creating and moving groups, membership changes, follower reads and
-//! direct streaming to clients come with sharding.
+//! Membership and placement are fixed at creation: no moving groups, no
+//! adding servers; no follower reads; no direct streaming to clients.
 
 mod clock;
 mod command;
