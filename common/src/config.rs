@@ -24,6 +24,45 @@ pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     toml::from_str(&text).map_err(|e| Error::invalid(format!("config {} is not valid: {e}", path.display())))
 }
 
+/// The command-line flags both server binaries take; each adds its own
+/// (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerFlags {
+    /// TOML config file (see deploy/); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Log filter (e.g. info, debug).
+    #[arg(long)]
+    pub log: Option<String>,
+    /// Directory holding ca.pem, node.pem and node.key.
+    #[arg(long)]
+    pub certs: Option<PathBuf>,
+    /// Plaintext instead of TLS (logs a warning; never in production).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl ServerFlags {
+    /// The config file named by `--config`, or the defaults.
+    pub fn load<T: Default + for<'de> Deserialize<'de>>(&self) -> Result<T> {
+        self.config.as_deref().map_or_else(|| Ok(T::default()), load)
+    }
+
+    /// Applies `--listen`, `--log`, `--certs` and `--insecure` to a config's fields.
+    pub fn apply(&self, listen: &mut SocketAddr, log: &mut String, tls: &mut TlsConfig) {
+        if let Some(v) = self.listen {
+            *listen = v;
+        }
+        if let Some(v) = &self.log {
+            v.clone_into(log);
+        }
+        tls.apply_flags(self.certs.as_deref(), self.insecure);
+    }
+}
+
 /// Certificates for mutual TLS, or plaintext when `insecure` is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -13,7 +13,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use drsdb_common::tls::Dialer;
-use drsdb_common::{Error, GroupId, Result};
+use drsdb_common::{Error, GroupId, Result, Value};
 use drsdb_proto as pb;
 use drsdb_storage::{Command, CommandResult};
 use tonic::transport::Channel;
@@ -205,5 +205,17 @@ impl Cluster {
             })
             .await?;
         Ok(response.into_inner())
+    }
+
+    /// Runs a read like [`Cluster::read`] and collects its rows.
+    pub async fn read_rows(&self, req: pb::ReadRequest) -> Result<Vec<Vec<Value>>> {
+        let mut stream = self.read(req).await?;
+        let mut rows = Vec::new();
+        while let Some(part) = stream.message().await.map_err(Error::from)? {
+            if let Some(pb::result_part::Part::Rows(r)) = part.part {
+                rows.extend(r.rows.into_iter().map(|row| row.values.into_iter().map(Value::from).collect()));
+            }
+        }
+        Ok(rows)
     }
 }

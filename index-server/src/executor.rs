@@ -506,21 +506,7 @@ impl Executor {
         if let Some(t) = txn {
             return Ok(self.txn_command(group, Command::InTxn(t.clone(), statement)).await?.rows);
         }
-        let req = pb::ReadRequest {
-            group: group.0,
-            sql: statement.sql,
-            params: statement.params.into_iter().map(Into::into).collect(),
-            seed: statement.seed,
-            now_ms: statement.now_ms,
-        };
-        let mut stream = self.cluster.read(req).await?;
-        let mut rows = Vec::new();
-        while let Some(p) = stream.message().await.map_err(Error::from)? {
-            if let Some(pb::result_part::Part::Rows(r)) = p.part {
-                rows.extend(r.rows.into_iter().map(|row| row.values.into_iter().map(Value::from).collect()));
-            }
-        }
-        Ok(rows)
+        self.cluster.read_rows(read_request(group, statement)).await
     }
 
     /// A scratch database with the catalog's schema and every row of
@@ -576,14 +562,7 @@ impl Executor {
 
     /// Streams a read from a shard's leader straight through.
     async fn stream_read(&self, group: GroupId, statement: Statement, out: &PartSender) -> Result<()> {
-        let req = pb::ReadRequest {
-            group: group.0,
-            sql: statement.sql,
-            params: statement.params.into_iter().map(Into::into).collect(),
-            seed: statement.seed,
-            now_ms: statement.now_ms,
-        };
-        let mut stream = self.cluster.read(req).await?;
+        let mut stream = self.cluster.read(read_request(group, statement)).await?;
         loop {
             match stream.message().await {
                 Ok(Some(p)) => send(out, p).await?,
@@ -591,6 +570,17 @@ impl Executor {
                 Err(s) => return Err(Error::from(s)),
             }
         }
+    }
+}
+
+/// A read of `statement` on `group`.
+fn read_request(group: GroupId, statement: Statement) -> pb::ReadRequest {
+    pb::ReadRequest {
+        group: group.0,
+        sql: statement.sql,
+        params: statement.params.into_iter().map(Into::into).collect(),
+        seed: statement.seed,
+        now_ms: statement.now_ms,
     }
 }
 

@@ -56,14 +56,7 @@ pub async fn query(cluster: &Cluster, group: GroupId, sql: &str, params: Vec<Val
         seed: 0,
         now_ms: 0,
     };
-    let mut stream = cluster.read(req).await?;
-    let mut rows = Vec::new();
-    while let Some(part) = stream.message().await.map_err(Error::from)? {
-        if let Some(pb::result_part::Part::Rows(r)) = part.part {
-            rows.extend(r.rows.into_iter().map(|row| row.values.into_iter().map(Value::from).collect()));
-        }
-    }
-    Ok(rows)
+    cluster.read_rows(req).await
 }
 
 /// Index servers silent for this long are forgotten.

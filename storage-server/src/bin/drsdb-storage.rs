@@ -3,36 +3,23 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use drsdb_common::config::{self, Member, StorageConfig};
+use drsdb_common::config::{Member, ServerFlags, StorageConfig};
 
 /// A drsdb storage server: replicas of Raft groups over SQLite.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// TOML config file (see deploy/storage.toml); flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerFlags,
     /// This server's node id.
     #[arg(long)]
     node_id: Option<u64>,
-    /// Address to listen on.
-    #[arg(long)]
-    listen: Option<std::net::SocketAddr>,
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Bootstrap members as ID=HOST:PORT, repeated or comma-separated.
     #[arg(long, value_delimiter = ',')]
     member: Vec<String>,
-    /// Log filter (e.g. info, debug).
-    #[arg(long)]
-    log: Option<String>,
-    /// Directory holding ca.pem, node.pem and node.key.
-    #[arg(long)]
-    certs: Option<PathBuf>,
-    /// Plaintext instead of TLS (logs a warning; never in production).
-    #[arg(long)]
-    insecure: bool,
 }
 
 fn parse_member(s: &str) -> anyhow::Result<Member> {
@@ -42,15 +29,10 @@ fn parse_member(s: &str) -> anyhow::Result<Member> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut c: StorageConfig = match &args.config {
-        Some(path) => config::load(path)?,
-        None => StorageConfig::default(),
-    };
+    let mut c: StorageConfig = args.server.load()?;
+    args.server.apply(&mut c.listen, &mut c.log, &mut c.tls);
     if let Some(v) = args.node_id {
         c.node_id = v;
-    }
-    if let Some(v) = args.listen {
-        c.listen = v;
     }
     if let Some(v) = args.data_dir {
         c.data_dir = v;
@@ -58,10 +40,6 @@ fn main() -> anyhow::Result<()> {
     if !args.member.is_empty() {
         c.members = args.member.iter().map(|m| parse_member(m)).collect::<anyhow::Result<_>>()?;
     }
-    if let Some(v) = args.log {
-        c.log = v;
-    }
-    c.tls.apply_flags(args.certs.as_deref(), args.insecure);
     c.validate()?;
     let listener = drsdb_common::logging::listen(c.listen)?;
     let log = c.log.clone();
