@@ -63,6 +63,11 @@ pub fn shard_group(k: usize) -> GroupId {
     GroupId(GroupId::FIRST_DATA.0 + k as u64)
 }
 
+/// The groups of all `shards` shards, in shard order.
+pub fn shard_groups(shards: usize) -> Vec<GroupId> {
+    (0..shards).map(shard_group).collect()
+}
+
 /// The first hash of shard `k`'s slice; its slice ends where shard `k+1`'s
 /// begins (the last one at 2⁶⁴).
 pub fn slice_start(k: usize, shards: usize) -> u64 {

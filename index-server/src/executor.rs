@@ -119,8 +119,9 @@ impl Executor {
 
     /// Reloads the catalog from the meta group.
     pub async fn refresh_catalog(&self) -> Result<()> {
-        let c = meta::load_catalog(&self.cluster).await?;
-        self.set_catalog(c);
+        if let Some(c) = meta::load_catalog(&self.cluster, &self.catalog()).await? {
+            self.set_catalog(c);
+        }
         Ok(())
     }
 
@@ -136,10 +137,6 @@ impl Executor {
         }
         self.shards.store(n, Ordering::Relaxed);
         Ok(n)
-    }
-
-    fn groups(&self, shards: usize) -> Vec<GroupId> {
-        (0..shards).map(shard::shard_group).collect()
     }
 
     /// Makes sure the catalog knows every table `sql` names: when the cache
@@ -295,9 +292,9 @@ impl Executor {
     /// Opens the transaction on every shard, in shard order (so two
     /// transactions never wait for each other in a cycle).
     async fn begin(&self, t: &TxnId, shards: usize) -> Result<()> {
-        for (i, g) in self.groups(shards).into_iter().enumerate() {
+        for (i, g) in shard::shard_groups(shards).into_iter().enumerate() {
             if let Err(e) = self.txn_command(g, Command::Begin(t.clone())).await {
-                for earlier in self.groups(i) {
+                for earlier in shard::shard_groups(i) {
                     let _ = self.txn_command(earlier, Command::Rollback(t.clone())).await;
                 }
                 return Err(e);
@@ -309,7 +306,7 @@ impl Executor {
     /// Commits or rolls back on every shard, in shard order.
     async fn end(&self, shards: usize, command: impl Fn(GroupId) -> Command) -> Result<()> {
         let mut first_error = None;
-        for g in self.groups(shards) {
+        for g in shard::shard_groups(shards) {
             if let Err(e) = self.txn_command(g, command(g)).await {
                 first_error.get_or_insert(e);
             }
@@ -343,7 +340,7 @@ impl Executor {
     fn for_shard(statement: &Statement, group: GroupId, same_seed: bool) -> Statement {
         let mut s = statement.clone();
         if !same_seed {
-            s.seed ^= group.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            s.seed ^= spread_seed(group.0);
         }
         s.request_id = statement.request_id.as_ref().map(|r| format!("{r}#{group}"));
         s
@@ -377,19 +374,12 @@ impl Executor {
         }
         if groups.len() > 1 {
             // Refuse what shards could not enforce before any shard runs it.
-            // Statements SQLite itself refuses fail on the first shard, with
-            // SQLite's message.
             let sql = statement.sql.clone();
             let reference = creates.as_ref().is_some_and(|(_, r)| *r);
             let catalog = self.catalog();
-            let checked = tokio::task::spawn_blocking(move || catalog::analyse_new(&catalog, &sql, reference))
+            tokio::task::spawn_blocking(move || catalog::check_enforceable(&catalog, &sql, reference))
                 .await
-                .map_err(|e| Error::io(format!("schema check: {e}")))?;
-            if let Err(e) = checked {
-                if e.to_string().contains("cannot be enforced") {
-                    return Err(e);
-                }
-            }
+                .map_err(|e| Error::io(format!("schema check: {e}")))??;
         }
         // A new table's distribution is recorded before it exists anywhere
         // (an existing one keeps its own: CREATE … IF NOT EXISTS).
@@ -462,7 +452,7 @@ impl Executor {
             let s = Statement {
                 sql: p.sql.clone(),
                 params: p.params.clone(),
-                seed: statement.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                seed: statement.seed ^ spread_seed(i as u64 + 1),
                 now_ms: statement.now_ms,
                 request_id: statement.request_id.as_ref().map(|r| format!("{r}#{i}")),
             };
@@ -571,6 +561,14 @@ impl Executor {
             }
         }
     }
+}
+
+/// What a statement's seed is XORed with for its `n`-th part (n > 0), so
+/// that parts on different shards draw different random values.
+fn spread_seed(n: u64) -> u64 {
+    /// 2⁶⁴ divided by the golden ratio: consecutive `n` land far apart.
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    n.wrapping_mul(GOLDEN)
 }
 
 /// A read of `statement` on `group`.

@@ -157,8 +157,10 @@ async fn references(cluster: &Cluster) -> Result<BTreeSet<String>> {
         .collect())
 }
 
-/// The catalog as the meta group holds it.
-pub async fn load_catalog(cluster: &Cluster) -> Result<Catalog> {
+/// The catalog as the meta group holds it; `None` when that is `current`
+/// (analysing a catalog takes a scratch database, so it is not rebuilt
+/// for nothing on every refresh).
+pub async fn load_catalog(cluster: &Cluster, current: &Catalog) -> Result<Option<Catalog>> {
     let rows = query(
         cluster,
         GroupId::META,
@@ -167,7 +169,11 @@ pub async fn load_catalog(cluster: &Cluster) -> Result<Catalog> {
         vec![CATALOG_ROW.into()],
     )
     .await?;
-    Catalog::new(catalog::objects_from_rows(rows), &references(cluster).await?)
+    let (objects, references) = (catalog::objects_from_rows(rows), references(cluster).await?);
+    if current.is_built_from(&objects, &references) {
+        return Ok(None);
+    }
+    Catalog::new(objects, &references).map(Some)
 }
 
 /// Reads the first shard's schema (every shard has the same) and records

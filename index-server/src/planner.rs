@@ -149,7 +149,7 @@ pub struct Context<'a> {
 
 impl Context<'_> {
     fn groups(&self) -> Vec<GroupId> {
-        (0..self.shards).map(shard::shard_group).collect()
+        shard::shard_groups(self.shards)
     }
 
     fn sharded(&self, name: &str) -> Option<&Table> {

@@ -47,8 +47,7 @@ fn check_shard_count(data_dir: &Path, shards: usize) -> Result<()> {
 
 /// Every `HAND_OVER_PERIOD`, each group this server leads goes back to
 /// its preferred leader if that one is up to date.
-async fn hand_over_leaders(node: Arc<Node>, preferred: Vec<(Arc<crate::group::Group>, NodeId)>) {
-    let _node = node;
+async fn hand_over_leaders(preferred: Vec<(Arc<Group>, NodeId)>) {
     loop {
         tokio::time::sleep(HAND_OVER_PERIOD).await;
         for (group, leader) in &preferred {
@@ -88,7 +87,7 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
         groups.insert(p.group, group);
     }
     let node = Arc::new(Node { id: config.node(), groups, members: config.members.clone(), shards, scratch_dir });
-    let balancer = tokio::spawn(hand_over_leaders(node.clone(), preferred));
+    let balancer = tokio::spawn(hand_over_leaders(preferred));
 
     let mut builder = Server::builder();
     if let Some(tls) = tls::server_config(&config.tls)? {
