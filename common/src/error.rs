@@ -6,6 +6,7 @@
 //! | `InvalidInput` | fix the statement or its arguments | `InvalidArgument` |
 //! | `Retryable` | retry the whole statement or transaction | `Aborted` |
 //! | `NotLeader` | send again to the named leader | `FailedPrecondition` |
+//! | `StaleSchema` | reload the catalog, plan again | `Aborted` |
 //! | `Unavailable` | try another server, or later | `Unavailable` |
 //! | `Corrupt` | stop and restore from a replica | `DataLoss` |
 //! | `Io` | check the disk or network named in the message | `Internal` |
@@ -36,6 +37,16 @@ pub enum Error {
         group: GroupId,
         /// The leader this replica knows of.
         leader: Option<NodeId>,
+    },
+    /// The statement was planned with a catalog older (or newer) than the
+    /// schema its shard has now: the planner's idea of the tables may be
+    /// wrong. Reload the catalog and plan again.
+    #[error(
+        "the shard's schema changed (it is at version {version}); reload the catalog and plan the statement again"
+    )]
+    StaleSchema {
+        /// The shard's schema version.
+        version: i64,
     },
     /// The server or group cannot serve now (no leader, shutting down, not
     /// reachable). Try another server or wait.
@@ -68,7 +79,10 @@ impl Error {
     /// True when sending the same request again (possibly elsewhere) may
     /// succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Retryable(_) | Error::NotLeader { .. } | Error::Unavailable(_))
+        matches!(
+            self,
+            Error::Retryable(_) | Error::NotLeader { .. } | Error::StaleSchema { .. } | Error::Unavailable(_)
+        )
     }
 }
 
@@ -92,6 +106,7 @@ pub fn never_arrived(status: &tonic::Status) -> bool {
 const KIND_KEY: &str = "drsdb-error";
 const GROUP_KEY: &str = "drsdb-group";
 const LEADER_KEY: &str = "drsdb-leader";
+const VERSION_KEY: &str = "drsdb-schema-version";
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
@@ -100,6 +115,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidInput(_) => (Code::InvalidArgument, "invalid"),
             Error::Retryable(_) => (Code::Aborted, "retryable"),
             Error::NotLeader { .. } => (Code::FailedPrecondition, "not-leader"),
+            Error::StaleSchema { .. } => (Code::Aborted, "stale-schema"),
             Error::Unavailable(_) => (Code::Unavailable, "unavailable"),
             Error::Corrupt(_) => (Code::DataLoss, "corrupt"),
             Error::Io(_) => (Code::Internal, "io"),
@@ -108,16 +124,22 @@ impl From<Error> for tonic::Status {
             Error::InvalidInput(m) | Error::Retryable(m) | Error::Unavailable(m) | Error::Corrupt(m) | Error::Io(m) => {
                 m.clone()
             }
-            Error::NotLeader { .. } => e.to_string(),
+            Error::NotLeader { .. } | Error::StaleSchema { .. } => e.to_string(),
         };
         let mut status = tonic::Status::new(code, message);
         let md = status.metadata_mut();
         md.insert(KIND_KEY, tonic::metadata::MetadataValue::from_static(kind));
-        if let Error::NotLeader { group, leader } = &e {
-            md.insert(GROUP_KEY, group.0.into());
-            if let Some(l) = leader {
-                md.insert(LEADER_KEY, l.0.into());
+        match &e {
+            Error::NotLeader { group, leader } => {
+                md.insert(GROUP_KEY, group.0.into());
+                if let Some(l) = leader {
+                    md.insert(LEADER_KEY, l.0.into());
+                }
             }
+            Error::StaleSchema { version } => {
+                md.insert(VERSION_KEY, version.to_string().parse().expect("digits are valid metadata"));
+            }
+            _ => {}
         }
         status
     }
@@ -136,6 +158,9 @@ impl From<tonic::Status> for Error {
             Some("not-leader") => Error::NotLeader {
                 group: GroupId(number(GROUP_KEY).unwrap_or_default()),
                 leader: number(LEADER_KEY).map(NodeId),
+            },
+            Some("stale-schema") => Error::StaleSchema {
+                version: md.get(VERSION_KEY).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or_default(),
             },
             Some("unavailable") => Error::Unavailable(msg),
             Some("corrupt") => Error::Corrupt(msg),
@@ -174,6 +199,7 @@ mod tests {
             Error::Retryable("conflict".into()),
             Error::NotLeader { group: GroupId(3), leader: Some(NodeId(2)) },
             Error::NotLeader { group: GroupId(1), leader: None },
+            Error::StaleSchema { version: 17 },
             Error::Unavailable("no leader".into()),
             Error::Corrupt("bad checksum".into()),
             Error::Io("disk full".into()),

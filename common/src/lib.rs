@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod logging;
+pub mod order;
 pub mod shard;
 pub mod sql;
 pub mod tls;

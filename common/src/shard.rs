@@ -20,6 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{GroupId, NodeId};
+use crate::order::Collation;
 use crate::value::Value;
 
 /// Replicas per group (fewer only when the cluster has fewer servers).
@@ -77,31 +78,6 @@ pub fn slice_start(k: usize, shards: usize) -> u64 {
 /// The shard (counting from 0) whose slice holds `hash`.
 pub fn shard_of(hash: u64, shards: usize) -> usize {
     ((u128::from(hash) * shards as u128) >> 64) as usize
-}
-
-/// How a key column compares text, which decides which keys are equal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Collation {
-    /// Byte-wise (SQLite's default).
-    Binary,
-    /// ASCII letters compare without case.
-    NoCase,
-    /// Trailing spaces are ignored.
-    RTrim,
-}
-
-impl Collation {
-    /// SQLite's collation of that name (case-insensitive); unknown names
-    /// are not possible for a table SQLite accepted.
-    pub fn from_name(name: &str) -> Collation {
-        if name.eq_ignore_ascii_case("NOCASE") {
-            Collation::NoCase
-        } else if name.eq_ignore_ascii_case("RTRIM") {
-            Collation::RTrim
-        } else {
-            Collation::Binary
-        }
-    }
 }
 
 /// The hash of a shard key: its values as SQLite stores them, each under

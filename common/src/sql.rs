@@ -229,6 +229,18 @@ pub fn number_placeholders(sql: &str) -> Result<String> {
     Ok(out)
 }
 
+/// Every word of `sql` (lower-cased): keywords and names alike. What a
+/// statement sqlparser cannot parse may name.
+pub fn words(sql: &str) -> Result<Vec<String>> {
+    Ok(tokenize(sql)?
+        .into_iter()
+        .filter_map(|t| match t.token {
+            Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The largest placeholder number in `sql` (after `number_placeholders`):
 /// how many parameters it binds.
 pub fn placeholder_count(sql: &str) -> Result<usize> {
@@ -240,6 +252,26 @@ pub fn placeholder_count(sql: &str) -> Result<usize> {
         })
         .max()
         .unwrap_or(0))
+}
+
+/// The user-visible schema objects of a database, in the order and form
+/// [`schema_fingerprint`] takes them: `type, name, tbl_name, sql`.
+pub const SCHEMA_OBJECTS: &str = "SELECT type, name, tbl_name, sql FROM sqlite_schema \
+     WHERE sql IS NOT NULL AND name NOT LIKE '\\_drsdb%' ESCAPE '\\' ORDER BY name";
+
+/// A schema's version as every replica of every shard computes it alike:
+/// a hash of its objects ([`SCHEMA_OBJECTS`]). (SQLite's own
+/// `schema_version` counter is not: a replica restored from a snapshot
+/// has another.)
+pub fn schema_fingerprint<'a>(objects: impl IntoIterator<Item = [&'a str; 4]>) -> i64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for object in objects {
+        for field in object {
+            hasher.update(&(field.len() as u64).to_le_bytes());
+            hasher.update(field.as_bytes());
+        }
+    }
+    hasher.digest() as i64
 }
 
 /// For `CREATE REFERENCE TABLE …`, the statement as SQLite knows it

@@ -19,12 +19,15 @@
 //!   assigned rowid, for the same reason.
 //!
 //! A UNIQUE constraint on a sharded table must include the whole shard
-//! key: each shard enforces uniqueness among its own rows only, so a
-//! constraint that two shards could both satisfy is refused at CREATE.
+//! key, since each shard enforces uniqueness among its own rows only. A
+//! table created with one that does not ([`uncovered_by`]) is made a
+//! reference table instead (a full copy on every shard enforces any
+//! constraint), and so is an empty table given such a UNIQUE index; a
+//! table that already holds rows refuses the index.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use drsdb_common::shard::Collation;
+use drsdb_common::order::Collation;
 use drsdb_common::{Error, Result, Value};
 use drsdb_storage::Db;
 
@@ -122,12 +125,17 @@ pub struct Catalog {
     tables: BTreeMap<String, Table>,
     /// The reference tables it was built with (lower-cased).
     references: BTreeSet<String>,
+    /// The version of the shards' schema it was read from
+    /// (`sql::schema_fingerprint`); `None` before any was read. Statements planned with this
+    /// catalog carry it, and a shard whose schema has moved on refuses
+    /// them, so that no statement runs on a stale plan.
+    pub version: Option<i64>,
 }
 
 impl Catalog {
-    /// Builds the catalog of `objects`, `references` naming the reference
-    /// tables (lower-cased).
-    pub fn new(objects: Vec<Object>, references: &BTreeSet<String>) -> Result<Catalog> {
+    /// Builds the catalog of `objects` read at schema `version`,
+    /// `references` naming the reference tables (lower-cased).
+    pub fn new(objects: Vec<Object>, references: &BTreeSet<String>, version: Option<i64>) -> Result<Catalog> {
         let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
         let objects: BTreeMap<String, Object> = objects.into_iter().map(|o| (o.name.to_ascii_lowercase(), o)).collect();
         create_schema(&db, objects.values(), false)?;
@@ -137,13 +145,14 @@ impl Catalog {
             let table = analyse(&db, &o.name, reference).map_err(|e| Error::io(format!("table {}: {e}", o.name)))?;
             tables.insert(o.name.to_ascii_lowercase(), table);
         }
-        Ok(Catalog { objects, tables, references: references.clone() })
+        Ok(Catalog { objects, tables, references: references.clone(), version })
     }
 
     /// True when building from `objects` and `references` would give this
     /// catalog again.
-    pub fn is_built_from(&self, objects: &[Object], references: &BTreeSet<String>) -> bool {
-        self.references == *references
+    pub fn is_built_from(&self, objects: &[Object], references: &BTreeSet<String>, version: Option<i64>) -> bool {
+        self.version == version
+            && self.references == *references
             && self.objects.len() == objects.len()
             && objects.iter().all(|o| self.objects.get(&o.name.to_ascii_lowercase()) == Some(o))
     }
@@ -238,15 +247,27 @@ fn analyse(db: &Db, name: &str, reference: bool) -> rusqlite::Result<Table> {
     })
 }
 
-/// Refuses UNIQUE constraints of `table` (in `db`) that do not include
-/// its whole shard key: shards could not enforce them.
-pub fn check_unique_constraints(db: &Db, table: &Table) -> Result<()> {
+/// A UNIQUE constraint of a sharded table that does not include its whole
+/// shard key: each shard would check it among its own rows only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Uncovered {
+    /// The table.
+    pub table: String,
+    /// The constraint, as `UNIQUE (a, b)`.
+    pub constraint: String,
+    /// The table's shard key, described.
+    pub key: String,
+}
+
+/// The first UNIQUE constraint of `table` (in `db`) that its shard key
+/// does not cover, if any.
+fn uncovered_unique(db: &Db, table: &Table) -> Result<Option<Uncovered>> {
     let key: Vec<&str> = match &table.distribution {
-        Distribution::Reference => return Ok(()),
+        Distribution::Reference => return Ok(None),
         Distribution::Sharded(Key::Rowid) => Vec::new(),
         Distribution::Sharded(Key::Columns(c)) => c.iter().map(|i| table.columns[*i].name.as_str()).collect(),
     };
-    let unique: Vec<(String, Vec<Option<String>>)> = db
+    let unique: Vec<Vec<Option<String>>> = db
         .internal(|c| {
             let mut out = Vec::new();
             let mut list =
@@ -254,28 +275,23 @@ pub fn check_unique_constraints(db: &Db, table: &Table) -> Result<()> {
             let names: Vec<String> = list.query_map([&table.name], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
             for index in names {
                 let mut cols = c.prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?;
-                let columns = cols.query_map([&index], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-                out.push((index, columns));
+                out.push(cols.query_map([&index], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?);
             }
             Ok(out)
         })
         .map_err(|e| Error::io(format!("scratch database: {e}")))?;
-    for (index, columns) in unique {
+    for columns in unique {
         let covers = !key.is_empty() && key.iter().all(|k| columns.iter().flatten().any(|c| c.eq_ignore_ascii_case(k)));
         if !covers {
             let shown: Vec<&str> = columns.iter().map(|c| c.as_deref().unwrap_or("<expression>")).collect();
-            let key_text = if key.is_empty() { "the table has no primary key".to_string() } else { key.join(", ") };
-            return Err(Error::invalid(format!(
-                "UNIQUE ({}) on {} cannot be enforced: {} is sharded on its primary key ({key_text}) and each shard \
-                 checks uniqueness among its own rows only; include the primary key in the constraint, make it the \
-                 primary key, or create the table with CREATE REFERENCE TABLE (index {index})",
-                shown.join(", "),
-                table.name,
-                table.name,
-            )));
+            return Ok(Some(Uncovered {
+                table: table.name.clone(),
+                constraint: format!("UNIQUE ({})", shown.join(", ")),
+                key: if key.is_empty() { "its rowid (it has no primary key)".into() } else { key.join(", ") },
+            }));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Parses catalog rows of `[kind, name, table, sql]`.
@@ -290,17 +306,17 @@ pub fn objects_from_rows(rows: Vec<Vec<Value>>) -> Vec<Object> {
         .collect()
 }
 
-/// Refuses a CREATE TABLE or CREATE INDEX that shards could not enforce
-/// (a UNIQUE constraint without the shard key), trying it in a scratch
-/// database that holds the rest of `catalog`. Statements SQLite itself
-/// refuses pass: the first shard refuses them with SQLite's message.
-pub fn check_enforceable(catalog: &Catalog, create: &str, reference: bool) -> Result<()> {
+/// The UNIQUE constraint a CREATE TABLE or CREATE INDEX would leave
+/// uncovered by its table's shard key, tried in a scratch database that
+/// holds the rest of `catalog`. Statements SQLite itself refuses have
+/// none: the first shard refuses them with SQLite's message.
+pub fn uncovered_by(catalog: &Catalog, create: &str, reference: bool) -> Result<Option<Uncovered>> {
     match created_table(catalog, create, reference) {
-        Ok(Some((db, table))) => check_unique_constraints(&db, &table),
-        Ok(None) => Ok(()),
+        Ok(Some((db, table))) => uncovered_unique(&db, &table),
+        Ok(None) => Ok(None),
         Err(e) => {
             tracing::debug!("schema check skipped: {e}");
-            Ok(())
+            Ok(None)
         }
     }
 }
@@ -361,7 +377,7 @@ mod tests {
                 sql: s.to_string(),
             })
             .collect();
-        Catalog::new(objects, &BTreeSet::new()).unwrap()
+        Catalog::new(objects, &BTreeSet::new(), None).unwrap()
     }
 
     #[test]
@@ -391,14 +407,14 @@ mod tests {
     }
 
     #[test]
-    fn unique_constraints_must_include_the_shard_key() {
+    fn unique_constraints_without_the_shard_key_are_found() {
         let c = Catalog::default();
-        assert!(check_enforceable(&c, "CREATE TABLE a(id INTEGER PRIMARY KEY, x, UNIQUE(x, id))", false).is_ok());
-        let e = check_enforceable(&c, "CREATE TABLE b(id INTEGER PRIMARY KEY, x UNIQUE)", false).unwrap_err();
-        assert!(e.to_string().contains("CREATE REFERENCE TABLE"), "{e}");
-        assert!(check_enforceable(&c, "CREATE TABLE r(id INTEGER PRIMARY KEY, x UNIQUE)", true).is_ok());
+        assert_eq!(uncovered_by(&c, "CREATE TABLE a(id INTEGER PRIMARY KEY, x, UNIQUE(x, id))", false).unwrap(), None);
+        let u = uncovered_by(&c, "CREATE TABLE b(id INTEGER PRIMARY KEY, x UNIQUE)", false).unwrap().unwrap();
+        assert_eq!((u.table.as_str(), u.constraint.as_str(), u.key.as_str()), ("b", "UNIQUE (x)", "id"));
+        assert_eq!(uncovered_by(&c, "CREATE TABLE r(id INTEGER PRIMARY KEY, x UNIQUE)", true).unwrap(), None);
         let c = catalog(&["CREATE TABLE t0(pk INTEGER PRIMARY KEY, col0 INTEGER)"]);
-        assert!(check_enforceable(&c, "CREATE UNIQUE INDEX i ON t0(col0)", false).is_err());
-        assert!(check_enforceable(&c, "CREATE INDEX i ON t0(col0)", false).is_ok());
+        assert!(uncovered_by(&c, "CREATE UNIQUE INDEX i ON t0(col0)", false).unwrap().is_some());
+        assert_eq!(uncovered_by(&c, "CREATE INDEX i ON t0(col0)", false).unwrap(), None);
     }
 }

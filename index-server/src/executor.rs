@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use drsdb_common::order::{self, Collation};
 use drsdb_common::sql::{self, Kind};
 use drsdb_common::{shard, Error, GroupId, Result, TxnId, Value};
 use drsdb_proto as pb;
@@ -22,6 +23,7 @@ use crate::introspection;
 use crate::keys::{Keys, RowidGenerator};
 use crate::meta;
 use crate::planner::{self, Context, Plan, Source};
+use crate::pushdown::{Combine, PartialColumn, Split};
 
 /// Where a statement's result parts go (the client's stream).
 pub type PartSender = mpsc::Sender<std::result::Result<pb::ResultPart, Status>>;
@@ -173,6 +175,7 @@ impl Executor {
             seed: rand::random(),
             now_ms: chrono::Utc::now().timestamp_millis(),
             request_id: (!req.request_id.is_empty()).then_some(req.request_id),
+            schema_version: None,
         };
         if kind == Kind::Show {
             return introspection::show(self, &statement.sql, out, self.rows_per_batch).await;
@@ -203,7 +206,7 @@ impl Executor {
                     if matches!(inner_kind, Kind::Read | Kind::Write) {
                         self.ensure_known(inner, inner_kind).await?;
                     }
-                    let plan = self.plan(inner, &statement.params, inner_kind, shards).await?;
+                    let plan = self.plan(&self.catalog(), inner, &statement.params, inner_kind, shards)?;
                     let rows = plan.to_string().lines().map(|l| vec![Value::Text(l.to_string())]).collect();
                     let columns = vec![pb::Column { name: "plan".into(), decl_type: String::new() }];
                     return send_rows(out, columns, rows, self.rows_per_batch, done(0, 0, txn.as_ref())).await;
@@ -211,18 +214,57 @@ impl Executor {
                 if matches!(kind, Kind::Read | Kind::Write) {
                     self.ensure_known(&statement.sql, kind).await?;
                 }
-                let plan = self.plan(&statement.sql, &statement.params, kind, shards).await?;
-                tracing::debug!(sql = %statement.sql, plan = %plan, "planned");
-                self.run(plan, kind, statement, txn.as_ref(), shards, out).await
+                self.plan_and_run(kind, statement, txn.as_ref(), shards, out).await
             }
         }
     }
 
-    async fn plan(&self, sql: &str, params: &[Value], kind: Kind, shards: usize) -> Result<Plan> {
-        let catalog = self.catalog();
+    /// Plans and runs a statement. Reads and writes carry the schema
+    /// version of the catalog they were planned with; when a shard's
+    /// schema has moved on (another index server's DDL), the catalog is
+    /// reloaded and the statement planned again. Nothing has reached the
+    /// client then: every shard checks before it answers.
+    async fn plan_and_run(
+        &self,
+        kind: Kind,
+        statement: Statement,
+        txn: Option<&TxnId>,
+        shards: usize,
+        out: &PartSender,
+    ) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            let catalog = self.catalog();
+            let plan = self.plan(&catalog, &statement.sql, &statement.params, kind, shards)?;
+            tracing::debug!(sql = %statement.sql, plan = %plan, "planned");
+            let mut planned = statement.clone();
+            if matches!(kind, Kind::Read | Kind::Write) {
+                planned.schema_version = catalog.version;
+            }
+            match self.run(plan, kind, planned, txn, shards, out).await {
+                Err(Error::StaleSchema { version }) if txn.is_none() && attempt < STALE_SCHEMA_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(version, attempt, "schema changed under the plan; reloading the catalog");
+                    tokio::time::sleep(STALE_SCHEMA_BACKOFF * attempt).await;
+                    self.set_catalog(meta::sync_catalog(&self.cluster).await?);
+                }
+                Err(Error::StaleSchema { version }) => {
+                    return Err(Error::Retryable(format!(
+                        "the schema changed while the statement ran (a shard is at version {version}){}; run it \
+                         again, and if this persists, a schema change did not reach every shard: run it again \
+                         (with IF EXISTS / IF NOT EXISTS)",
+                        if txn.is_some() { " inside the transaction: roll back and retry the transaction" } else { "" }
+                    )))
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn plan(&self, catalog: &Catalog, sql: &str, params: &[Value], kind: Kind, shards: usize) -> Result<Plan> {
         let numbered = sql::number_placeholders(sql)?;
         let keys = Keys { params };
-        planner::plan(&Context { catalog: &catalog, shards, keys: &keys }, &numbered, kind)
+        planner::plan(&Context { catalog, shards, keys: &keys }, &numbered, kind)
     }
 
     async fn run(
@@ -238,38 +280,11 @@ impl Executor {
             Plan::Single { group, .. } if kind == Kind::Read && txn.is_none() => {
                 self.stream_read(group, statement, out).await
             }
-            Plan::Gather { tables, groups } => {
-                let db = self.gather(&tables, &groups, txn).await?;
-                let out = out.clone();
-                let done_txn = txn.cloned();
-                let rows_per_batch = self.rows_per_batch;
-                let result = tokio::task::spawn_blocking(move || {
-                    let mut batch = Vec::new();
-                    let r = db.run(
-                        &statement,
-                        None,
-                        |columns| {
-                            let _ = out.blocking_send(Ok(columns_part(columns)));
-                        },
-                        |row| {
-                            batch.push(row);
-                            if batch.len() == rows_per_batch {
-                                return out.blocking_send(Ok(rows_part(std::mem::take(&mut batch)))).is_ok();
-                            }
-                            true
-                        },
-                    );
-                    if !batch.is_empty() {
-                        let _ = out.blocking_send(Ok(rows_part(batch)));
-                    }
-                    r.map(|_| {
-                        let _ = out.blocking_send(Ok(done(0, 0, done_txn.as_ref())));
-                    })
-                })
-                .await
-                .map_err(|e| Error::io(format!("query task: {e}")))?;
-                result.map_err(failure)
+            Plan::Gather { tables, copies, groups } => {
+                let db = self.gather(&tables, &copies, &groups, statement.schema_version, txn).await?;
+                self.run_here(db, statement, txn, out).await
             }
+            Plan::Scatter { groups, split } => self.scatter(&groups, split, statement, txn, out).await,
             Plan::Schema { groups, creates } => {
                 let r = self.schema_change(statement, &groups, creates, txn).await?;
                 self.send_result(out, r, txn).await
@@ -285,6 +300,129 @@ impl Executor {
             Plan::Broadcast { groups, same_seed } => {
                 let r = self.broadcast(&groups, statement, same_seed, txn).await?;
                 self.send_result(out, r, txn).await
+            }
+        }
+    }
+
+    /// Runs `statement` in a scratch database here, streaming its rows.
+    async fn run_here(&self, db: Db, mut statement: Statement, txn: Option<&TxnId>, out: &PartSender) -> Result<()> {
+        // The scratch database has a schema of its own.
+        statement.schema_version = None;
+        let out = out.clone();
+        let done_txn = txn.cloned();
+        let rows_per_batch = self.rows_per_batch;
+        let result = tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::new();
+            let r = db.run(
+                &statement,
+                None,
+                |columns| {
+                    let _ = out.blocking_send(Ok(columns_part(columns)));
+                },
+                |row| {
+                    batch.push(row);
+                    if batch.len() == rows_per_batch {
+                        return out.blocking_send(Ok(rows_part(std::mem::take(&mut batch)))).is_ok();
+                    }
+                    true
+                },
+            );
+            if !batch.is_empty() {
+                let _ = out.blocking_send(Ok(rows_part(batch)));
+            }
+            r.map(|_| {
+                let _ = out.blocking_send(Ok(done(0, 0, done_txn.as_ref())));
+            })
+        })
+        .await
+        .map_err(|e| Error::io(format!("query task: {e}")))?;
+        result.map_err(failure)
+    }
+
+    /// Runs a split query: its shard part on every shard in parallel, then
+    /// the combining step (`pushdown`).
+    async fn scatter(
+        &self,
+        groups: &[GroupId],
+        split: Split,
+        statement: Statement,
+        txn: Option<&TxnId>,
+        out: &PartSender,
+    ) -> Result<()> {
+        let part = with_sql(&statement, split.shard_sql)?;
+        let opened =
+            join_all(groups.iter().map(|g| ShardRows::open(self, *g, Self::for_shard(&part, *g, false), txn))).await;
+        let mut shards = opened.into_iter().collect::<Result<Vec<_>>>()?;
+        let mut columns = Vec::new();
+        for s in &mut shards {
+            columns = s.columns().await?;
+        }
+        match split.combine {
+            Combine::Concat => {
+                let mut batcher = Batcher::new(out, columns, self.rows_per_batch);
+                for s in &mut shards {
+                    while let Some(row) = s.next().await? {
+                        batcher.push(row).await?;
+                    }
+                }
+                batcher.finish(done(0, 0, txn)).await
+            }
+            Combine::Merge { keys, offset, limit } => {
+                let hidden = keys.len();
+                let mut batcher = Batcher::new(out, columns.into_iter().skip(hidden).collect(), self.rows_per_batch);
+                let mut heads = Vec::with_capacity(shards.len());
+                for s in &mut shards {
+                    heads.push(s.next().await?);
+                }
+                let (mut skipped, mut sent) = (0u64, 0u64);
+                while limit.is_none_or(|l| sent < l) {
+                    let next = heads
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, h)| h.as_ref().map(|r| (i, r)))
+                        .min_by(|(_, a), (_, b)| order::compare_rows(&keys, a, b))
+                        .map(|(i, _)| i);
+                    let Some(i) = next else { break };
+                    let row = std::mem::replace(&mut heads[i], shards[i].next().await?).expect("head present");
+                    if skipped < offset {
+                        skipped += 1;
+                        continue;
+                    }
+                    batcher.push(row.into_iter().skip(hidden).collect()).await?;
+                    sent += 1;
+                }
+                batcher.finish(done(0, 0, txn)).await
+            }
+            Combine::Final { columns: partial, sql, .. } => {
+                let create = partial_table(&partial, &columns);
+                let mut rows = Vec::new();
+                for s in &mut shards {
+                    while let Some(row) = s.next().await? {
+                        rows.push(row);
+                    }
+                }
+                let width = partial.len();
+                let db = tokio::task::spawn_blocking(move || -> Result<Db> {
+                    let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
+                    let insert = format!(
+                        "INSERT INTO partial VALUES ({})",
+                        (1..=width).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+                    );
+                    db.internal(|c| {
+                        c.execute_batch(&create)?;
+                        c.execute_batch("BEGIN")?;
+                        let mut s = c.prepare(&insert)?;
+                        for row in &rows {
+                            s.execute(rusqlite::params_from_iter(row.iter()))?;
+                        }
+                        c.execute_batch("COMMIT")
+                    })
+                    .map_err(|e| Error::io(format!("combining shard results: {e}")))?;
+                    Ok(db)
+                })
+                .await
+                .map_err(|e| Error::io(format!("combine task: {e}")))??;
+                self.run_here(db, with_sql(&statement, sql)?, txn, out).await
             }
         }
     }
@@ -372,14 +510,38 @@ impl Executor {
         if let Some(stripped) = sql::strip_reference(&statement.sql) {
             statement.sql = stripped;
         }
+        let mut creates = creates;
         if groups.len() > 1 {
-            // Refuse what shards could not enforce before any shard runs it.
+            // Checked against the shards' schema as it is now: this index
+            // server's cached catalog may miss another one's recent DDL.
+            self.set_catalog(meta::sync_catalog(&self.cluster).await?);
             let sql = statement.sql.clone();
             let reference = creates.as_ref().is_some_and(|(_, r)| *r);
             let catalog = self.catalog();
-            tokio::task::spawn_blocking(move || catalog::check_enforceable(&catalog, &sql, reference))
+            let uncovered = tokio::task::spawn_blocking(move || catalog::uncovered_by(&catalog, &sql, reference))
                 .await
                 .map_err(|e| Error::io(format!("schema check: {e}")))??;
+            if let Some(u) = uncovered {
+                match &mut creates {
+                    // A new table whose UNIQUE constraint shards could not
+                    // enforce is kept whole on every shard.
+                    Some((_, reference)) => *reference = true,
+                    // So is an existing one given such an index, while it
+                    // holds no rows.
+                    None => {
+                        if !self.is_empty(&u.table, groups, txn).await? {
+                            return Err(Error::invalid(format!(
+                                "{} on {} cannot be enforced: {} is sharded on {} and already holds rows, and each \
+                                 shard checks uniqueness among its own rows only; include the shard key in the \
+                                 constraint, or create the index while the table is empty (it then becomes a \
+                                 reference table, copied whole to every shard)",
+                                u.constraint, u.table, u.table, u.key
+                            )));
+                        }
+                        meta::set_reference(&self.cluster, &u.table, true).await?;
+                    }
+                }
+            }
         }
         // A new table's distribution is recorded before it exists anywhere
         // (an existing one keeps its own: CREATE … IF NOT EXISTS).
@@ -407,6 +569,25 @@ impl Executor {
             )));
         }
         Ok(r)
+    }
+
+    /// True when `table` has no row on any shard of `groups`.
+    async fn is_empty(&self, table: &str, groups: &[GroupId], txn: Option<&TxnId>) -> Result<bool> {
+        let probe = Statement {
+            sql: format!("SELECT 1 FROM \"{}\" LIMIT 1", table.replace('"', "\"\"")),
+            params: vec![],
+            seed: 0,
+            now_ms: 0,
+            request_id: None,
+            schema_version: None,
+        };
+        let found = join_all(groups.iter().map(|g| self.fetch(*g, probe.clone(), txn))).await;
+        for rows in found {
+            if !rows?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Computes an INSERT's rows, splits them by shard and writes them.
@@ -443,7 +624,8 @@ impl Executor {
         };
         let defaults = |expr: &str| -> Result<Value> {
             let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
-            let s = Statement { sql: format!("SELECT {expr}"), params: vec![], ..statement.clone() };
+            let s =
+                Statement { sql: format!("SELECT {expr}"), params: vec![], schema_version: None, ..statement.clone() };
             let r = db.run_collect(&s).map_err(failure)?;
             Ok(r.rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
         };
@@ -452,9 +634,11 @@ impl Executor {
             let s = Statement {
                 sql: p.sql.clone(),
                 params: p.params.clone(),
-                seed: statement.seed ^ spread_seed(i as u64 + 1),
+                // A chunk's copies (reference tables) compute the same values.
+                seed: statement.seed ^ spread_seed(p.last_row as u64 + 1),
                 now_ms: statement.now_ms,
                 request_id: statement.request_id.as_ref().map(|r| format!("{r}#{i}")),
+                schema_version: statement.schema_version,
             };
             self.apply(p.group, s, txn)
         }))
@@ -462,13 +646,25 @@ impl Executor {
         // last_insert_rowid() is that of the part holding the last row.
         let last_part = parts.iter().enumerate().max_by_key(|(_, p)| p.last_row).map(|(i, _)| i);
         let last_rowid = last_part.and_then(|i| results[i].as_ref().ok()).map(|r| r.last_insert_rowid);
+        // A reference table counts (and returns) its first copy's rows.
+        let first = shard::shard_group(0);
+        let results = match table.is_sharded() {
+            true => results,
+            false => {
+                let (copies, counted): (Vec<_>, Vec<_>) =
+                    parts.iter().zip(results).partition(|(p, _)| p.group != first);
+                copies.into_iter().map(|(_, r)| r).collect::<Result<Vec<_>>>()?;
+                counted.into_iter().map(|(_, r)| r).collect()
+            }
+        };
         let mut r = combine(results, false)?;
         r.last_insert_rowid = last_rowid.unwrap_or(0);
         Ok(r)
     }
 
     /// Runs a query that reads no table in a scratch database here.
-    async fn compute(&self, s: Statement) -> Result<Vec<Vec<Value>>> {
+    async fn compute(&self, mut s: Statement) -> Result<Vec<Vec<Value>>> {
+        s.schema_version = None;
         tokio::task::spawn_blocking(move || {
             let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
             db.run_collect(&s).map(|r| r.rows).map_err(failure)
@@ -481,11 +677,33 @@ impl Executor {
     async fn collect(&self, plan: &Plan, statement: Statement, txn: Option<&TxnId>) -> Result<Vec<Vec<Value>>> {
         match plan {
             Plan::Single { group, .. } => self.fetch(*group, statement, txn).await,
-            Plan::Gather { tables, groups } => {
-                let db = self.gather(tables, groups, txn).await?;
+            Plan::Gather { tables, copies, groups } => {
+                let db = self.gather(tables, copies, groups, statement.schema_version, txn).await?;
+                let statement = Statement { schema_version: None, ..statement };
                 tokio::task::spawn_blocking(move || db.run_collect(&statement).map(|r| r.rows).map_err(failure))
                     .await
                     .map_err(|e| Error::io(format!("query task: {e}")))?
+            }
+            Plan::Scatter { groups, split } => {
+                let (tx, mut rx) = mpsc::channel(SCATTER_COLLECT_BUFFER);
+                let run = async move {
+                    let r = self.scatter(groups, split.clone(), statement, txn, &tx).await;
+                    drop(tx);
+                    r
+                };
+                let gather = async {
+                    let mut rows = Vec::new();
+                    while let Some(part) = rx.recv().await {
+                        if let Ok(pb::ResultPart { part: Some(pb::result_part::Part::Rows(r)) }) = part {
+                            rows.extend(
+                                r.rows.into_iter().map(|row| row.values.into_iter().map(Value::from).collect()),
+                            );
+                        }
+                    }
+                    rows
+                };
+                let (r, rows) = tokio::join!(run, gather);
+                r.map(|_| rows)
             }
             other => Err(Error::io(format!("not a read plan: {other}"))),
         }
@@ -499,13 +717,23 @@ impl Executor {
         self.cluster.read_rows(read_request(group, statement)).await
     }
 
-    /// A scratch database with the catalog's schema and every row of
-    /// `tables` from every shard of `groups` (with their rowids, so rows
-    /// keep the order they have on one database).
-    async fn gather(&self, tables: &[String], groups: &[GroupId], txn: Option<&TxnId>) -> Result<Db> {
+    /// A scratch database with the catalog's schema, every row of `tables`
+    /// from every shard of `groups` (with their rowids, so rows keep the
+    /// order they have on one database), and those of reference tables
+    /// `copies` from the first shard.
+    async fn gather(
+        &self,
+        tables: &[String],
+        copies: &[String],
+        groups: &[GroupId],
+        schema_version: Option<i64>,
+        txn: Option<&TxnId>,
+    ) -> Result<Db> {
         let catalog = self.catalog();
         let mut loads = Vec::new();
-        for name in tables {
+        // Sharded tables from every shard; a reference table's copy from one.
+        let sources = tables.iter().map(|t| (t, groups)).chain(copies.iter().map(|t| (t, &groups[..1])));
+        for (name, groups) in sources {
             let Some(table) = catalog.table(name) else { continue };
             let mut columns: Vec<String> =
                 table.columns.iter().map(|c| format!("\"{}\"", c.name.replace('"', "\"\""))).collect();
@@ -519,7 +747,8 @@ impl Executor {
                 columns.join(", "),
                 vec!["?"; columns.len()].join(", ")
             );
-            let statement = Statement { sql: select, params: vec![], seed: 0, now_ms: 0, request_id: None };
+            let statement =
+                Statement { sql: select, params: vec![], seed: 0, now_ms: 0, request_id: None, schema_version };
             let fetched = join_all(groups.iter().map(|g| self.fetch(*g, statement.clone(), txn))).await;
             let rows: Vec<Vec<Vec<Value>>> = fetched.into_iter().collect::<Result<_>>()?;
             loads.push((insert, rows));
@@ -563,6 +792,160 @@ impl Executor {
     }
 }
 
+/// How often a statement is planned again after a shard reports that
+/// its schema changed, and the pause before the first retry (then longer
+/// with each attempt).
+const STALE_SCHEMA_RETRIES: u32 = 5;
+const STALE_SCHEMA_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Result parts buffered between a scatter and the INSERT collecting its rows.
+const SCATTER_COLLECT_BUFFER: usize = 16;
+
+/// `statement` with other SQL, bound to the parameters that SQL names.
+fn with_sql(statement: &Statement, sql: String) -> Result<Statement> {
+    let mut params = statement.params.clone();
+    params.truncate(sql::placeholder_count(&sql)?);
+    Ok(Statement { sql, params, request_id: None, ..statement.clone() })
+}
+
+/// `CREATE TABLE partial(…)` for a combining step: each column with the
+/// declared type it was planned with or, failing that, the one the shards
+/// report (so that values keep their affinity), and its collation.
+fn partial_table(columns: &[PartialColumn], reported: &[pb::Column]) -> String {
+    let defs: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let decl = c.decl_type.clone().or_else(|| reported.get(i).map(|r| r.decl_type.clone())).unwrap_or_default();
+            let collation = match c.collation {
+                Collation::Binary => "BINARY",
+                Collation::NoCase => "NOCASE",
+                Collation::RTrim => "RTRIM",
+            };
+            format!(
+                "_c{i} {} COLLATE {collation}",
+                decl.replace(|ch: char| !ch.is_ascii_alphanumeric() && !" (),".contains(ch), "")
+            )
+        })
+        .collect();
+    format!("CREATE TABLE partial({})", defs.join(", "))
+}
+
+/// One shard's answer to a query, row by row: streamed from the shard's
+/// leader, or (inside a transaction, where reads are log entries) whole.
+enum ShardRows {
+    Stream {
+        stream: Box<tonic::Streaming<pb::ResultPart>>,
+        columns: Option<Vec<pb::Column>>,
+        rows: std::collections::VecDeque<Vec<Value>>,
+        done: bool,
+    },
+    Whole {
+        columns: Vec<pb::Column>,
+        rows: std::vec::IntoIter<Vec<Value>>,
+    },
+}
+
+impl ShardRows {
+    async fn open(executor: &Executor, group: GroupId, statement: Statement, txn: Option<&TxnId>) -> Result<ShardRows> {
+        if let Some(t) = txn {
+            let r = executor.txn_command(group, Command::InTxn(t.clone(), statement)).await?;
+            let columns =
+                r.columns.iter().map(|c| pb::Column { name: c.name.clone(), decl_type: c.decl_type.clone() }).collect();
+            return Ok(ShardRows::Whole { columns, rows: r.rows.into_iter() });
+        }
+        let stream = executor.cluster.read(read_request(group, statement)).await?;
+        Ok(ShardRows::Stream { stream: Box::new(stream), columns: None, rows: Default::default(), done: false })
+    }
+
+    /// Reads the next part of a stream; false at its end.
+    async fn pull(&mut self) -> Result<bool> {
+        let ShardRows::Stream { stream, columns, rows, done } = self else { return Ok(false) };
+        if *done {
+            return Ok(false);
+        }
+        match stream.message().await.map_err(Error::from)? {
+            Some(pb::ResultPart { part: Some(pb::result_part::Part::Columns(c)) }) => *columns = Some(c.columns),
+            Some(pb::ResultPart { part: Some(pb::result_part::Part::Rows(r)) }) => {
+                rows.extend(r.rows.into_iter().map(|row| row.values.into_iter().map(Value::from).collect()))
+            }
+            Some(_) => {}
+            None => *done = true,
+        }
+        Ok(!*done)
+    }
+
+    /// The answer's columns.
+    async fn columns(&mut self) -> Result<Vec<pb::Column>> {
+        loop {
+            match self {
+                ShardRows::Whole { columns, .. } => return Ok(columns.clone()),
+                ShardRows::Stream { columns: Some(c), .. } => return Ok(c.clone()),
+                ShardRows::Stream { .. } => {
+                    if !self.pull().await? {
+                        return Ok(Vec::new());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next row, or `None` after the last.
+    async fn next(&mut self) -> Result<Option<Vec<Value>>> {
+        loop {
+            match self {
+                ShardRows::Whole { rows, .. } => return Ok(rows.next()),
+                ShardRows::Stream { rows, .. } => {
+                    if let Some(r) = rows.pop_front() {
+                        return Ok(Some(r));
+                    }
+                    if !self.pull().await? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends rows to the client in batches: columns first, `Done` last.
+struct Batcher<'a> {
+    out: &'a PartSender,
+    columns: Option<Vec<pb::Column>>,
+    batch: Vec<Vec<Value>>,
+    rows_per_batch: usize,
+}
+
+impl<'a> Batcher<'a> {
+    fn new(out: &'a PartSender, columns: Vec<pb::Column>, rows_per_batch: usize) -> Batcher<'a> {
+        Batcher { out, columns: Some(columns), batch: Vec::new(), rows_per_batch }
+    }
+
+    async fn send_columns(&mut self) -> Result<()> {
+        if let Some(columns) = self.columns.take() {
+            send(self.out, part(pb::result_part::Part::Columns(pb::Columns { columns }))).await?;
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self, row: Vec<Value>) -> Result<()> {
+        self.batch.push(row);
+        if self.batch.len() >= self.rows_per_batch {
+            self.send_columns().await?;
+            send(self.out, rows_part(std::mem::take(&mut self.batch))).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self, done_part: pb::ResultPart) -> Result<()> {
+        self.send_columns().await?;
+        if !self.batch.is_empty() {
+            send(self.out, rows_part(std::mem::take(&mut self.batch))).await?;
+        }
+        send(self.out, done_part).await
+    }
+}
+
 /// What a statement's seed is XORed with for its `n`-th part (n > 0), so
 /// that parts on different shards draw different random values.
 fn spread_seed(n: u64) -> u64 {
@@ -579,6 +962,7 @@ fn read_request(group: GroupId, statement: Statement) -> pb::ReadRequest {
         params: statement.params.into_iter().map(Into::into).collect(),
         seed: statement.seed,
         now_ms: statement.now_ms,
+        schema_version: statement.schema_version,
     }
 }
 

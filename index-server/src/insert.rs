@@ -6,7 +6,8 @@
 //! here so that it decides the shard) and, for tables whose rowid is not
 //! their key, an assigned rowid. Then each shard receives one
 //! `INSERT … VALUES (?, …), …` per chunk of its rows, with the original
-//! conflict clause, upsert and RETURNING.
+//! conflict clause, upsert and RETURNING. A reference table's rows go
+//! whole to every shard, in the same chunks.
 
 use std::collections::BTreeMap;
 
@@ -58,7 +59,7 @@ fn target_columns(table: &Table, insert: &Insert) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// The parts of an INSERT into sharded `table` of `rows` (each as wide as
+/// The parts of an INSERT into `table` of `rows` (each as wide as
 /// the target column list). `default_of` computes a column's DEFAULT
 /// expression.
 pub fn split(
@@ -95,7 +96,8 @@ pub fn split(
             r.push(default.clone());
         }
     }
-    if table.integer_key {
+    let reference = !table.is_sharded();
+    if table.integer_key && !reference {
         let at = columns.iter().position(|c| *c == key[0]).expect("key column is a target");
         for r in &mut rows {
             if r[at] == Value::Null {
@@ -115,7 +117,7 @@ pub fn split(
             Some(_) => None,
             None => Some(
                 ids.iter()
-                    .map(|id| shard::key_hash(&[(Value::Integer(*id), shard::Collation::Binary)]))
+                    .map(|id| shard::key_hash(&[(Value::Integer(*id), drsdb_common::order::Collation::Binary)]))
                     .collect::<Vec<_>>(),
             ),
         }
@@ -124,6 +126,7 @@ pub fn split(
     };
     let hashes = match hashes {
         Some(h) => h,
+        None if reference => Vec::new(),
         None => {
             let at: Vec<usize> =
                 key.iter().map(|k| columns.iter().position(|c| c == k).expect("key is a target")).collect();
@@ -152,6 +155,9 @@ pub fn split(
     let head = format!("{verb} INTO {}({}) VALUES ", quote(&table.name), names.join(", "));
 
     let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    if reference {
+        by_shard.extend((0..shards).map(|k| (k, (0..rows.len()).collect())));
+    }
     for (i, h) in hashes.iter().enumerate() {
         by_shard.entry(shard::shard_of(*h, shards)).or_default().push(i);
     }

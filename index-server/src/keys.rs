@@ -13,7 +13,8 @@
 
 use std::sync::Mutex;
 
-use drsdb_common::shard::{self, Collation};
+use drsdb_common::order::Collation;
+use drsdb_common::shard;
 use drsdb_common::{Error, Result, Value};
 use drsdb_storage::Db;
 

@@ -23,8 +23,12 @@
 //! 4. The planner (`planner`) decides where it runs: one shard (no sharded
 //!    table read, or the primary key pinned by WHERE, `keys` hashing it as
 //!    SQLite stores it), every shard (UPDATE/DELETE, DDL), rows split by
-//!    shard key (INSERT, `insert`), or gathered into a scratch SQLite
-//!    database here (every other query).
+//!    shard key (INSERT, `insert`), a query split into a per-shard part and
+//!    a combining step (`pushdown`: concatenation, ordered merge, partial
+//!    aggregates), or gathered into a scratch SQLite database here (every
+//!    other query). The statement carries the schema version of the
+//!    catalog it was planned with; a shard whose schema moved on refuses
+//!    it, and it is planned again with a fresh catalog.
 //! 5. Each shard's part goes to the leader of its group (`cluster`),
 //!    following leader changes: a write becomes a Raft entry (group commit
 //!    batches it with others), a read waits for a ReadIndex barrier. Inside
@@ -39,9 +43,9 @@
 //! Raft status and the meta group.
 //!
 //! ## Not yet
-//! Pushdown (filters, projections, partial aggregates, top-N), co-located
-//! joins and direct streaming from storage servers to clients; statements
-//! over several shards are applied shard by shard, not atomically.
+//! Direct streaming from storage servers to clients, filters pushed into
+//! gathers and hash joins; statements over several shards are applied
+//! shard by shard, not atomically.
 //! Autocommit writes carry the client's request id and are applied once,
 //! so they are re-sent after a lost reply; statements inside transactions
 //! are not.
@@ -54,6 +58,7 @@ mod introspection;
 mod keys;
 mod meta;
 mod planner;
+mod pushdown;
 mod server;
 mod service;
 

@@ -16,6 +16,8 @@ use crate::cluster::Cluster;
 /// Tables of the meta group.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS catalog(grp INTEGER PRIMARY KEY, objects TEXT NOT NULL)",
+    // The version (`sql::schema_fingerprint`) of the catalog row.
+    "CREATE TABLE IF NOT EXISTS catalog_version(grp INTEGER PRIMARY KEY, version INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS index_servers(addr TEXT PRIMARY KEY, last_seen_ms INTEGER NOT NULL)",
     // One row per data shard: its group, the first hash of its slice of
     // the hash space (hex), and its replicas (JSON array of node ids,
@@ -30,7 +32,14 @@ const CATALOG_ROW: i64 = 1;
 /// A statement for the meta group (meta statements use no random
 /// functions, so the seed is fixed).
 fn statement(sql: &str, params: Vec<Value>) -> Statement {
-    Statement { sql: sql.into(), params, seed: 0, now_ms: chrono::Utc::now().timestamp_millis(), request_id: None }
+    Statement {
+        sql: sql.into(),
+        params,
+        seed: 0,
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        request_id: None,
+        schema_version: None,
+    }
 }
 
 /// Runs statements as one batch in the meta group; fails if any failed.
@@ -55,6 +64,7 @@ pub async fn query(cluster: &Cluster, group: GroupId, sql: &str, params: Vec<Val
         params: params.into_iter().map(Into::into).collect(),
         seed: 0,
         now_ms: 0,
+        schema_version: None,
     };
     cluster.read_rows(req).await
 }
@@ -164,39 +174,57 @@ pub async fn load_catalog(cluster: &Cluster, current: &Catalog) -> Result<Option
     let rows = query(
         cluster,
         GroupId::META,
-        "SELECT j.value->>'kind', j.value->>'name', j.value->>'table', j.value->>'sql'
-           FROM catalog, json_each(catalog.objects) AS j WHERE catalog.grp = ?1",
+        "SELECT v.version, j.value->>'kind', j.value->>'name', j.value->>'table', j.value->>'sql'
+           FROM (SELECT (SELECT version FROM catalog_version WHERE grp = ?1) AS version) AS v
+           LEFT JOIN catalog ON catalog.grp = ?1 LEFT JOIN json_each(catalog.objects) AS j",
         vec![CATALOG_ROW.into()],
     )
     .await?;
-    let (objects, references) = (catalog::objects_from_rows(rows), references(cluster).await?);
-    if current.is_built_from(&objects, &references) {
+    let (version, objects) = versioned_objects(rows);
+    let references = references(cluster).await?;
+    if current.is_built_from(&objects, &references, version) {
         return Ok(None);
     }
-    Catalog::new(objects, &references).map(Some)
+    Catalog::new(objects, &references, version).map(Some)
+}
+
+/// Splits rows of `[version, kind, name, table, sql]` (one row with NULL
+/// objects when there are none) into the version and the objects.
+fn versioned_objects(rows: Vec<Vec<Value>>) -> (Option<i64>, Vec<catalog::Object>) {
+    let version = rows.first().and_then(|r| match r.first() {
+        Some(Value::Integer(v)) => Some(*v),
+        _ => None,
+    });
+    let objects = rows.into_iter().filter(|r| r.get(1).is_some_and(|k| *k != Value::Null)).map(|mut r| {
+        r.remove(0);
+        r
+    });
+    (version, catalog::objects_from_rows(objects.collect()))
 }
 
 /// Reads the first shard's schema (every shard has the same) and records
-/// it as the catalog in the meta group (one statement: all or nothing).
-/// Returns the new catalog.
+/// it, with its version, as the catalog in the meta group. Returns it.
 pub async fn sync_catalog(cluster: &Cluster) -> Result<Catalog> {
-    let rows = query(
-        cluster,
-        GroupId::FIRST_DATA,
-        "SELECT type, name, tbl_name, sql FROM sqlite_schema
-          WHERE sql IS NOT NULL AND name NOT LIKE '\\_drsdb%' ESCAPE '\\' ORDER BY name",
-        vec![],
-    )
-    .await?;
-    let catalog = Catalog::new(catalog::objects_from_rows(rows), &references(cluster).await?)?;
+    let rows = query(cluster, GroupId::FIRST_DATA, drsdb_common::sql::SCHEMA_OBJECTS, vec![]).await?;
+    let objects = catalog::objects_from_rows(rows);
+    let version = drsdb_common::sql::schema_fingerprint(
+        objects.iter().map(|o| [o.kind.as_str(), o.name.as_str(), o.table.as_str(), o.sql.as_str()]),
+    );
+    let catalog = Catalog::new(objects, &references(cluster).await?, Some(version))?;
     meta_write(
         cluster,
-        vec![statement(
-            "INSERT OR REPLACE INTO catalog(grp, objects)
-             SELECT ?1, coalesce(json_group_array(json_object('kind', k, 'name', n, 'table', t, 'sql', s)), '[]')
-               FROM (SELECT value->>0 AS k, value->>1 AS n, value->>2 AS t, value->>3 AS s FROM json_each(?2))",
-            vec![CATALOG_ROW.into(), catalog_json(&catalog).into()],
-        )],
+        vec![
+            statement(
+                "INSERT OR REPLACE INTO catalog(grp, objects)
+                 SELECT ?1, coalesce(json_group_array(json_object('kind', k, 'name', n, 'table', t, 'sql', s)), '[]')
+                   FROM (SELECT value->>0 AS k, value->>1 AS n, value->>2 AS t, value->>3 AS s FROM json_each(?2))",
+                vec![CATALOG_ROW.into(), catalog_json(&catalog).into()],
+            ),
+            statement(
+                "INSERT OR REPLACE INTO catalog_version(grp, version) VALUES (?1, ?2)",
+                vec![CATALOG_ROW.into(), version.into()],
+            ),
+        ],
     )
     .await?;
     Ok(catalog)

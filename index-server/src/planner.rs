@@ -17,13 +17,19 @@
 //! - INSERT computes its rows at the index server (VALUES there, a SELECT
 //!   through the read planner), assigns rowids and missing integer keys,
 //!   and sends each shard its rows;
+//! - a query whose sharded tables all sit in its FROM clause, joined on
+//!   their shard keys (`pushdown::co_located`), is split by `pushdown`:
+//!   each shard runs a part, the index server concatenates, merges or
+//!   combines the answers;
 //! - every other query gathers the rows of the sharded tables it reads
 //!   into a scratch SQLite database at the index server and runs there:
-//!   slow for big tables, always SQLite's answer.
+//!   slow for big tables, always SQLite's answer. So does a query that
+//!   sqlparser cannot parse (SQLite syntax it lacks), with every sharded
+//!   table it names.
 //!
-//! Not yet: pushing filters, projections, partial aggregates and top-N to
-//! the shards, co-located joins, direct streaming to the client, writes
-//! whose subqueries read other sharded tables, updates of shard keys.
+//! Not yet: per-table filters for the gather, hash joins, direct
+//! streaming to the client, writes whose subqueries read other sharded
+//! tables, updates of shard keys.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -40,6 +46,7 @@ use sqlparser::parser::Parser;
 
 use crate::catalog::{Catalog, Table};
 use crate::keys::Keys;
+use crate::pushdown::{self, Combine, Split};
 
 /// Where a statement's rows come from before an INSERT splits them.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,11 +78,22 @@ pub enum Plan {
         /// tables); otherwise each shard gets its own random seed.
         same_seed: bool,
     },
-    /// The rows of `tables` are gathered from every shard into a scratch
-    /// database at the index server, where the statement runs.
+    /// Every shard runs its part of a query; the index server combines
+    /// their answers (`pushdown`).
+    Scatter {
+        /// Every shard.
+        groups: Vec<GroupId>,
+        /// The shards' part and how answers combine.
+        split: Split,
+    },
+    /// The rows of `tables` are gathered from every shard, and those of
+    /// `copies` from one, into a scratch database at the index server,
+    /// where the statement runs.
     Gather {
         /// The sharded tables read, lower-cased.
         tables: Vec<String>,
+        /// The reference tables read, lower-cased.
+        copies: Vec<String>,
         /// Every shard.
         groups: Vec<GroupId>,
     },
@@ -104,15 +122,25 @@ impl Plan {
                 let what = if *same_seed { "identical copies" } else { "each shard its own rows" };
                 writeln!(f, "{pad}Broadcast to {} shards ({what})", groups.len())
             }
-            Plan::Gather { tables, groups } => {
+            Plan::Scatter { groups, split } => {
+                writeln!(f, "{pad}{}", split.combine)?;
+                if let Combine::Final { sql, .. } = &split.combine {
+                    writeln!(f, "{pad}  Final query: {sql}")?;
+                }
+                writeln!(f, "{pad}  Shard query on {} shards: {}", groups.len(), split.shard_sql)
+            }
+            Plan::Gather { tables, copies, groups } => {
                 writeln!(f, "{pad}Run at index server over gathered rows")?;
                 for t in tables {
                     writeln!(f, "{pad}  Scan {t} on {} shards", groups.len())?;
                 }
+                for t in copies {
+                    writeln!(f, "{pad}  Scan {t} on one shard")?;
+                }
                 Ok(())
             }
             Plan::Insert { table, source } => {
-                writeln!(f, "{pad}Insert into {table}, rows split by shard key")?;
+                writeln!(f, "{pad}Insert into {table}, rows placed by the index server")?;
                 match source {
                     Source::Defaults => writeln!(f, "{pad}  Default values"),
                     Source::Local(_) => writeln!(f, "{pad}  Values computed at index server"),
@@ -169,10 +197,26 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
     if cx.shards == 1 {
         return Ok(Plan::Single { group: groups[0], why: "the only shard".into() });
     }
-    let statement = parse(sql)?;
+    let statement = match parse(sql) {
+        Ok(s) => s,
+        // SQLite syntax sqlparser lacks (`x IN table`, `NOT INDEXED`…): a
+        // query gathers every sharded table it might name and runs as is.
+        Err(_) if kind == Kind::Read => {
+            let refs = References::named_in(cx.catalog, sql)?;
+            if refs.sharded.is_empty() {
+                return Ok(Plan::Single { group: groups[0], why: "reads no sharded table".into() });
+            }
+            return Ok(Plan::Gather {
+                tables: refs.sharded.into_iter().collect(),
+                copies: refs.reference.into_iter().collect(),
+                groups,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let refs = References::of(cx.catalog, &statement);
     match &statement {
-        Statement::Query(q) => plan_query(cx, q, &refs),
+        Statement::Query(q) => plan_query(cx, q, &refs, Some(sql)),
         Statement::Insert(insert) => {
             let TableObject::TableName(name) = &insert.table else {
                 return Err(Error::invalid("INSERT into a table function is not supported"));
@@ -187,17 +231,16 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
                 Some(q) => {
                     let source_refs = References::of(cx.catalog, &Statement::Query(q.clone()));
                     if source_refs.all.is_empty() {
-                        Source::Local(q.to_string())
+                        Source::Local(pushdown::to_sql(q.clone()))
                     } else {
-                        Source::Query(q.to_string(), Box::new(plan_query(cx, q, &source_refs)?))
+                        let text = pushdown::to_sql(q.clone());
+                        let plan = plan_query(cx, q, &source_refs, Some(&text))?;
+                        Source::Query(text, Box::new(plan))
                     }
                 }
             };
-            if !table.is_sharded() {
-                if refs.sharded.is_empty() {
-                    return Ok(Plan::Broadcast { groups, same_seed: true });
-                }
-                return Err(not_yet("an INSERT into a reference table that reads sharded tables"));
+            if !table.is_sharded() && refs.sharded.is_empty() {
+                return Ok(Plan::Broadcast { groups, same_seed: true });
             }
             if insert.on.is_some() && refs.occurrences > 1 {
                 return Err(not_yet("an upsert whose values read tables"));
@@ -271,26 +314,41 @@ fn created_table(sql: &str) -> Option<String> {
     }
 }
 
-fn plan_query(cx: &Context<'_>, q: &Query, refs: &References) -> Result<Plan> {
+/// Plans a query whose text (placeholders numbered) is `source`.
+fn plan_query(cx: &Context<'_>, q: &Query, refs: &References, source: Option<&str>) -> Result<Plan> {
     let groups = cx.groups();
     if refs.sharded.is_empty() {
         return Ok(Plan::Single { group: groups[0], why: "reads no sharded table".into() });
     }
-    if refs.sharded.len() == 1 && refs.occurrences_of_sharded == 1 {
-        if let SetExpr::Select(select) = q.body.as_ref() {
-            if let [twj] = select.from.as_slice() {
-                if let (TableFactor::Table { name, alias, .. }, true) = (&twj.relation, twj.joins.is_empty()) {
-                    if let Some(table) = cx.sharded(&last_name(name)) {
-                        let alias = alias.as_ref().map(|a| a.name.value.clone());
-                        if let Some(group) = pinned_shard(cx, table, alias, select.selection.as_ref())? {
-                            return Ok(Plan::Single { group, why: format!("key of {} pinned by WHERE", table.name) });
-                        }
-                    }
+    if let (SetExpr::Select(select), Some(source)) = (q.body.as_ref(), source) {
+        // Every sharded table read is in the FROM clause, once, and they are co-located.
+        let sharded_in_from: Vec<(&Table, Option<String>)> = select
+            .from
+            .iter()
+            .flat_map(|twj| std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)))
+            .filter_map(|f| match f {
+                TableFactor::Table { name, alias, args: None, .. } => {
+                    cx.sharded(&last_name(name)).map(|t| (t, alias.as_ref().map(|a| a.name.value.clone())))
                 }
+                _ => None,
+            })
+            .collect();
+        if sharded_in_from.len() == refs.occurrences_of_sharded && pushdown::co_located(cx.catalog, select) {
+            for (table, alias) in &sharded_in_from {
+                if let Some(group) = pinned_shard(cx, table, alias.clone(), select.selection.as_ref())? {
+                    return Ok(Plan::Single { group, why: format!("key of {} pinned by WHERE", table.name) });
+                }
+            }
+            if let Some(split) = pushdown::split(cx.catalog, source, q, cx.keys.params) {
+                return Ok(Plan::Scatter { groups, split });
             }
         }
     }
-    Ok(Plan::Gather { tables: refs.sharded.iter().cloned().collect(), groups })
+    Ok(Plan::Gather {
+        tables: refs.sharded.iter().cloned().collect(),
+        copies: refs.reference.iter().cloned().collect(),
+        groups,
+    })
 }
 
 /// UPDATE or DELETE of `table`.
@@ -387,7 +445,7 @@ fn is_constant(e: &Expr) -> bool {
     }
 }
 
-fn last_name(name: &ObjectName) -> String {
+pub(crate) fn last_name(name: &ObjectName) -> String {
     match name.0.last() {
         Some(ObjectNamePart::Identifier(i)) => i.value.clone(),
         _ => name.to_string(),
@@ -401,6 +459,8 @@ struct References {
     all: BTreeSet<String>,
     /// The sharded tables among them, views expanded.
     sharded: BTreeSet<String>,
+    /// The reference tables among them, views expanded.
+    reference: BTreeSet<String>,
     /// How many times relations are named.
     occurrences: usize,
     /// How many times sharded tables are named (through views too).
@@ -458,27 +518,52 @@ impl References {
         refs
     }
 
+    /// The relations among the words of `sql`, which sqlparser cannot parse.
+    fn named_in(catalog: &Catalog, sql: &str) -> Result<References> {
+        let mut refs = References::default();
+        let mut words = drsdb_common::sql::words(sql)?;
+        words.sort();
+        words.dedup();
+        refs.add_names(catalog, words.into_iter().filter(|w| catalog.relation(w).is_some()).collect(), 0);
+        Ok(refs)
+    }
+
     fn add(&mut self, catalog: &Catalog, statement: &Statement, depth: usize) {
-        const MAX_VIEW_DEPTH: usize = 32;
         let mut names = Names::default();
         let _ = statement.visit(&mut names);
-        for r in names.tables() {
+        self.add_names(catalog, names.tables(), depth);
+    }
+
+    fn add_names(&mut self, catalog: &Catalog, relations: Vec<String>, depth: usize) {
+        const MAX_VIEW_DEPTH: usize = 32;
+        for r in relations {
             self.occurrences += 1;
             self.all.insert(r.clone());
             if let Some(t) = catalog.table(&r) {
                 if t.is_sharded() {
                     self.sharded.insert(r);
                     self.occurrences_of_sharded += 1;
+                } else {
+                    self.reference.insert(r);
                 }
             } else if let Some(view) = catalog.relation(&r).filter(|o| o.kind == "view") {
                 match parse(&view.sql) {
-                    Ok(v) if depth < MAX_VIEW_DEPTH => self.add(catalog, &v, depth + 1),
-                    // A view we cannot read: assume it reads every sharded table.
+                    // What the view reads (not the view it creates).
+                    Ok(Statement::CreateView(v)) if depth < MAX_VIEW_DEPTH => {
+                        self.add(catalog, &Statement::Query(v.query), depth + 1)
+                    }
+                    // A view we cannot read: assume it reads every table.
                     _ => {
                         for o in catalog.objects().filter(|o| o.kind == "table") {
-                            if catalog.table(&o.name).is_some_and(Table::is_sharded) {
-                                self.sharded.insert(o.name.to_ascii_lowercase());
-                                self.occurrences_of_sharded += 2;
+                            match catalog.table(&o.name) {
+                                Some(t) if t.is_sharded() => {
+                                    self.sharded.insert(o.name.to_ascii_lowercase());
+                                    self.occurrences_of_sharded += 2;
+                                }
+                                Some(_) => {
+                                    self.reference.insert(o.name.to_ascii_lowercase());
+                                }
+                                None => {}
                             }
                         }
                     }

@@ -403,3 +403,48 @@ async fn transactions_are_atomic_isolated_and_time_out() {
     let e = a.execute("COMMIT", &[]).await.unwrap_err();
     assert!(e.to_string().contains("not open"), "{e}");
 }
+
+/// Schema changes made through one index server reach statements planned
+/// by the other, whose cached catalog is stale: shards refuse statements
+/// planned on another schema version, and the index server plans again.
+/// (The client alternates between the two index servers statement by
+/// statement, so odd and even statements go to different servers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_planned_on_a_stale_catalog_are_planned_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), Options::default()).await;
+    let mut client = cluster.client().await.unwrap();
+    assert_eq!(client.servers().len(), 2);
+    // Both servers learn t keyed on k; then one re-creates it keyed on `other`.
+    for sql in [
+        "CREATE TABLE t(k INTEGER PRIMARY KEY, other INTEGER)",
+        "SELECT count(*) FROM t",
+        "DROP TABLE t",
+        "SELECT 1",
+        "CREATE TABLE t(other INTEGER PRIMARY KEY, k INTEGER)",
+    ] {
+        client.execute(sql, &[]).await.unwrap();
+    }
+    // The other server still believes t is keyed on k when it places these.
+    let values: Vec<String> = (1..=40).map(|i| format!("({i}, {})", i * 10)).collect();
+    let insert = format!("INSERT INTO t(other, k) VALUES {}", values.join(", "));
+    client.execute(&insert, &[]).await.unwrap();
+    for i in 1..=40i64 {
+        let rs = client.execute("SELECT k FROM t WHERE other = ?1", params![i]).await.unwrap();
+        assert_eq!(rs.rows.len(), 1, "row {i} is on the shard its key names");
+        assert_eq!(rs.rows[0].get::<i64>(0).unwrap(), i * 10);
+    }
+    // A UNIQUE index on an empty table makes it a reference table; the
+    // server that knew it as sharded places rows on every shard.
+    client.execute("CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT)", &[]).await.unwrap();
+    client.execute("SELECT count(*) FROM u", &[]).await.unwrap();
+    client.execute("CREATE UNIQUE INDEX u_email ON u(email)", &[]).await.unwrap();
+    let values: Vec<String> = (1..=20).map(|i| format!("({i}, 'user{i}@example.com')")).collect();
+    client.execute(&format!("INSERT INTO u VALUES {}", values.join(", ")), &[]).await.unwrap();
+    for _ in 0..4 {
+        let n: i64 = client.execute("SELECT count(*) FROM u", &[]).await.unwrap().rows[0].get(0).unwrap();
+        assert_eq!(n, 20);
+    }
+    let e = client.execute("INSERT INTO u VALUES (100, 'user7@example.com')", &[]).await.unwrap_err();
+    assert!(e.to_string().contains("UNIQUE constraint failed"), "{e}");
+}

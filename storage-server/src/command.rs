@@ -28,6 +28,13 @@ pub struct Statement {
     /// outcome is returned.
     #[serde(default)]
     pub request_id: Option<String>,
+    /// The schema version (`sql::schema_fingerprint`) of the catalog the
+    /// statement was planned with; when set and the group's schema has
+    /// another, the statement is refused with [`Error::StaleSchema`]
+    /// before it runs. Replicas of a group share their schema, so they
+    /// refuse alike.
+    #[serde(default)]
+    pub schema_version: Option<i64>,
 }
 
 /// A command in a group's log.

@@ -86,6 +86,7 @@ impl pb::storage_server::Storage for StorageService {
             seed: req.seed,
             now_ms: req.now_ms,
             request_id: None,
+            schema_version: req.schema_version,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
         // When the reader goes away (the client cancelled), stop the query

@@ -66,6 +66,9 @@ pub struct Db {
     internal: Arc<AtomicBool>,
     /// Most virtual-machine steps per user statement.
     max_steps: u64,
+    /// The schema's fingerprint, with SQLite's `schema_version` it was
+    /// computed at (recomputed when that moves).
+    fingerprint: Mutex<Option<(i64, i64)>>,
 }
 
 /// Whether a SQLite error is the statement's fault or the environment's.
@@ -188,7 +191,28 @@ impl Db {
         let internal = Arc::new(AtomicBool::new(false));
         let flag = internal.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&ctx, flag.load(Ordering::Relaxed))))?;
-        Ok(Db { conn, env, internal, max_steps: MAX_STATEMENT_STEPS })
+        Ok(Db { conn, env, internal, max_steps: MAX_STATEMENT_STEPS, fingerprint: Mutex::new(None) })
+    }
+
+    /// The schema's version as every replica computes it alike
+    /// ([`drsdb_common::sql::schema_fingerprint`]).
+    pub fn schema_fingerprint(&self) -> rusqlite::Result<i64> {
+        let cookie: i64 = self.internal(|c| c.query_row("PRAGMA schema_version", [], |r| r.get(0)))?;
+        let mut cached = self.fingerprint.lock().expect("fingerprint lock");
+        if let Some((at, fingerprint)) = *cached {
+            if at == cookie {
+                return Ok(fingerprint);
+            }
+        }
+        let rows: Vec<[String; 4]> = self.internal(|c| {
+            let mut stmt = c.prepare(drsdb_common::sql::SCHEMA_OBJECTS)?;
+            let rows = stmt.query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))?;
+            rows.collect()
+        })?;
+        let fingerprint =
+            drsdb_common::sql::schema_fingerprint(rows.iter().map(|r| [r[0].as_str(), &r[1], &r[2], &r[3]]));
+        *cached = Some((cookie, fingerprint));
+        Ok(fingerprint)
     }
 
     /// Runs drsdb's own SQL (transaction control, bookkeeping), bypassing
@@ -217,6 +241,13 @@ impl Db {
         mut on_columns: impl FnMut(&[Column]),
         mut on_row: impl FnMut(Vec<Value>) -> bool,
     ) -> Result<StatementResult, Failure> {
+        // Before the statement's budget is set: the check is drsdb's own SQL.
+        if let Some(expected) = stmt.schema_version {
+            let version = self.schema_fingerprint()?;
+            if version != expected {
+                return Err(Failure::Statement(Error::StaleSchema { version }));
+            }
+        }
         {
             let mut env = self.env.lock().expect("env lock");
             env.rng = ChaCha8Rng::seed_from_u64(stmt.seed);
@@ -371,7 +402,14 @@ mod tests {
     use super::*;
 
     fn stmt(sql: &str, seed: u64) -> Statement {
-        Statement { sql: sql.into(), params: vec![], seed, now_ms: 1_700_000_000_000, request_id: None }
+        Statement {
+            sql: sql.into(),
+            params: vec![],
+            seed,
+            now_ms: 1_700_000_000_000,
+            request_id: None,
+            schema_version: None,
+        }
     }
 
     #[test]
@@ -404,6 +442,20 @@ mod tests {
         let Failure::Statement(e) = e else { panic!("{e:?}") };
         assert!(e.to_string().contains("interrupted"), "{e}");
         db.internal(|c| c.execute_batch("CREATE TABLE after(x)")).unwrap();
+    }
+
+    #[test]
+    fn statements_planned_on_another_schema_are_refused() {
+        let db = Db::open_writer(Path::new(":memory:")).unwrap();
+        db.run_collect(&stmt("CREATE TABLE t(a)", 0)).unwrap();
+        let version = drsdb_common::sql::schema_fingerprint([["table", "t", "t", "CREATE TABLE t(a)"]]);
+        assert_eq!(db.schema_fingerprint().unwrap(), version);
+        let planned = |v| Statement { schema_version: Some(v), ..stmt("INSERT INTO t VALUES (1)", 0) };
+        match db.run_collect(&planned(version - 1)) {
+            Err(Failure::Statement(Error::StaleSchema { version: now })) => assert_eq!(now, version),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(db.run_collect(&planned(version)).unwrap().rows_affected, 1);
     }
 
     #[test]

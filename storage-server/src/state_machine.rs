@@ -451,6 +451,11 @@ impl Inner {
             // again without it (see `run_batch`).
             return Ok(outcome);
         }
+        if let Err(Error::StaleSchema { .. }) = outcome {
+            // Not run: the index server plans it again and sends it with
+            // the same id.
+            return Ok(outcome);
+        }
         let recorded = serde_json::to_string(&outcome).map_err(to_io)?;
         self.db
             .internal(|c| {
@@ -675,7 +680,7 @@ mod tests {
     }
 
     fn stmt(sql: &str) -> Statement {
-        Statement { sql: sql.into(), params: vec![], seed: 1, now_ms: 0, request_id: None }
+        Statement { sql: sql.into(), params: vec![], seed: 1, now_ms: 0, request_id: None, schema_version: None }
     }
 
     fn apply(sm: &StateMachine, index: u64, command: Command) -> CommandResult {
@@ -728,6 +733,22 @@ mod tests {
         let reader = Db::open_reader(&sm.shared.current_db()).unwrap();
         let rows = reader.run_collect(&stmt("SELECT count(*) FROM t")).unwrap().rows;
         assert_eq!(rows[0][0], drsdb_common::Value::Integer(1));
+    }
+
+    #[test]
+    fn a_request_refused_for_its_schema_version_runs_when_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a)")]));
+        let insert = |v| Statement {
+            request_id: Some("s1-8".into()),
+            schema_version: Some(v),
+            ..stmt("INSERT INTO t VALUES (1)")
+        };
+        let CommandResult::Batch(refused) = apply(&sm, 2, Command::Batch(vec![insert(0)])) else { panic!() };
+        let Err(Error::StaleSchema { version }) = refused[0] else { panic!("{refused:?}") };
+        let CommandResult::Batch(ran) = apply(&sm, 3, Command::Batch(vec![insert(version)])) else { panic!() };
+        assert_eq!(ran[0].as_ref().map(|r| r.rows_affected), Ok(1));
     }
 
     #[test]
