@@ -571,6 +571,30 @@ impl Executor {
         Ok(r)
     }
 
+    /// How many rows of `table` each data shard holds (a reference
+    /// table's copies each hold all of them).
+    pub async fn rows_per_shard(&self, table: &str) -> Result<Vec<(GroupId, i64)>> {
+        self.ensure_known(&format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")), Kind::Write).await?;
+        let groups = shard::shard_groups(self.shard_count().await?);
+        let count = Statement {
+            sql: format!("SELECT count(*) FROM \"{}\"", table.replace('"', "\"\"")),
+            params: vec![],
+            seed: 0,
+            now_ms: 0,
+            request_id: None,
+            schema_version: None,
+        };
+        let counted = join_all(groups.iter().map(|g| self.fetch(*g, count.clone(), None))).await;
+        groups
+            .into_iter()
+            .zip(counted)
+            .map(|(g, rows)| match rows?.first().and_then(|r| r.first()) {
+                Some(Value::Integer(n)) => Ok((g, *n)),
+                other => Err(Error::io(format!("unexpected count from shard {g}: {other:?}"))),
+            })
+            .collect()
+    }
+
     /// True when `table` has no row on any shard of `groups`.
     async fn is_empty(&self, table: &str, groups: &[GroupId], txn: Option<&TxnId>) -> Result<bool> {
         let probe = Statement {

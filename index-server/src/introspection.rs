@@ -8,6 +8,7 @@
 //! - `SHOW SHARDS`: the shard map: each shard's group, the first hash of its
 //!   slice of the hash space, its replicas (preferred leader first) and its
 //!   current leader.
+//! - `SHOW SHARDS OF t`: how many rows of table `t` each shard holds.
 
 use drsdb_common::{Error, Result, Value};
 use drsdb_proto as pb;
@@ -16,7 +17,7 @@ use crate::catalog::{Distribution, Key};
 use crate::executor::{done, send_rows, Executor, PartSender};
 
 /// What `SHOW` accepts, for the error message.
-const USAGE: &str = "use SHOW NODES, SHOW GROUPS, SHOW SHARDS, SHOW INDEX SERVERS or SHOW TABLES";
+const USAGE: &str = "use SHOW NODES, SHOW GROUPS, SHOW SHARDS, SHOW SHARDS OF table, SHOW INDEX SERVERS or SHOW TABLES";
 
 fn columns(names: &[&str]) -> Vec<pb::Column> {
     names.iter().map(|n| pb::Column { name: n.to_string(), decl_type: String::new() }).collect()
@@ -27,6 +28,7 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
     let words: Vec<String> =
         sql.split_whitespace().skip(1).map(|w| w.trim_end_matches(';').to_ascii_uppercase()).collect();
     let words: Vec<&str> = words.iter().map(String::as_str).filter(|w| !w.is_empty()).collect();
+    let named = sql.split_whitespace().nth(3).map(|w| w.trim_end_matches(';').trim_matches('"'));
     let (cols, rows): (Vec<pb::Column>, Vec<Vec<Value>>) = match words.as_slice() {
         ["NODES"] => {
             let _ = ex.cluster.refresh().await;
@@ -103,6 +105,12 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
                 r.push(leader.map(|l| l as i64).into());
             }
             (columns(&["grp", "hash_start", "replicas", "leader"]), rows)
+        }
+        ["SHARDS", "OF", _] => {
+            let table = named.expect("a fourth word");
+            let rows = ex.rows_per_shard(table).await?;
+            let rows = rows.into_iter().map(|(g, n)| vec![Value::Integer(g.0 as i64), Value::Integer(n)]).collect();
+            (columns(&["grp", "rows"]), rows)
         }
         ["INDEX", "SERVERS"] => {
             let addrs = crate::server::live_index_servers(&ex.cluster).await?;

@@ -10,6 +10,12 @@
 //! The SQLite baseline uses one connection per worker thread on a WAL file
 //! with `synchronous = FULL`, so that both sides make every acknowledged
 //! write durable.
+//!
+//! With `--rows N`, analytic workloads follow on a table of N rows loaded
+//! through the driver (and the same rows in SQLite): a full-table
+//! aggregate, a GROUP BY, a top-10 ORDER BY … LIMIT and point selects by
+//! key, each checked against SQLite's answer, with the plans (EXPLAIN) and
+//! how evenly the rows spread over the shards.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +39,154 @@ pub struct BenchArgs {
     /// Rows per statement in the batched-insert workload.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Rows of the analytic workloads' table (0 leaves them out).
+    #[arg(long, default_value_t = 0)]
+    rows: usize,
+}
+
+/// Rows per INSERT when loading the analytic table.
+const LOAD_BATCH: usize = 1000;
+/// Runs of each analytic query (latencies are their percentiles).
+const ANALYTIC_RUNS: usize = 5;
+/// Largest deviation of a shard's row count from the mean (a fraction)
+/// that the analytic load accepts.
+const MAX_SPREAD: f64 = 0.10;
+/// Point selects in the analytic part.
+const POINT_SELECTS: usize = 2000;
+
+/// The analytic queries, by name; `{t}` is the table.
+const ANALYTIC_QUERIES: [(&str, &str); 3] = [
+    ("full-table aggregate", "SELECT count(*), sum(amount), avg(amount), min(label), max(amount) FROM {t}"),
+    ("group by (100 groups)", "SELECT grp, count(*), sum(amount) FROM {t} GROUP BY grp ORDER BY grp"),
+    ("top 10", "SELECT id, amount, label FROM {t} ORDER BY amount DESC, id LIMIT 10"),
+];
+
+/// Row `i` of the analytic table: id, group, amount, label.
+fn fact(i: usize) -> [Value; 4] {
+    [
+        Value::Integer(i as i64 + 1),
+        Value::Integer((i % 100) as i64),
+        Value::Integer(((i * 7919) % 10007) as i64),
+        Value::Text(format!("row {i:07}")),
+    ]
+}
+
+/// Loads, checks and times the analytic workloads; prints their figures.
+async fn analytics(clients: &mut [Client], baseline: &Path, rows: usize) -> anyhow::Result<Vec<(String, f64)>> {
+    let table = format!("facts_{}", unique_suffix());
+    let create = "CREATE TABLE {t}(id INTEGER PRIMARY KEY, grp INTEGER, amount INTEGER, label TEXT)";
+    clients[0].execute(&create.replace("{t}", &table), &[]).await?;
+    let mut sqlite = rusqlite::Connection::open(baseline)?;
+    sqlite.execute_batch(&create.replace("{t}", "facts"))?;
+
+    // Load: LOAD_BATCH rows per statement, spread over the sessions.
+    let started = Instant::now();
+    let chunks: Vec<std::ops::Range<usize>> =
+        (0..rows).step_by(LOAD_BATCH).map(|start| start..(start + LOAD_BATCH).min(rows)).collect();
+    let n = clients.len();
+    let mut tasks = Vec::new();
+    for (worker, client) in clients.iter_mut().enumerate() {
+        let mine: Vec<std::ops::Range<usize>> = chunks.iter().skip(worker).step_by(n).cloned().collect();
+        let table = table.clone();
+        tasks.push(async move {
+            for chunk in mine {
+                let tuples: Vec<String> = (0..chunk.len())
+                    .map(|j| format!("(?{}, ?{}, ?{}, ?{})", 4 * j + 1, 4 * j + 2, 4 * j + 3, 4 * j + 4))
+                    .collect();
+                let params: Vec<Value> = chunk.clone().flat_map(fact).collect();
+                client.execute(&format!("INSERT INTO {table} VALUES {}", tuples.join(", ")), &params).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    for r in futures::future::join_all(tasks).await {
+        r?;
+    }
+    let cluster_load = rows as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let txn = sqlite.transaction()?;
+    {
+        let mut insert = txn.prepare("INSERT INTO facts VALUES (?1, ?2, ?3, ?4)")?;
+        for i in 0..rows {
+            insert.execute(rusqlite::params_from_iter(fact(i).iter()))?;
+        }
+    }
+    txn.commit()?;
+    let sqlite_load = rows as f64 / started.elapsed().as_secs_f64();
+    println!("\nanalytic table: {rows} rows loaded at {cluster_load:.0} rows/s (SQLite: {sqlite_load:.0} rows/s)");
+
+    // Spread over the shards.
+    let spread = clients[0].execute(&format!("SHOW SHARDS OF {table}"), &[]).await?;
+    let counts: Vec<i64> = spread.rows.iter().map(|r| r.get::<i64>(1)).collect::<Result<_, _>>()?;
+    let mean = counts.iter().sum::<i64>() as f64 / counts.len().max(1) as f64;
+    let worst = counts.iter().map(|c| (*c as f64 - mean).abs() / mean.max(1.0)).fold(0.0, f64::max);
+    println!("rows per shard: {counts:?}; largest deviation from the mean {:.2}%", worst * 100.0);
+    anyhow::ensure!(worst <= MAX_SPREAD, "rows are spread unevenly over the shards: {counts:?}");
+
+    let mut ratios = Vec::new();
+    println!("{:<22} {:>8} {:>10} {:>10}", "query", "system", "p50 ms", "p99 ms");
+    for (name, sql) in ANALYTIC_QUERIES {
+        let ours = sql.replace("{t}", &table);
+        let explained = clients[0].execute(&format!("EXPLAIN {ours}"), &[]).await?;
+        for r in &explained.rows {
+            println!("  plan: {}", r.get::<String>(0)?);
+        }
+        let mut cluster = Vec::new();
+        let mut answer = Vec::new();
+        for _ in 0..ANALYTIC_RUNS {
+            let t = Instant::now();
+            let rs = clients[0].execute(&ours, &[]).await?;
+            cluster.push(t.elapsed());
+            answer = rs.rows.iter().map(|r| r.values().to_vec()).collect();
+        }
+        let mut baseline_times = Vec::new();
+        let mut expected = Vec::new();
+        for _ in 0..ANALYTIC_RUNS {
+            let t = Instant::now();
+            let mut stmt = sqlite.prepare_cached(&sql.replace("{t}", "facts"))?;
+            let width = stmt.column_count();
+            expected = stmt
+                .query_map([], |r| (0..width).map(|i| r.get_ref(i).map(Value::from)).collect::<Result<Vec<_>, _>>())?
+                .collect::<Result<Vec<_>, _>>()?;
+            baseline_times.push(t.elapsed());
+        }
+        anyhow::ensure!(answer == expected, "{name}: drsdb answered {answer:?}, SQLite {expected:?}");
+        let cluster = Measure { ops: ANALYTIC_RUNS, elapsed: cluster.iter().sum(), latencies: cluster };
+        let baseline = Measure { ops: ANALYTIC_RUNS, elapsed: baseline_times.iter().sum(), latencies: baseline_times };
+        for (system, m) in [("drsdb", &cluster), ("sqlite", &baseline)] {
+            println!("{name:<22} {system:>8} {:>10.1} {:>10.1}", m.percentile(0.5), m.percentile(0.99));
+        }
+        println!("  same answer as SQLite ({} rows)", expected.len());
+        ratios.push((name.to_string(), cluster.throughput() / baseline.throughput()));
+    }
+
+    // Point selects by key, one session.
+    let select = "SELECT label FROM {t} WHERE id = ?1";
+    let key = |i: usize| Value::Integer(((i * 7919) % rows) as i64 + 1);
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for i in 0..POINT_SELECTS {
+        let t = Instant::now();
+        let rs = clients[0].execute(&select.replace("{t}", &table), &[key(i)]).await?;
+        anyhow::ensure!(rs.rows.len() == 1, "point select of key {:?} found {} rows", key(i), rs.rows.len());
+        latencies.push(t.elapsed());
+    }
+    let cluster = Measure { ops: POINT_SELECTS, elapsed: started.elapsed(), latencies };
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for i in 0..POINT_SELECTS {
+        let t = Instant::now();
+        let mut stmt = sqlite.prepare_cached(&select.replace("{t}", "facts"))?;
+        let _: String = stmt.query_row([key(i)], |r| r.get(0))?;
+        latencies.push(t.elapsed());
+    }
+    let baseline = Measure { ops: POINT_SELECTS, elapsed: started.elapsed(), latencies };
+    for (system, m) in [("drsdb", &cluster), ("sqlite", &baseline)] {
+        println!("{:<22} {system:>8} {:>10.3} {:>10.3}", "point select by key", m.percentile(0.5), m.percentile(0.99));
+    }
+    ratios.push(("point select by key".into(), cluster.throughput() / baseline.throughput()));
+    clients[0].execute(&format!("DROP TABLE {table}"), &[]).await?;
+    Ok(ratios)
 }
 
 /// What one workload measured.
@@ -206,11 +360,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             results.push((w, cluster.throughput() / sqlite.throughput()));
         }
         clients[0].execute(&format!("DROP TABLE {table}"), &[]).await?;
-        anyhow::Ok(results)
+        let mut ratios: Vec<(String, f64)> = results.into_iter().map(|(w, r)| (w.name().to_string(), r)).collect();
+        if args.rows > 0 {
+            ratios.extend(analytics(&mut clients, &baseline, args.rows).await?);
+        }
+        anyhow::Ok(ratios)
     })?;
     println!("throughput ratio drsdb / SQLite:");
-    for (w, ratio) in results {
-        println!("  {:<18} {ratio:.3}", w.name());
+    for (name, ratio) in results {
+        println!("  {name:<22} {ratio:.4}");
     }
     Ok(())
 }
