@@ -574,16 +574,9 @@ impl Executor {
     /// How many rows of `table` each data shard holds (a reference
     /// table's copies each hold all of them).
     pub async fn rows_per_shard(&self, table: &str) -> Result<Vec<(GroupId, i64)>> {
-        self.ensure_known(&format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")), Kind::Write).await?;
+        self.ensure_known(&format!("SELECT * FROM {}", quoted(table)), Kind::Write).await?;
         let groups = shard::shard_groups(self.shard_count().await?);
-        let count = Statement {
-            sql: format!("SELECT count(*) FROM \"{}\"", table.replace('"', "\"\"")),
-            params: vec![],
-            seed: 0,
-            now_ms: 0,
-            request_id: None,
-            schema_version: None,
-        };
+        let count = own_read(format!("SELECT count(*) FROM {}", quoted(table)));
         let counted = join_all(groups.iter().map(|g| self.fetch(*g, count.clone(), None))).await;
         groups
             .into_iter()
@@ -597,14 +590,7 @@ impl Executor {
 
     /// True when `table` has no row on any shard of `groups`.
     async fn is_empty(&self, table: &str, groups: &[GroupId], txn: Option<&TxnId>) -> Result<bool> {
-        let probe = Statement {
-            sql: format!("SELECT 1 FROM \"{}\" LIMIT 1", table.replace('"', "\"\"")),
-            params: vec![],
-            seed: 0,
-            now_ms: 0,
-            request_id: None,
-            schema_version: None,
-        };
+        let probe = own_read(format!("SELECT 1 FROM {} LIMIT 1", quoted(table)));
         let found = join_all(groups.iter().map(|g| self.fetch(*g, probe.clone(), txn))).await;
         for rows in found {
             if !rows?.is_empty() {
@@ -759,20 +745,18 @@ impl Executor {
         let sources = tables.iter().map(|t| (t, groups)).chain(copies.iter().map(|t| (t, &groups[..1])));
         for (name, groups) in sources {
             let Some(table) = catalog.table(name) else { continue };
-            let mut columns: Vec<String> =
-                table.columns.iter().map(|c| format!("\"{}\"", c.name.replace('"', "\"\""))).collect();
+            let mut columns: Vec<String> = table.columns.iter().map(|c| quoted(&c.name)).collect();
             if let Some(alias) = &table.rowid_alias {
                 columns.insert(0, alias.clone());
             }
-            let select = format!("SELECT {} FROM \"{}\"", columns.join(", "), table.name.replace('"', "\"\""));
+            let select = format!("SELECT {} FROM {}", columns.join(", "), quoted(&table.name));
             let insert = format!(
-                "INSERT INTO \"{}\"({}) VALUES ({})",
-                table.name.replace('"', "\"\""),
+                "INSERT INTO {}({}) VALUES ({})",
+                quoted(&table.name),
                 columns.join(", "),
                 vec!["?"; columns.len()].join(", ")
             );
-            let statement =
-                Statement { sql: select, params: vec![], seed: 0, now_ms: 0, request_id: None, schema_version };
+            let statement = Statement { schema_version, ..own_read(select) };
             let fetched = join_all(groups.iter().map(|g| self.fetch(*g, statement.clone(), txn))).await;
             let rows: Vec<Vec<Vec<Value>>> = fetched.into_iter().collect::<Result<_>>()?;
             loads.push((insert, rows));
@@ -824,6 +808,16 @@ const STALE_SCHEMA_BACKOFF: std::time::Duration = std::time::Duration::from_mill
 
 /// Result parts buffered between a scatter and the INSERT collecting its rows.
 const SCATTER_COLLECT_BUFFER: usize = 16;
+
+/// A double-quoted SQL name.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A read of the index server's own, with no parameters or randomness.
+fn own_read(sql: String) -> Statement {
+    Statement { sql, params: vec![], seed: 0, now_ms: 0, request_id: None, schema_version: None }
+}
 
 /// `statement` with other SQL, bound to the parameters that SQL names.
 fn with_sql(statement: &Statement, sql: String) -> Result<Statement> {
