@@ -448,3 +448,55 @@ async fn statements_planned_on_a_stale_catalog_are_planned_again() {
     let e = client.execute("INSERT INTO u VALUES (100, 'user7@example.com')", &[]).await.unwrap_err();
     assert!(e.to_string().contains("UNIQUE constraint failed"), "{e}");
 }
+
+/// Answers of queries that touch every shard, as rows of values.
+async fn answers(client: &mut Client, queries: &[&str]) -> drsdb_client::Result<Vec<Vec<Vec<Value>>>> {
+    let mut all = Vec::new();
+    for q in queries {
+        let rs = client.execute(q, &[]).await?;
+        all.push(rs.rows.iter().map(|r| r.values().to_vec()).collect());
+    }
+    Ok(all)
+}
+
+/// With one of three storage servers killed, every shard elects a leader
+/// among its two other replicas and every query keeps SQLite's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_storage_server_leaves_every_shard_available_and_every_answer_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(dir.path(), Options { shards: Some(6), ..Options::default() }).await;
+    let mut client = cluster.client().await.unwrap();
+    client.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, grp INTEGER, v TEXT COLLATE NOCASE)", &[]).await.unwrap();
+    client.execute("CREATE TABLE u(id INTEGER PRIMARY KEY, note TEXT)", &[]).await.unwrap();
+    let rows: Vec<String> = (1..=300).map(|i| format!("({i}, {}, 'v{}')", i % 7, (i * 37) % 101)).collect();
+    client.execute(&format!("INSERT INTO t VALUES {}", rows.join(", ")), &[]).await.unwrap();
+    client.execute("INSERT INTO u SELECT id, 'note ' || id FROM t WHERE id % 3 = 0", &[]).await.unwrap();
+    let queries = [
+        "SELECT count(*), sum(id), min(v), max(v) FROM t",
+        "SELECT grp, count(*), avg(id) FROM t GROUP BY grp ORDER BY grp",
+        "SELECT id, v FROM t ORDER BY v DESC, id LIMIT 7",
+        "SELECT DISTINCT v FROM t WHERE grp = 3 ORDER BY 1",
+        "SELECT t.id, u.note FROM t JOIN u ON u.id = t.id WHERE t.grp = 2 ORDER BY t.id",
+        "SELECT count(*) FROM t JOIN u ON u.id = t.grp",
+        "SELECT v FROM t WHERE id = 123",
+    ];
+    let before = answers(&mut client, &queries).await.unwrap();
+
+    cluster.kill("storage-1").unwrap();
+    let after = eventually!("every shard to answer without storage-1", answers(&mut client, &queries).await.ok());
+    assert_eq!(after, before, "the same answers with a server down");
+    // Every shard takes writes too: 60 rows land on all six shards.
+    let rows: Vec<String> = (301..=360).map(|i| format!("({i}, 0, 'late')")).collect();
+    eventually!(
+        "writes to every shard",
+        client.execute(&format!("INSERT OR IGNORE INTO t VALUES {}", rows.join(", ")), &[]).await.ok()
+    );
+    let n: i64 = client.execute("SELECT count(*) FROM t", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(n, 360);
+    // No shard is led by the dead server.
+    let shards = client.execute("SHOW SHARDS", &[]).await.unwrap();
+    for r in &shards.rows {
+        let leader: Option<i64> = r.get(3).unwrap();
+        assert!(leader.is_some_and(|l| l != 1), "shard {:?} is led by {leader:?}", r.get::<i64>(0));
+    }
+}
