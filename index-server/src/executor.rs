@@ -588,6 +588,25 @@ impl Executor {
             .collect()
     }
 
+    /// The shard that holds (or would hold) the row of `table` whose
+    /// primary key is `key` (SQL values, comma-separated, in key order).
+    pub async fn shard_of_key(&self, table: &str, key: &str) -> Result<GroupId> {
+        self.ensure_known(&format!("SELECT * FROM {}", quoted(table)), Kind::Write).await?;
+        let shards = self.shard_count().await?;
+        let catalog = self.catalog();
+        let t = catalog.table(table).ok_or_else(|| Error::invalid(format!("no such table: {table}")))?;
+        if !t.is_sharded() {
+            return Err(Error::invalid(format!("{table} is a reference table: every shard holds all its rows")));
+        }
+        if t.key_columns().is_none() {
+            return Err(Error::invalid(format!(
+                "{table} has no primary key: its rows are spread by the rowid the index server assigns"
+            )));
+        }
+        let hash = Keys { params: &[] }.hash_exprs(t, &[key.to_string()])?;
+        Ok(shard::shard_group(shard::shard_of(hash, shards)))
+    }
+
     /// True when `table` has no row on any shard of `groups`.
     async fn is_empty(&self, table: &str, groups: &[GroupId], txn: Option<&TxnId>) -> Result<bool> {
         let probe = own_read(format!("SELECT 1 FROM {} LIMIT 1", quoted(table)));

@@ -6,9 +6,11 @@
 //! - `SHOW INDEX SERVERS`: index servers that announced themselves recently.
 //! - `SHOW TABLES`: tables and views of the catalog, and how each is spread.
 //! - `SHOW SHARDS`: the shard map: each shard's group, the first hash of its
-//!   slice of the hash space, its replicas (preferred leader first) and its
-//!   current leader.
+//!   slice of the hash space, its replicas (preferred leader first), its
+//!   current leader and the size of the leader's database file.
 //! - `SHOW SHARDS OF t`: how many rows of table `t` each shard holds.
+//! - `SHOW SHARD OF t KEY v1, v2…`: the shard that holds the row of `t`
+//!   whose primary key is (v1, v2…).
 
 use drsdb_common::{Error, Result, Value};
 use drsdb_proto as pb;
@@ -93,24 +95,41 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
             )
         }
         ["SHARDS"] => {
-            let status = ex.cluster.refresh().await.ok();
-            let leaders: std::collections::BTreeMap<u64, u64> =
-                status.iter().flat_map(|s| &s.groups).map(|g| (g.group, g.leader)).collect();
+            // Each group's leader and database size, as its leader reports them.
+            let _ = ex.cluster.refresh().await;
+            let mut leaders: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+            for (_, addr) in ex.cluster.addresses() {
+                if let Ok(s) = ex.cluster.status_of(&addr).await {
+                    for g in s.groups.iter().filter(|g| g.leader != 0 && g.leader == g.node) {
+                        leaders.insert(g.group, (g.leader, g.size_bytes));
+                    }
+                }
+            }
             let mut rows = crate::meta::shard_rows(&ex.cluster).await?;
             for r in &mut rows {
-                let leader = match r.first() {
-                    Some(Value::Integer(g)) => leaders.get(&(*g as u64)).copied().filter(|l| *l != 0),
+                let led = match r.first() {
+                    Some(Value::Integer(g)) => leaders.get(&(*g as u64)).copied(),
                     _ => None,
                 };
-                r.push(leader.map(|l| l as i64).into());
+                r.push(led.map(|(l, _)| l as i64).into());
+                r.push(led.map(|(_, size)| size as i64).into());
             }
-            (columns(&["grp", "hash_start", "replicas", "leader"]), rows)
+            (columns(&["grp", "hash_start", "replicas", "leader", "size_bytes"]), rows)
         }
         ["SHARDS", "OF", _] => {
             let table = named.expect("a fourth word");
             let rows = ex.rows_per_shard(table).await?;
             let rows = rows.into_iter().map(|(g, n)| vec![Value::Integer(g.0 as i64), Value::Integer(n)]).collect();
             (columns(&["grp", "rows"]), rows)
+        }
+        ["SHARD", "OF", _, "KEY", ..] => {
+            let table = named.expect("a fourth word");
+            // The values follow the KEY after the table name.
+            let upper = sql.to_ascii_uppercase();
+            let after_table = upper.find(&table.to_ascii_uppercase()).map_or(0, |p| p + table.len());
+            let at = after_table + upper[after_table..].find("KEY").expect("KEY was matched") + "KEY".len();
+            let group = ex.shard_of_key(table, sql[at..].trim().trim_end_matches(';')).await?;
+            (columns(&["grp"]), vec![vec![Value::Integer(group.0 as i64)]])
         }
         ["INDEX", "SERVERS"] => {
             let addrs = crate::server::live_index_servers(&ex.cluster).await?;

@@ -159,6 +159,7 @@ impl pb::storage_server::Storage for StorageService {
                     role: format!("{:?}", m.state),
                     voters: m.membership_config.membership().voter_ids().collect(),
                     snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
+                    size_bytes: g.size_bytes(),
                 }
             })
             .collect();
