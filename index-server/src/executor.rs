@@ -2,6 +2,7 @@
 //! the catalog, plan (`planner`), carry the plan out over the shards, and
 //! stream the result back.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -280,8 +281,8 @@ impl Executor {
             Plan::Single { group, .. } if kind == Kind::Read && txn.is_none() => {
                 self.stream_read(group, statement, out).await
             }
-            Plan::Gather { tables, copies, groups } => {
-                let db = self.gather(&tables, &copies, &groups, statement.schema_version, txn).await?;
+            Plan::Gather { tables, copies, filters, groups } => {
+                let db = self.gather(&tables, &copies, &filters, &groups, &statement, txn).await?;
                 self.run_here(db, statement, txn, out).await
             }
             Plan::Scatter { groups, split } => self.scatter(&groups, split, statement, txn, out).await,
@@ -706,8 +707,8 @@ impl Executor {
     async fn collect(&self, plan: &Plan, statement: Statement, txn: Option<&TxnId>) -> Result<Vec<Vec<Value>>> {
         match plan {
             Plan::Single { group, .. } => self.fetch(*group, statement, txn).await,
-            Plan::Gather { tables, copies, groups } => {
-                let db = self.gather(tables, copies, groups, statement.schema_version, txn).await?;
+            Plan::Gather { tables, copies, filters, groups } => {
+                let db = self.gather(tables, copies, filters, groups, &statement, txn).await?;
                 let statement = Statement { schema_version: None, ..statement };
                 tokio::task::spawn_blocking(move || db.run_collect(&statement).map(|r| r.rows).map_err(failure))
                     .await
@@ -746,16 +747,17 @@ impl Executor {
         self.cluster.read_rows(read_request(group, statement)).await
     }
 
-    /// A scratch database with the catalog's schema, every row of `tables`
-    /// from every shard of `groups` (with their rowids, so rows keep the
-    /// order they have on one database), and those of reference tables
-    /// `copies` from the first shard.
+    /// A scratch database with the catalog's schema, the rows of `tables`
+    /// (those that pass their `filters`) from every shard of `groups` (with
+    /// their rowids, so rows keep the order they have on one database),
+    /// and those of reference tables `copies` from the first shard.
     async fn gather(
         &self,
         tables: &[String],
         copies: &[String],
+        filters: &BTreeMap<String, String>,
         groups: &[GroupId],
-        schema_version: Option<i64>,
+        statement: &Statement,
         txn: Option<&TxnId>,
     ) -> Result<Db> {
         let catalog = self.catalog();
@@ -768,14 +770,18 @@ impl Executor {
             if let Some(alias) = &table.rowid_alias {
                 columns.insert(0, alias.clone());
             }
-            let select = format!("SELECT {} FROM {}", columns.join(", "), quoted(&table.name));
+            let mut select = format!("SELECT {} FROM {}", columns.join(", "), quoted(&table.name));
+            if let Some(filter) = filters.get(name) {
+                select.push_str(&format!(" WHERE {filter}"));
+            }
             let insert = format!(
                 "INSERT INTO {}({}) VALUES ({})",
                 quoted(&table.name),
                 columns.join(", "),
                 vec!["?"; columns.len()].join(", ")
             );
-            let statement = Statement { schema_version, ..own_read(select) };
+            // A filter may name the statement's parameters.
+            let statement = with_sql(statement, select)?;
             let fetched = join_all(groups.iter().map(|g| self.fetch(*g, statement.clone(), txn))).await;
             let rows: Vec<Vec<Vec<Value>>> = fetched.into_iter().collect::<Result<_>>()?;
             loads.push((insert, rows));

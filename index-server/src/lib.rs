@@ -43,9 +43,9 @@
 //! Raft status and the meta group.
 //!
 //! ## Not yet
-//! Direct streaming from storage servers to clients, filters pushed into
-//! gathers and hash joins; statements over several shards are applied
-//! shard by shard, not atomically.
+//! Direct streaming from storage servers to clients and hash joins;
+//! statements over several shards are applied shard by shard, not
+//! atomically.
 //! Autocommit writes carry the client's request id and are applied once,
 //! so they are re-sent after a lost reply; statements inside transactions
 //! are not.

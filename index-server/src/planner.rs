@@ -23,13 +23,14 @@
 //!   combines the answers;
 //! - every other query gathers the rows of the sharded tables it reads
 //!   into a scratch SQLite database at the index server and runs there:
-//!   slow for big tables, always SQLite's answer. So does a query that
+//!   slow for big tables, always SQLite's answer. With inner joins only,
+//!   the shards apply the conditions that read one table while scanning
+//!   it (`pushdown::scan_filters`). So does a query that
 //!   sqlparser cannot parse (SQLite syntax it lacks), with every sharded
 //!   table it names.
 //!
-//! Not yet: per-table filters for the gather, hash joins, direct
-//! streaming to the client, writes whose subqueries read other sharded
-//! tables, updates of shard keys.
+//! Not yet: hash joins, direct streaming to the client, writes whose
+//! subqueries read other sharded tables, updates of shard keys.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -94,6 +95,8 @@ pub enum Plan {
         tables: Vec<String>,
         /// The reference tables read, lower-cased.
         copies: Vec<String>,
+        /// Conditions the shards apply while scanning a table, by table.
+        filters: BTreeMap<String, String>,
         /// Every shard.
         groups: Vec<GroupId>,
     },
@@ -129,10 +132,13 @@ impl Plan {
                 }
                 writeln!(f, "{pad}  Shard query on {} shards: {}", groups.len(), split.shard_sql)
             }
-            Plan::Gather { tables, copies, groups } => {
+            Plan::Gather { tables, copies, filters, groups } => {
                 writeln!(f, "{pad}Run at index server over gathered rows")?;
                 for t in tables {
-                    writeln!(f, "{pad}  Scan {t} on {} shards", groups.len())?;
+                    match filters.get(t) {
+                        Some(w) => writeln!(f, "{pad}  Scan {t} on {} shards where {w}", groups.len())?,
+                        None => writeln!(f, "{pad}  Scan {t} on {} shards", groups.len())?,
+                    }
                 }
                 for t in copies {
                     writeln!(f, "{pad}  Scan {t} on one shard")?;
@@ -209,6 +215,7 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
             return Ok(Plan::Gather {
                 tables: refs.sharded.into_iter().collect(),
                 copies: refs.reference.into_iter().collect(),
+                filters: BTreeMap::new(),
                 groups,
             });
         }
@@ -333,7 +340,8 @@ fn plan_query(cx: &Context<'_>, q: &Query, refs: &References, source: Option<&st
                 _ => None,
             })
             .collect();
-        if sharded_in_from.len() == refs.occurrences_of_sharded && pushdown::co_located(cx.catalog, select) {
+        let all_in_from = sharded_in_from.len() == refs.occurrences_of_sharded;
+        if all_in_from && pushdown::co_located(cx.catalog, select) {
             for (table, alias) in &sharded_in_from {
                 if let Some(group) = pinned_shard(cx, table, alias.clone(), select.selection.as_ref())? {
                     return Ok(Plan::Single { group, why: format!("key of {} pinned by WHERE", table.name) });
@@ -343,10 +351,19 @@ fn plan_query(cx: &Context<'_>, q: &Query, refs: &References, source: Option<&st
                 return Ok(Plan::Scatter { groups, split });
             }
         }
+        if all_in_from {
+            return Ok(Plan::Gather {
+                tables: refs.sharded.iter().cloned().collect(),
+                copies: refs.reference.iter().cloned().collect(),
+                filters: pushdown::scan_filters(cx.catalog, select),
+                groups,
+            });
+        }
     }
     Ok(Plan::Gather {
         tables: refs.sharded.iter().cloned().collect(),
         copies: refs.reference.iter().cloned().collect(),
+        filters: BTreeMap::new(),
         groups,
     })
 }

@@ -31,6 +31,7 @@
 //! as SQLite derives it); output columns keep SQLite's names (aliases,
 //! column names, or the expression's text as written).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::ControlFlow;
 
@@ -215,6 +216,79 @@ pub fn co_located(catalog: &Catalog, select: &Select) -> bool {
         let r = root(p, *first);
         rest.iter().all(|i| root(p, *i) == r)
     })
+}
+
+/// For a query gathered at the index server: the WHERE (and inner-join ON)
+/// conjuncts of `select` that read only one table, by table (lower-cased),
+/// ANDed, for the shards to apply while scanning it. Only when every join
+/// is inner (a filter on an outer join's side would change which rows get
+/// NULL partners) and every FROM item is a table named once.
+pub fn scan_filters(catalog: &Catalog, select: &Select) -> BTreeMap<String, String> {
+    use sqlparser::ast::{JoinConstraint as C, JoinOperator as J};
+    let mut filters: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let Some(scope) = Scope::of(catalog, select) else { return BTreeMap::new() };
+    let mut conditions: Vec<&Expr> = select.selection.iter().collect();
+    for j in select.from.iter().flat_map(|twj| &twj.joins) {
+        match &j.join_operator {
+            J::Join(C::On(e)) | J::Inner(C::On(e)) => conditions.push(e),
+            J::Join(C::None) | J::Inner(C::None) | J::CrossJoin(C::None) => {}
+            _ => return BTreeMap::new(),
+        }
+    }
+    let named = |t: &Table| scope.tables.iter().filter(|(_, u)| u.name.eq_ignore_ascii_case(&t.name)).count();
+    while let Some(e) = conditions.pop() {
+        match e {
+            Expr::Nested(x) => conditions.push(x),
+            Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::And, right } => {
+                conditions.push(left);
+                conditions.push(right);
+            }
+            _ => {
+                let mut tables = BTreeSet::new();
+                let mut plain = true;
+                each_outer_expr(e, |x| {
+                    match x {
+                        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => match scope.resolve(x) {
+                            Some(c) => {
+                                tables.insert(c.table);
+                            }
+                            None => plain = false,
+                        },
+                        Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => plain = false,
+                        _ => {}
+                    }
+                    ControlFlow::Continue(())
+                });
+                if let (true, [t]) = (plain, tables.into_iter().collect::<Vec<_>>().as_slice()) {
+                    let table = scope.tables[*t].1;
+                    if table.is_sharded() && named(table) == 1 {
+                        // The shard scans the table by its own name.
+                        let text = to_sql(unqualified(e.clone(), &scope.tables[*t].0));
+                        filters.entry(table.name.to_ascii_lowercase()).or_default().push(format!("({text})"));
+                    }
+                }
+            }
+        }
+    }
+    filters.into_iter().map(|(t, f)| (t, f.join(" AND "))).collect()
+}
+
+/// `e` with the qualifier `qualifier.` dropped from its column references.
+fn unqualified(mut e: Expr, qualifier: &str) -> Expr {
+    struct Strip<'a>(&'a str);
+    impl VisitorMut for Strip<'_> {
+        type Break = ();
+        fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            if let Expr::CompoundIdentifier(parts) = e {
+                if parts.len() == 2 && parts[0].value.eq_ignore_ascii_case(self.0) {
+                    *e = Expr::Identifier(parts[1].clone());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = VisitMut::visit(&mut e, &mut Strip(qualifier));
+    e
 }
 
 fn join_constraint(op: &sqlparser::ast::JoinOperator) -> Option<&sqlparser::ast::JoinConstraint> {
@@ -1079,6 +1153,24 @@ mod tests {
         ] {
             assert_eq!(split_of(sql), None, "{sql}");
         }
+    }
+
+    #[test]
+    fn gathered_tables_are_scanned_with_their_own_conditions() {
+        let select = |sql: &str| match *query(sql).body {
+            SetExpr::Select(s) => s,
+            _ => panic!("not a select"),
+        };
+        let cat = catalog();
+        let f = scan_filters(
+            &cat,
+            &select("SELECT * FROM t AS x JOIN u ON u.v > 2 WHERE x.a = ?1 AND x.a < u.v AND b = 'q'"),
+        );
+        assert_eq!(f.get("t").map(String::as_str), Some("(b = 'q') AND (a = ?1)"));
+        assert_eq!(f.get("u").map(String::as_str), Some("(v > 2)"));
+        // Not through outer joins, nor for a table named twice.
+        assert!(scan_filters(&cat, &select("SELECT * FROM t LEFT JOIN u ON u.v > 2 WHERE t.a = 1")).is_empty());
+        assert!(scan_filters(&cat, &select("SELECT * FROM t, t AS y WHERE t.a = 1")).is_empty());
     }
 
     #[test]
