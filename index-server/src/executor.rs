@@ -191,6 +191,11 @@ impl Executor {
                 // client whose BEGIN reply was lost can still roll it back.
                 let t = TxnId(statement.request_id.clone().unwrap_or_else(|| ulid::Ulid::generate().to_string()));
                 self.begin(&t, shards).await?;
+                // The transaction holds every shard now: the schema it sees
+                // is this one until its own DDL.
+                if let Ok(c) = meta::sync_catalog(&self.cluster).await {
+                    self.set_catalog(c);
+                }
                 send(out, done(0, 0, Some(&t))).await
             }
             (Kind::Commit, Some(t)) => {
@@ -239,7 +244,10 @@ impl Executor {
             let plan = self.plan(&catalog, &statement.sql, &statement.params, kind, shards)?;
             tracing::debug!(sql = %statement.sql, plan = %plan, "planned");
             let mut planned = statement.clone();
-            if matches!(kind, Kind::Read | Kind::Write) {
+            // Inside a transaction (which holds every shard, so no other
+            // DDL interleaves; its catalog is read at BEGIN) its own DDL
+            // would make the check refuse its later statements.
+            if matches!(kind, Kind::Read | Kind::Write) && txn.is_none() {
                 planned.schema_version = catalog.version;
             }
             match self.run(plan, kind, planned, txn, shards, out).await {
@@ -496,6 +504,7 @@ impl Executor {
     ) -> Result<StatementResult> {
         let results =
             join_all(groups.iter().map(|g| self.apply(*g, Self::for_shard(&statement, *g, same_seed), txn))).await;
+        no_partial_replan(&results)?;
         combine(results, same_seed)
     }
 
@@ -604,7 +613,27 @@ impl Executor {
                 "{table} has no primary key: its rows are spread by the rowid the index server assigns"
             )));
         }
-        let hash = Keys { params: &[] }.hash_exprs(t, &[key.to_string()])?;
+        // Literal values only: the key is computed here, outside any budget.
+        let values = match Parser::parse_sql(&SQLiteDialect {}, &format!("SELECT {key}")).ok().as_deref() {
+            Some([sqlparser::ast::Statement::Query(q)]) => match q.body.as_ref() {
+                sqlparser::ast::SetExpr::Select(s) => s
+                    .projection
+                    .iter()
+                    .map(|i| match i {
+                        sqlparser::ast::SelectItem::UnnamedExpr(e) if planner::is_literal(e) => Some(e.to_string()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let values = values.ok_or_else(|| {
+            Error::invalid(format!(
+                "SHOW SHARD OF {table} KEY takes literal values (numbers, strings), comma-separated"
+            ))
+        })?;
+        let hash = Keys { params: &[] }.hash_exprs(t, &[values.join(", ")])?;
         Ok(shard::shard_group(shard::shard_of(hash, shards)))
     }
 
@@ -673,6 +702,7 @@ impl Executor {
             self.apply(p.group, s, txn)
         }))
         .await;
+        no_partial_replan(&results)?;
         // last_insert_rowid() is that of the part holding the last row.
         let last_part = parts.iter().enumerate().max_by_key(|(_, p)| p.last_row).map(|(i, _)| i);
         let last_rowid = last_part.and_then(|i| results[i].as_ref().ok()).map(|r| r.last_insert_rowid);
@@ -865,13 +895,28 @@ fn partial_table(columns: &[PartialColumn], reported: &[pb::Column]) -> String {
                 Collation::NoCase => "NOCASE",
                 Collation::RTrim => "RTRIM",
             };
-            format!(
-                "_c{i} {} COLLATE {collation}",
-                decl.replace(|ch: char| !ch.is_ascii_alphanumeric() && !" (),".contains(ch), "")
-            )
+            format!("_c{i} {} COLLATE {collation}", affinity(&decl))
         })
         .collect();
     format!("CREATE TABLE partial({})", defs.join(", "))
+}
+
+/// The affinity SQLite gives a column declared `decl` (its rules, in
+/// order), as the one keyword that declares it; `ANY` (STRICT tables) and
+/// BLOB have none.
+fn affinity(decl: &str) -> &'static str {
+    let t = decl.to_ascii_uppercase();
+    if t.contains("INT") {
+        "INTEGER"
+    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+        "TEXT"
+    } else if t.is_empty() || t.contains("BLOB") || t.trim() == "ANY" {
+        ""
+    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+        "REAL"
+    } else {
+        "NUMERIC"
+    }
 }
 
 /// One shard's answer to a query, row by row: streamed from the shard's
@@ -1014,6 +1059,23 @@ fn failure(f: drsdb_storage::Failure) -> Error {
         drsdb_storage::Failure::Statement(e) => e,
         drsdb_storage::Failure::Environment(e) => Error::io(e),
     }
+}
+
+/// Refuses to let a write be planned again when some shards applied it
+/// and others refused it because their schema changed: planned again, it
+/// would apply twice where it did apply. (When every shard refused, it is
+/// planned again.)
+fn no_partial_replan(results: &[Result<StatementResult>]) -> Result<()> {
+    let applied = results.iter().filter(|r| r.is_ok()).count();
+    let stale = results.iter().filter(|r| matches!(r, Err(Error::StaleSchema { .. }))).count();
+    if applied > 0 && stale > 0 {
+        return Err(Error::io(format!(
+            "the statement was applied on {applied} shard(s) but {stale} refused it because the table's schema \
+             changed meanwhile (another index server's DDL); statements over several shards are not atomic: check \
+             the rows it writes before running it again"
+        )));
+    }
+    Ok(())
 }
 
 /// Adds up per-shard results: the first error wins; rows concatenate;

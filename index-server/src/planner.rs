@@ -451,6 +451,15 @@ fn column_of(e: &Expr, qualifier: &str) -> Option<String> {
     }
 }
 
+/// Literals and signs of them (no placeholders, no casts).
+pub(crate) fn is_literal(e: &Expr) -> bool {
+    match e {
+        Expr::Value(v) => !matches!(v.value, sqlparser::ast::Value::Placeholder(_)),
+        Expr::UnaryOp { expr, .. } | Expr::Nested(expr) => is_literal(expr),
+        _ => false,
+    }
+}
+
 /// Literals, placeholders, and signs or casts of them: values that are
 /// the same wherever they are computed.
 fn is_constant(e: &Expr) -> bool {

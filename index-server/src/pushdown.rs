@@ -160,6 +160,9 @@ pub fn split(catalog: &Catalog, source: &str, query: &Query, params: &[Value]) -
 /// collation, so equal keys hash alike). A reference table joins anything.
 pub fn co_located(catalog: &Catalog, select: &Select) -> bool {
     let Some(scope) = Scope::of(catalog, select) else { return false };
+    if !outer_joins_keep_rows_once(&scope, select) {
+        return false;
+    }
     let sharded: Vec<usize> = (0..scope.tables.len()).filter(|i| scope.tables[*i].1.is_sharded()).collect();
     let [first, rest @ ..] = sharded.as_slice() else { return true };
     if rest.is_empty() {
@@ -291,6 +294,36 @@ fn unqualified(mut e: Expr, qualifier: &str) -> Expr {
     e
 }
 
+/// True unless an outer join preserves the rows of reference tables only
+/// against a side holding sharded tables: each shard would then add the
+/// reference rows it finds no partner for, once per shard. (FROM items
+/// join left to right, commas included; `scope` lists them in order.)
+fn outer_joins_keep_rows_once(scope: &Scope<'_>, select: &Select) -> bool {
+    use sqlparser::ast::JoinOperator as J;
+    let mut position = 0;
+    let mut left_sharded = false;
+    for twj in &select.from {
+        left_sharded |= scope.tables[position].1.is_sharded();
+        position += 1;
+        for j in &twj.joins {
+            let right_sharded = scope.tables[position].1.is_sharded();
+            position += 1;
+            let fine = match &j.join_operator {
+                J::Join(_) | J::Inner(_) | J::CrossJoin(_) => true,
+                J::Left(_) | J::LeftOuter(_) => left_sharded || !right_sharded,
+                J::Right(_) | J::RightOuter(_) => right_sharded || !left_sharded,
+                J::FullOuter(_) => left_sharded == right_sharded,
+                _ => false,
+            };
+            if !fine {
+                return false;
+            }
+            left_sharded |= right_sharded;
+        }
+    }
+    true
+}
+
 fn join_constraint(op: &sqlparser::ast::JoinOperator) -> Option<&sqlparser::ast::JoinConstraint> {
     use sqlparser::ast::JoinOperator as J;
     match op {
@@ -344,6 +377,9 @@ impl<'a> Scope<'a> {
     }
 
     fn resolve(&self, e: &Expr) -> Option<ColumnRef> {
+        if let Expr::Nested(x) = e {
+            return self.resolve(x);
+        }
         let find = |table: usize, t: &Table, name: &str| {
             let column = t.column(name);
             let is_rowid =
@@ -478,10 +514,18 @@ impl Cx<'_> {
         let mut keys = Vec::new();
         let mut shard_order = Vec::new();
         for (k, o) in order_by.iter().enumerate() {
-            let expr = match self.item_of(select, &o.expr) {
-                Some(item) => item.clone(),
-                None if !is_ordinal(&o.expr) && self.scope.computable(&o.expr) => o.expr.clone(),
-                None => return None,
+            // `ORDER BY 2 COLLATE NOCASE` sorts result column 2 under NOCASE.
+            let (term, collate) = match &o.expr {
+                Expr::Collate { expr, collation } => (expr.as_ref(), Some(collation)),
+                e => (e, None),
+            };
+            let expr = match (self.item_of(select, term), collate) {
+                (Some(item), Some(collation)) => {
+                    Expr::Collate { expr: Box::new(item.clone()), collation: collation.clone() }
+                }
+                (Some(item), None) => item.clone(),
+                (None, _) if !is_ordinal(term) && self.scope.computable(&o.expr) => o.expr.clone(),
+                (None, _) => return None,
             };
             if is_random(&expr) {
                 return None;
@@ -509,7 +553,10 @@ impl Cx<'_> {
         shard.order_by = ordered
             .then_some(sqlparser::ast::OrderBy { kind: OrderByKind::Expressions(shard_order), interpolate: None });
         shard.limit_clause = limit.map(|l| LimitClause::LimitOffset {
-            limit: Some(Expr::value(SqlValue::Number(l.saturating_add(offset).to_string(), false))),
+            limit: Some(Expr::value(SqlValue::Number(
+                l.saturating_add(offset).min(i64::MAX as u64).to_string(),
+                false,
+            ))),
             offset: None,
             limit_by: Vec::new(),
         });
@@ -522,10 +569,10 @@ impl Cx<'_> {
             SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
             _ => None,
         };
-        match term {
+        match strip_position(term) {
             Expr::Value(v) => {
                 let SqlValue::Number(n, _) = &v.value else { return None };
-                let k: usize = n.parse().ok()?;
+                let k: usize = n.parse().ok().filter(|k| *k > 0)?;
                 let items = select.projection.get(..k)?;
                 // Positions after a wildcard are not known here.
                 items.iter().map(expr_of).collect::<Option<Vec<_>>>()?;
@@ -998,9 +1045,23 @@ pub(crate) fn to_sql<T: VisitMut + fmt::Display>(mut node: T) -> String {
     node.to_string()
 }
 
-/// True for an integer literal (an ORDER BY or GROUP BY position).
+/// An ORDER BY or GROUP BY term without the parentheses and unary plus
+/// SQLite looks through when it reads a position.
+fn strip_position(e: &Expr) -> &Expr {
+    match e {
+        Expr::Nested(x) | Expr::UnaryOp { op: UnaryOperator::Plus, expr: x } => strip_position(x),
+        e => e,
+    }
+}
+
+/// True for an integer literal, signed or in parentheses: a position in
+/// an ORDER BY or GROUP BY (or, negative or zero, an error there).
 fn is_ordinal(e: &Expr) -> bool {
-    matches!(e, Expr::Value(v) if matches!(&v.value, SqlValue::Number(n, _) if n.parse::<i64>().is_ok()))
+    match strip_position(e) {
+        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => is_ordinal(expr),
+        Expr::Value(v) => matches!(&v.value, SqlValue::Number(n, _) if n.parse::<i64>().is_ok()),
+        _ => false,
+    }
 }
 
 /// A double-quoted identifier.
@@ -1134,6 +1195,18 @@ mod tests {
     }
 
     #[test]
+    fn positions_read_as_sqlite_reads_them() {
+        let s = split_of("SELECT b FROM t ORDER BY (+1) COLLATE NOCASE LIMIT 3").expect("splits");
+        assert_eq!(s.shard_sql, r#"SELECT b COLLATE NOCASE AS "_s0", b FROM t ORDER BY 1 LIMIT 3"#);
+        // Out of range or negative: left to SQLite's error, not a constant sort.
+        for sql in
+            ["SELECT a FROM t ORDER BY 0", "SELECT a FROM t ORDER BY -1 LIMIT 2", "SELECT count(*) FROM t GROUP BY 0"]
+        {
+            assert_eq!(split_of(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
     fn negated_negations_do_not_print_as_comments() {
         let s = split_of("SELECT DISTINCT - - a, + 26 FROM t").expect("splits");
         assert_eq!(s.shard_sql, r#"SELECT -(-a) AS "_g0", +26 AS "_g1" FROM t GROUP BY 1, 2"#);
@@ -1184,6 +1257,12 @@ mod tests {
         assert!(co_located(&cat, &select("SELECT * FROM t, u, r WHERE u.id = t.k AND r.code = 'x'")));
         assert!(!co_located(&cat, &select("SELECT * FROM t JOIN u ON t.a = u.id")));
         assert!(!co_located(&cat, &select("SELECT * FROM t, u")));
+        // Reference rows kept by an outer join against a sharded side would come once per shard.
+        assert!(!co_located(&cat, &select("SELECT * FROM r LEFT JOIN t ON t.b = r.code")));
+        assert!(!co_located(&cat, &select("SELECT * FROM t RIGHT JOIN r ON t.b = r.code")));
+        assert!(!co_located(&cat, &select("SELECT * FROM t FULL JOIN r ON t.b = r.code")));
+        assert!(co_located(&cat, &select("SELECT * FROM t LEFT JOIN r ON t.b = r.code")));
+        assert!(co_located(&cat, &select("SELECT * FROM r RIGHT JOIN t ON t.b = r.code")));
         // Integer and text keys hash differently even when they compare equal.
         assert!(!co_located(&cat, &select("SELECT * FROM t JOIN w ON t.k = w.x")));
     }
