@@ -77,14 +77,11 @@ pub async fn send_rows(
     rows_per_batch: usize,
     done_part: pb::ResultPart,
 ) -> Result<()> {
-    if !columns.is_empty() {
-        send(out, part(pb::result_part::Part::Columns(pb::Columns { columns }))).await?;
+    let mut batcher = Batcher::new(out, columns, rows_per_batch);
+    for row in rows {
+        batcher.push(row).await?;
     }
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        send(out, rows_part(rows.by_ref().take(rows_per_batch).collect())).await?;
-    }
-    send(out, done_part).await
+    batcher.finish(done_part).await
 }
 
 /// `EXPLAIN stmt` (but not SQLite's `EXPLAIN QUERY PLAN`): the statement.
@@ -1005,8 +1002,9 @@ struct Batcher<'a> {
 }
 
 impl<'a> Batcher<'a> {
+    /// A batcher sending `columns` first (none for a result without columns).
     fn new(out: &'a PartSender, columns: Vec<pb::Column>, rows_per_batch: usize) -> Batcher<'a> {
-        Batcher { out, columns: Some(columns), batch: Vec::new(), rows_per_batch }
+        Batcher { out, columns: (!columns.is_empty()).then_some(columns), batch: Vec::new(), rows_per_batch }
     }
 
     async fn send_columns(&mut self) -> Result<()> {
