@@ -1145,6 +1145,13 @@ mod tests {
         }
     }
 
+    fn select(sql: &str) -> Box<Select> {
+        match *query(sql).body {
+            SetExpr::Select(s) => s,
+            _ => panic!("not a select"),
+        }
+    }
+
     fn split_of(sql: &str) -> Option<Split> {
         split(&catalog(), sql, &query(sql), &[Value::Integer(5)])
     }
@@ -1230,10 +1237,6 @@ mod tests {
 
     #[test]
     fn gathered_tables_are_scanned_with_their_own_conditions() {
-        let select = |sql: &str| match *query(sql).body {
-            SetExpr::Select(s) => s,
-            _ => panic!("not a select"),
-        };
         let cat = catalog();
         let f = scan_filters(
             &cat,
@@ -1248,10 +1251,6 @@ mod tests {
 
     #[test]
     fn tables_joined_on_their_keys_are_co_located() {
-        let select = |sql: &str| match *query(sql).body {
-            SetExpr::Select(s) => s,
-            _ => panic!("not a select"),
-        };
         let cat = catalog();
         assert!(co_located(&cat, &select("SELECT * FROM t JOIN u ON t.k = u.id")));
         assert!(co_located(&cat, &select("SELECT * FROM t, u, r WHERE u.id = t.k AND r.code = 'x'")));
