@@ -412,24 +412,15 @@ fn pinned_shard(
     let (Some(key), Some(selection)) = (table.key_columns(), selection) else { return Ok(None) };
     let qualifier = alias.unwrap_or_else(|| table.name.clone());
     let mut pinned: BTreeMap<usize, String> = BTreeMap::new();
-    let mut terms = vec![selection];
-    while let Some(e) = terms.pop() {
-        match e {
-            Expr::Nested(inner) => terms.push(inner),
-            Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
-                terms.push(left);
-                terms.push(right);
-            }
-            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
-                for (col, value) in [(left, right), (right, left)] {
-                    if let Some(c) = column_of(col, &qualifier).and_then(|c| table.column(&c)) {
-                        if key.contains(&c) && is_constant(value) {
-                            pinned.insert(c, value.to_string());
-                        }
+    for e in pushdown::conjuncts(vec![selection]) {
+        if let Expr::BinaryOp { left, op: BinaryOperator::Eq, right } = e {
+            for (col, value) in [(left, right), (right, left)] {
+                if let Some(c) = column_of(col, &qualifier).and_then(|c| table.column(&c)) {
+                    if key.contains(&c) && is_constant(value) {
+                        pinned.insert(c, value.to_string());
                     }
                 }
             }
-            _ => {}
         }
     }
     if pinned.len() != key.len() {

@@ -196,23 +196,15 @@ pub fn co_located(catalog: &Catalog, select: &Select) -> bool {
         let key = scope.tables[r.table].1.key_columns()?;
         key.iter().position(|c| Some(*c) == r.column)
     };
-    while let Some(e) = conditions.pop() {
-        match e {
-            Expr::Nested(x) => conditions.push(x),
-            Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::And, right } => {
-                conditions.push(left);
-                conditions.push(right);
-            }
-            Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::Eq, right } => {
-                let (Some(a), Some(b)) = (scope.resolve(left), scope.resolve(right)) else { continue };
-                if let (Some(p), Some(q)) = (key_position(&a), key_position(&b)) {
-                    if p == q && a.table != b.table {
-                        let (x, y) = (root(&mut parent[p], a.table), root(&mut parent[p], b.table));
-                        parent[p][x] = y;
-                    }
+    for e in conjuncts(conditions) {
+        if let Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::Eq, right } = e {
+            let (Some(a), Some(b)) = (scope.resolve(left), scope.resolve(right)) else { continue };
+            if let (Some(p), Some(q)) = (key_position(&a), key_position(&b)) {
+                if p == q && a.table != b.table {
+                    let (x, y) = (root(&mut parent[p], a.table), root(&mut parent[p], b.table));
+                    parent[p][x] = y;
                 }
             }
-            _ => {}
         }
     }
     parent.iter_mut().all(|p| {
@@ -239,41 +231,48 @@ pub fn scan_filters(catalog: &Catalog, select: &Select) -> BTreeMap<String, Stri
         }
     }
     let named = |t: &Table| scope.tables.iter().filter(|(_, u)| u.name.eq_ignore_ascii_case(&t.name)).count();
-    while let Some(e) = conditions.pop() {
-        match e {
-            Expr::Nested(x) => conditions.push(x),
-            Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::And, right } => {
-                conditions.push(left);
-                conditions.push(right);
+    for e in conjuncts(conditions) {
+        let mut tables = BTreeSet::new();
+        let mut plain = true;
+        each_outer_expr(e, |x| {
+            match x {
+                Expr::Identifier(_) | Expr::CompoundIdentifier(_) => match scope.resolve(x) {
+                    Some(c) => {
+                        tables.insert(c.table);
+                    }
+                    None => plain = false,
+                },
+                Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => plain = false,
+                _ => {}
             }
-            _ => {
-                let mut tables = BTreeSet::new();
-                let mut plain = true;
-                each_outer_expr(e, |x| {
-                    match x {
-                        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => match scope.resolve(x) {
-                            Some(c) => {
-                                tables.insert(c.table);
-                            }
-                            None => plain = false,
-                        },
-                        Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => plain = false,
-                        _ => {}
-                    }
-                    ControlFlow::Continue(())
-                });
-                if let (true, [t]) = (plain, tables.into_iter().collect::<Vec<_>>().as_slice()) {
-                    let table = scope.tables[*t].1;
-                    if table.is_sharded() && named(table) == 1 {
-                        // The shard scans the table by its own name.
-                        let text = to_sql(unqualified(e.clone(), &scope.tables[*t].0));
-                        filters.entry(table.name.to_ascii_lowercase()).or_default().push(format!("({text})"));
-                    }
-                }
+            ControlFlow::Continue(())
+        });
+        if let (true, [t]) = (plain, tables.into_iter().collect::<Vec<_>>().as_slice()) {
+            let table = scope.tables[*t].1;
+            if table.is_sharded() && named(table) == 1 {
+                // The shard scans the table by its own name.
+                let text = to_sql(unqualified(e.clone(), &scope.tables[*t].0));
+                filters.entry(table.name.to_ascii_lowercase()).or_default().push(format!("({text})"));
             }
         }
     }
     filters.into_iter().map(|(t, f)| (t, f.join(" AND "))).collect()
+}
+
+/// The terms ANDed together in `roots` (through parentheses), last first.
+pub(crate) fn conjuncts(roots: Vec<&Expr>) -> Vec<&Expr> {
+    let (mut stack, mut terms) = (roots, Vec::new());
+    while let Some(e) = stack.pop() {
+        match e {
+            Expr::Nested(x) => stack.push(x),
+            Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::And, right } => {
+                stack.push(left);
+                stack.push(right);
+            }
+            term => terms.push(term),
+        }
+    }
+    terms
 }
 
 /// `e` with the qualifier `qualifier.` dropped from its column references.
