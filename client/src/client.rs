@@ -11,6 +11,7 @@ use drsdb_common::{Error, Result, Value};
 use drsdb_proto as pb;
 use tonic::transport::Channel;
 
+use crate::direct::StorageChannels;
 use crate::rows::{ResultSet, RowStream};
 use crate::syntax;
 
@@ -26,6 +27,9 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a statement may take to produce its first answer (a write may
 /// wait for a transaction holding its group, or for a leader election).
 const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// After the storage servers could not be reached for a direct read, the
+/// session asks for relayed rows this long before trying again.
+const RELAY_AFTER_UNREACHABLE: Duration = Duration::from_secs(30);
 
 struct Server {
     addr: String,
@@ -54,6 +58,13 @@ pub struct Client {
     session: String,
     /// Statements sent so far (the suffix of request ids).
     sent: u64,
+    /// Connections for reading fragments from storage servers.
+    storage: StorageChannels,
+    /// Whether this session reads fragments itself (see [`Client::set_direct`]).
+    direct: bool,
+    /// Until when the session asks for relayed rows because the storage
+    /// servers were not reachable.
+    relay_until: Option<Instant>,
 }
 
 impl Client {
@@ -65,6 +76,9 @@ impl Client {
         }
         let dialer = Dialer::new(tls)?;
         let mut client = Client {
+            storage: StorageChannels::new(dialer.clone()),
+            direct: true,
+            relay_until: None,
             dialer,
             seeds: servers.to_vec(),
             rotation: Vec::new(),
@@ -130,6 +144,15 @@ impl Client {
         self.rotation.iter().map(|s| s.addr.clone()).collect()
     }
 
+    /// Whether results the index server can hand out as fragments are read
+    /// from the storage servers directly (the default) or relayed by the
+    /// index server (`false`: for clients that cannot reach the storage
+    /// servers). A direct read that cannot reach them falls back to
+    /// relaying by itself.
+    pub fn set_direct(&mut self, direct: bool) {
+        self.direct = direct;
+    }
+
     /// True while a transaction is open.
     pub fn in_transaction(&self) -> bool {
         self.txn.is_some()
@@ -146,18 +169,36 @@ impl Client {
         };
         let kind = syntax::check(statement)?;
         self.sent += 1;
+        self.relay_until = self.relay_until.filter(|t| Instant::now() < *t);
         let req = pb::ExecuteRequest {
             sql: statement.clone(),
             params: params.iter().cloned().map(Into::into).collect(),
             txn_id: self.txn.clone().unwrap_or_default(),
             request_id: format!("{}-{}", self.session, self.sent),
+            relay: !self.direct || self.relay_until.is_some(),
         };
         // Outside a transaction a statement may be sent again after a lost
         // reply: reads are harmless, writes are deduplicated by request id.
         // Transaction statements are not (their order matters).
         let resendable = self.txn.is_none() && !kind.is_transaction_control();
         let request_id = req.request_id.clone();
-        let result = self.send(req, resendable).await;
+        let result = match self.send(req.clone(), resendable).await {
+            Ok(mut rows) if rows.fragments.is_some() => match rows.open_fragments(&self.storage).await {
+                Ok(()) => Ok(rows),
+                // Only reads outside transactions come as fragments, so
+                // running it again is safe; relayed, the index server also
+                // deals with what stopped the fragments (a schema change,
+                // an expired ticket).
+                Err(e) => {
+                    tracing::warn!("reading shards directly failed ({e}); asking the index server to relay the rows");
+                    if matches!(e, Error::Unavailable(_)) {
+                        self.relay_until = Some(Instant::now() + RELAY_AFTER_UNREACHABLE);
+                    }
+                    self.send(pb::ExecuteRequest { relay: true, ..req }, resendable).await
+                }
+            },
+            other => other,
+        };
         match kind {
             Kind::Begin => match &result {
                 Ok(rs) => self.txn = rs.done.as_ref().map(|d| d.txn_id.clone()).filter(|t| !t.is_empty()),
@@ -188,6 +229,7 @@ impl Client {
             params: Vec::new(),
             txn_id: txn,
             request_id: format!("{}-{}", self.session, self.sent),
+            relay: true,
         };
         if let Err(e) = self.send(req, true).await {
             tracing::debug!("could not roll back an abandoned transaction: {e}");

@@ -3,7 +3,10 @@
 //! The Rust driver for drsdb. It connects to a list of index servers over
 //! mutual TLS, checks each statement's syntax locally (a malformed
 //! statement never leaves the process), sends it with typed parameters,
-//! and streams typed rows back.
+//! and streams typed rows back: from the index server, or, for results
+//! that are the concatenation or merge of per-shard results, straight
+//! from the storage servers with the tickets the index server handed out
+//! (`direct`).
 //!
 //! ```no_run
 //! use drsdb_client::{params, Client};
@@ -29,6 +32,7 @@
 //! turns default features off.
 
 mod client;
+mod direct;
 #[cfg(feature = "cli")]
 pub mod local;
 mod rows;

@@ -158,9 +158,12 @@ impl LocalCluster {
         let certs = dir.join(CERTS_DIR);
         let mut node_tls = tls::node_config_in(&certs);
         let mut client_tls = tls::client_config_in(&certs);
+        let ticket_key = certs.join(tls::files::TICKET_KEY);
         if layout.insecure {
             node_tls.insecure = true;
             client_tls.insecure = true;
+            std::fs::create_dir_all(&certs)?;
+            drsdb_common::ticket::generate(&ticket_key)?;
         } else {
             tls::generate(&certs, &[])?;
         }
@@ -174,6 +177,7 @@ impl LocalCluster {
                 shards: layout.shards,
                 log: options.log.clone(),
                 tls: node_tls.clone(),
+                ticket_key: ticket_key.clone(),
                 raft: options.raft.clone(),
                 txn_idle_timeout_ms: options.txn_idle_timeout_ms,
                 ..StorageConfig::default()
@@ -196,6 +200,7 @@ impl LocalCluster {
                 storage_seeds: layout.storage.iter().map(|m| m.addr.clone()).collect(),
                 log: options.log.clone(),
                 tls: node_tls.clone(),
+                ticket_key: ticket_key.clone(),
                 ..IndexConfig::default()
             };
             let name = format!("index-{}", i + 1);

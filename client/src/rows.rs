@@ -5,6 +5,8 @@ use std::collections::VecDeque;
 use drsdb_common::{Error, Result, Value};
 use drsdb_proto as pb;
 
+use crate::direct::{Direct, StorageChannels};
+
 /// A result column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
@@ -21,6 +23,10 @@ pub struct Row {
 }
 
 impl Row {
+    pub(crate) fn new(values: Vec<Value>) -> Row {
+        Row { values }
+    }
+
     /// The values, in column order.
     pub fn values(&self) -> &[Value] {
         &self.values
@@ -117,20 +123,52 @@ pub struct Summary {
 }
 
 /// A statement's rows, read from the network as they are consumed: a large
-/// result is never held whole.
+/// result is never held whole. They come from the index server, or from
+/// the storage servers directly (`direct`) when the index server handed
+/// out fragments.
 pub struct RowStream {
     pub(crate) columns: Vec<Column>,
     pub(crate) buffer: VecDeque<Row>,
     pub(crate) stream: Option<tonic::Streaming<pb::ResultPart>>,
     pub(crate) done: Option<pb::Done>,
+    /// Fragments the index server answered with, not opened yet.
+    pub(crate) fragments: Option<pb::Fragments>,
+    direct: Option<Direct>,
 }
 
 impl RowStream {
-    /// Reads parts until the columns are known (or the statement is done).
+    /// Reads parts until the columns are known, or fragments arrive, or
+    /// the statement is done.
     pub(crate) async fn start(stream: tonic::Streaming<pb::ResultPart>) -> Result<RowStream> {
-        let mut rs = RowStream { columns: Vec::new(), buffer: VecDeque::new(), stream: Some(stream), done: None };
+        let mut rs = RowStream {
+            columns: Vec::new(),
+            buffer: VecDeque::new(),
+            stream: Some(stream),
+            done: None,
+            fragments: None,
+            direct: None,
+        };
         rs.fill().await?;
+        if rs.fragments.is_some() {
+            // Fragments come alone, then Done.
+            while rs.fill().await? {}
+        }
         Ok(rs)
+    }
+
+    /// Opens the fragments the index server handed out; afterwards rows
+    /// come from the storage servers.
+    pub(crate) async fn open_fragments(&mut self, channels: &StorageChannels) -> Result<()> {
+        let Some(fragments) = self.fragments.take() else { return Ok(()) };
+        let (columns, direct) = Direct::open(channels, fragments).await?;
+        self.columns = columns;
+        self.direct = Some(direct);
+        Ok(())
+    }
+
+    /// True when the rows come straight from the storage servers.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Reads one part into the buffer; false when the stream has ended.
@@ -155,6 +193,7 @@ impl RowStream {
                             r.rows.into_iter().map(|r| Row { values: r.values.into_iter().map(Value::from).collect() }),
                         );
                     }
+                    Some(pb::result_part::Part::Fragments(f)) => self.fragments = Some(f),
                     Some(pb::result_part::Part::Done(d)) => {
                         self.done = Some(d);
                         self.stream = None;
@@ -173,6 +212,9 @@ impl RowStream {
 
     /// The next row, or `None` at the end.
     pub async fn next(&mut self) -> Result<Option<Row>> {
+        if let Some(direct) = &mut self.direct {
+            return direct.next().await;
+        }
         loop {
             if let Some(r) = self.buffer.pop_front() {
                 return Ok(Some(r));

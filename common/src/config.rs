@@ -17,6 +17,9 @@ pub const DEFAULT_STORAGE_LISTEN: &str = "127.0.0.1:7101";
 /// Default address an index server listens on.
 pub const DEFAULT_INDEX_LISTEN: &str = "127.0.0.1:7001";
 
+/// Default path of the cluster's ticket key.
+pub const DEFAULT_TICKET_KEY: &str = "certs/ticket.key";
+
 /// Reads a TOML config file; a missing file is an error that names it.
 pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
@@ -51,13 +54,17 @@ impl ServerFlags {
         self.config.as_deref().map_or_else(|| Ok(T::default()), load)
     }
 
-    /// Applies `--listen`, `--log`, `--certs` and `--insecure` to a config's fields.
-    pub fn apply(&self, listen: &mut SocketAddr, log: &mut String, tls: &mut TlsConfig) {
+    /// Applies `--listen`, `--log`, `--certs` and `--insecure` to a
+    /// config's fields (`--certs DIR` also names DIR's ticket key).
+    pub fn apply(&self, listen: &mut SocketAddr, log: &mut String, tls: &mut TlsConfig, ticket_key: &mut PathBuf) {
         if let Some(v) = self.listen {
             *listen = v;
         }
         if let Some(v) = &self.log {
             v.clone_into(log);
+        }
+        if let Some(dir) = &self.certs {
+            *ticket_key = dir.join(crate::tls::files::TICKET_KEY);
         }
         tls.apply_flags(self.certs.as_deref(), self.insecure);
     }
@@ -163,6 +170,10 @@ pub struct StorageConfig {
     pub txn_idle_timeout_ms: u64,
     /// TLS.
     pub tls: TlsConfig,
+    /// The cluster's ticket key (`drsdb certs` makes it), shared with the
+    /// index servers: a client's direct read runs only with a ticket
+    /// signed by it.
+    pub ticket_key: PathBuf,
     /// Raft tuning.
     pub raft: RaftConfig,
 }
@@ -179,6 +190,7 @@ impl Default for StorageConfig {
             max_batch: 256,
             txn_idle_timeout_ms: 30_000,
             tls: TlsConfig::default(),
+            ticket_key: DEFAULT_TICKET_KEY.into(),
             raft: RaftConfig::default(),
         }
     }
@@ -248,6 +260,18 @@ pub struct IndexConfig {
     pub rows_per_batch: usize,
     /// Log filter, as for storage servers.
     pub log: String,
+    /// Direct streaming: a query whose answer is the concatenation or
+    /// ordered merge of per-shard results hands the client one signed
+    /// ticket per shard, and the client reads the rows from the storage
+    /// servers itself. Off: this server relays every row (clients may
+    /// also ask for that, per request).
+    pub direct_streaming: bool,
+    /// How long a ticket stays valid (milliseconds); allow for clock
+    /// differences between index and storage servers.
+    pub ticket_ttl_ms: u64,
+    /// The cluster's ticket key, the same file as the storage servers'.
+    /// Needed only with `direct_streaming`.
+    pub ticket_key: PathBuf,
     /// TLS.
     pub tls: TlsConfig,
 }
@@ -261,6 +285,9 @@ impl Default for IndexConfig {
             announce_interval_ms: 2_000,
             rows_per_batch: 256,
             log: "info".into(),
+            direct_streaming: true,
+            ticket_ttl_ms: 30_000,
+            ticket_key: DEFAULT_TICKET_KEY.into(),
             tls: TlsConfig::default(),
         }
     }
@@ -272,8 +299,8 @@ impl IndexConfig {
         if self.storage_seeds.is_empty() {
             return Err(Error::invalid("storage_seeds is empty; name at least one storage server"));
         }
-        if self.rows_per_batch == 0 || self.announce_interval_ms == 0 {
-            return Err(Error::invalid("rows_per_batch and announce_interval_ms must be positive"));
+        if self.rows_per_batch == 0 || self.announce_interval_ms == 0 || self.ticket_ttl_ms == 0 {
+            return Err(Error::invalid("rows_per_batch, announce_interval_ms and ticket_ttl_ms must be positive"));
         }
         Ok(())
     }

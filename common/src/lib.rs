@@ -1,5 +1,6 @@
 //! What more than one tier of drsdb shares: the error type and its gRPC
-//! mapping, ids, SQL values, configuration, TLS, and lexical SQL helpers.
+//! mapping, ids, SQL values, configuration, TLS and tickets, and lexical
+//! SQL helpers.
 //!
 //! Nothing here does I/O beyond reading config and certificate files.
 
@@ -10,6 +11,7 @@ pub mod logging;
 pub mod order;
 pub mod shard;
 pub mod sql;
+pub mod ticket;
 pub mod tls;
 pub mod value;
 

@@ -133,9 +133,46 @@ impl SortKey {
     }
 }
 
+impl From<SortKey> for drsdb_proto::SortKey {
+    fn from(k: SortKey) -> Self {
+        use drsdb_proto::sort_key::Collation as C;
+        let collation = match k.collation {
+            Collation::Binary => C::Binary,
+            Collation::NoCase => C::Nocase,
+            Collation::RTrim => C::Rtrim,
+        };
+        drsdb_proto::SortKey { collation: collation as i32, descending: k.descending, nulls_first: k.nulls_first }
+    }
+}
+
+impl From<&drsdb_proto::SortKey> for SortKey {
+    /// A collation number this version does not know reads as BINARY.
+    fn from(k: &drsdb_proto::SortKey) -> Self {
+        use drsdb_proto::sort_key::Collation as C;
+        let collation = match C::try_from(k.collation) {
+            Ok(C::Nocase) => Collation::NoCase,
+            Ok(C::Rtrim) => Collation::RTrim,
+            _ => Collation::Binary,
+        };
+        SortKey { collation, descending: k.descending, nulls_first: k.nulls_first }
+    }
+}
+
 /// Compares two rows on their leading sort keys.
 pub fn compare_rows(keys: &[SortKey], a: &[Value], b: &[Value]) -> Ordering {
     keys.iter().zip(a.iter().zip(b)).map(|(k, (x, y))| k.compare(x, y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
+}
+
+/// Which of several sorted streams' head rows comes next in a merge: the
+/// smallest under `keys` (the first of equals); `None` when every stream
+/// has ended.
+pub fn next_head(keys: &[SortKey], heads: &[Option<Vec<Value>>]) -> Option<usize> {
+    heads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| h.as_ref().map(|r| (i, r)))
+        .min_by(|(_, a), (_, b)| compare_rows(keys, a, b))
+        .map(|(i, _)| i)
 }
 
 #[cfg(test)]

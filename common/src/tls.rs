@@ -4,7 +4,10 @@
 //! One CA signs every certificate. Servers require a client certificate
 //! signed by it (mutual TLS), so a client without one is refused during
 //! the handshake. Node certificates carry both the server and the client
-//! usage, since a storage server also dials its peers.
+//! usage, since a storage server also dials its peers; client certificates
+//! carry the client usage only, which is how a storage server tells a
+//! client (allowed to read ticketed fragments, nothing else) from a server
+//! ([`is_server_certificate`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +38,9 @@ pub mod files {
     pub const CLIENT: &str = "client.pem";
     /// Key of [`CLIENT`].
     pub const CLIENT_KEY: &str = "client.key";
+    /// The key servers sign and check direct-streaming tickets with
+    /// (`crate::ticket`); servers only, never clients.
+    pub const TICKET_KEY: &str = "ticket.key";
 }
 
 fn cert_err(e: rcgen::Error) -> Error {
@@ -51,12 +57,17 @@ fn ca_params() -> CertificateParams {
     p
 }
 
-fn leaf(common_name: &str, hosts: &[String], issuer: &Issuer<'_, KeyPair>) -> Result<(String, String)> {
+fn leaf(
+    common_name: &str,
+    hosts: &[String],
+    usages: Vec<ExtendedKeyUsagePurpose>,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<(String, String)> {
     let mut p = CertificateParams::new(hosts.to_vec()).map_err(cert_err)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     p.distinguished_name = dn;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages = usages;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     let key = KeyPair::generate().map_err(cert_err)?;
     let cert = p.signed_by(&key, issuer).map_err(cert_err)?;
@@ -64,8 +75,8 @@ fn leaf(common_name: &str, hosts: &[String], issuer: &Issuer<'_, KeyPair>) -> Re
 }
 
 /// Creates a CA, a node certificate valid for `hosts` (DNS names or IP
-/// addresses; `localhost` and `127.0.0.1` are always included) and a
-/// client certificate, as PEM files in `dir`. Existing files are kept,
+/// addresses; `localhost` and `127.0.0.1` are always included), a
+/// client certificate, as PEM files in `dir`, and the ticket key. Existing files are kept,
 /// so running it twice is harmless; a missing CA is an error if node or
 /// client files exist.
 pub fn generate(dir: &Path, hosts: &[String]) -> Result<()> {
@@ -93,21 +104,24 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<()> {
         }
     }
     if !path(files::NODE).exists() {
-        let (cert, key) = leaf("drsdb node", &all_hosts, &issuer)?;
+        let usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let (cert, key) = leaf("drsdb node", &all_hosts, usages, &issuer)?;
         write(files::NODE, &cert)?;
         write(files::NODE_KEY, &key)?;
         restrict(&path(files::NODE_KEY))?;
     }
     if !path(files::CLIENT).exists() {
-        let (cert, key) = leaf("drsdb client", &["drsdb-client".to_string()], &issuer)?;
+        let usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let (cert, key) = leaf("drsdb client", &["drsdb-client".to_string()], usages, &issuer)?;
         write(files::CLIENT, &cert)?;
         write(files::CLIENT_KEY, &key)?;
         restrict(&path(files::CLIENT_KEY))?;
     }
-    Ok(())
+    crate::ticket::generate(&path(files::TICKET_KEY))
 }
 
-fn restrict(path: &Path) -> Result<()> {
+/// Makes `path` readable by its owner only.
+pub(crate) fn restrict(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(format!("cannot restrict {}: {e}", path.display())))
@@ -144,6 +158,31 @@ pub fn server_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>> {
     let identity = Identity::from_pem(read(&tls.cert, "certificate")?, read(&tls.key, "key")?);
     let ca = Certificate::from_pem(read(&tls.ca, "CA certificate")?);
     Ok(Some(ServerTlsConfig::new().identity(identity).client_ca_root(ca)))
+}
+
+/// True when `der` is a certificate for servers (it carries the TLS
+/// server usage), as opposed to one for clients only.
+pub fn is_server_certificate(der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return false };
+    matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.server_auth || eku.value.any)
+}
+
+/// Refuses a request unless its peer presented a server certificate
+/// (one signed by the CA, checked during the handshake, that carries the
+/// server usage). `tls` says whether this server runs TLS at all; without
+/// it (insecure mode) no peer is authenticated and every request passes.
+pub fn require_server_peer<T>(request: &tonic::Request<T>, tls: bool) -> std::result::Result<(), tonic::Status> {
+    if !tls {
+        return Ok(());
+    }
+    let certs = request.peer_certs();
+    match certs.as_deref().and_then(|c| c.first()) {
+        Some(cert) if is_server_certificate(cert) => Ok(()),
+        _ => Err(tonic::Status::permission_denied(
+            "this call is for drsdb servers only: present a server certificate; clients send SQL to an index \
+             server",
+        )),
+    }
 }
 
 /// The connections a server accepts on `listener`, with Nagle's algorithm
@@ -201,6 +240,11 @@ mod tests {
         assert_eq!(first, std::fs::read(dir.join(files::NODE)).unwrap());
         server_config(&node_config_in(&dir)).unwrap().unwrap();
         Dialer::new(&client_config_in(&dir)).unwrap();
+        let der =
+            |name: &str| x509_parser::pem::parse_x509_pem(&std::fs::read(dir.join(name)).unwrap()).unwrap().1.contents;
+        assert!(is_server_certificate(&der(files::NODE)));
+        assert!(!is_server_certificate(&der(files::CLIENT)));
+        crate::ticket::TicketKey::load(&dir.join(files::TICKET_KEY)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

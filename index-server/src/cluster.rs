@@ -13,7 +13,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use drsdb_common::tls::Dialer;
-use drsdb_common::{Error, GroupId, Result, Value};
+use drsdb_common::{shard, Error, GroupId, NodeId, Result, Value};
 use drsdb_proto as pb;
 use drsdb_storage::{Command, CommandResult};
 use tonic::transport::Channel;
@@ -100,6 +100,24 @@ impl Cluster {
             }
         }
         Err(Error::unavailable(format!("no storage server answers ({last}); check storage_seeds")))
+    }
+
+    /// The addresses of the storage servers holding `group` (one of
+    /// `shards` data groups), the last known leader first.
+    pub async fn replicas(&self, group: GroupId, shards: usize) -> Result<Vec<String>> {
+        if self.nodes.read().expect("nodes lock").is_empty() {
+            self.refresh().await?;
+        }
+        let nodes = self.nodes.read().expect("nodes lock").clone();
+        let ids: Vec<NodeId> = nodes.keys().map(|id| NodeId(*id)).collect();
+        let placement = shard::placement(&ids, shards).into_iter().find(|p| p.group == group);
+        let mut replicas: Vec<u64> = placement.map(|p| p.replicas.iter().map(|r| r.0).collect()).unwrap_or_default();
+        if let Some(leader) = self.leaders.read().expect("leaders lock").get(&group) {
+            if let Some(i) = replicas.iter().position(|r| r == leader) {
+                replicas[..=i].rotate_right(1);
+            }
+        }
+        Ok(replicas.iter().filter_map(|r| nodes.get(r).cloned()).collect())
     }
 
     /// The address to try for `group`'s leader: the cached leader, or the

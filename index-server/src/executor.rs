@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use drsdb_common::order::{self, Collation};
 use drsdb_common::sql::{self, Kind};
+use drsdb_common::ticket::TicketKey;
 use drsdb_common::{shard, Error, GroupId, Result, TxnId, Value};
 use drsdb_proto as pb;
 use drsdb_storage::{Column, Command, CommandResult, Db, Statement, StatementResult};
@@ -23,6 +24,7 @@ use crate::insert;
 use crate::introspection;
 use crate::keys::{Keys, RowidGenerator};
 use crate::meta;
+use crate::metrics::Metrics;
 use crate::planner::{self, Context, Plan, Source};
 use crate::pushdown::{Combine, PartialColumn, Split};
 
@@ -39,6 +41,20 @@ pub struct Executor {
     shards: AtomicUsize,
     rows_per_batch: usize,
     rowids: RowidGenerator,
+    /// Signs direct-streaming tickets; `None`: every row is relayed.
+    tickets: Option<Tickets>,
+    /// What this server has done.
+    pub metrics: Metrics,
+    /// This server's address as clients reach it.
+    pub address: String,
+}
+
+/// How tickets for direct streaming are made.
+pub struct Tickets {
+    /// The cluster's ticket key.
+    pub key: TicketKey,
+    /// How long a ticket is valid, in milliseconds.
+    pub ttl_ms: i64,
 }
 
 fn part(p: pb::result_part::Part) -> pb::ResultPart {
@@ -97,14 +113,18 @@ fn explained(sql: &str) -> Option<&str> {
 }
 
 impl Executor {
-    /// An executor over `cluster`.
-    pub fn new(cluster: Arc<Cluster>, rows_per_batch: usize) -> Executor {
+    /// An executor over `cluster`; with `tickets`, results that are a
+    /// concatenation or merge of shard results go to clients as fragments.
+    pub fn new(cluster: Arc<Cluster>, rows_per_batch: usize, tickets: Option<Tickets>, address: String) -> Executor {
         Executor {
             cluster,
             catalog: RwLock::new(Arc::new(Catalog::default())),
             shards: AtomicUsize::new(0),
             rows_per_batch,
             rowids: RowidGenerator::new(rand::random()),
+            tickets,
+            metrics: Metrics::default(),
+            address,
         }
     }
 
@@ -167,6 +187,9 @@ impl Executor {
     pub async fn execute(&self, req: pb::ExecuteRequest, out: &PartSender) -> Result<()> {
         let kind = sql::classify(&req.sql)?;
         let txn = (!req.txn_id.is_empty()).then(|| TxnId(req.txn_id.clone()));
+        // Reads inside a transaction must see its writes: they run in its
+        // shards' logs, through here.
+        let direct = self.tickets.is_some() && !req.relay && txn.is_none();
         let statement = Statement {
             sql: req.sql,
             params: req.params.into_iter().map(Into::into).collect(),
@@ -209,7 +232,8 @@ impl Executor {
                     if matches!(inner_kind, Kind::Read | Kind::Write) {
                         self.ensure_known(inner, inner_kind).await?;
                     }
-                    let plan = self.plan(&self.catalog(), inner, &statement.params, inner_kind, shards)?;
+                    let direct = direct && inner_kind == Kind::Read;
+                    let plan = self.plan(&self.catalog(), inner, &statement.params, inner_kind, shards, direct)?;
                     let rows = plan.to_string().lines().map(|l| vec![Value::Text(l.to_string())]).collect();
                     let columns = vec![pb::Column { name: "plan".into(), decl_type: String::new() }];
                     return send_rows(out, columns, rows, self.rows_per_batch, done(0, 0, txn.as_ref())).await;
@@ -217,7 +241,7 @@ impl Executor {
                 if matches!(kind, Kind::Read | Kind::Write) {
                     self.ensure_known(&statement.sql, kind).await?;
                 }
-                self.plan_and_run(kind, statement, txn.as_ref(), shards, out).await
+                self.plan_and_run(kind, statement, txn.as_ref(), shards, direct && kind == Kind::Read, out).await
             }
         }
     }
@@ -226,19 +250,22 @@ impl Executor {
     /// version of the catalog they were planned with; when a shard's
     /// schema has moved on (another index server's DDL), the catalog is
     /// reloaded and the statement planned again. Nothing has reached the
-    /// client then: every shard checks before it answers.
+    /// client then: every shard checks before it answers. (A read handed
+    /// out as fragments is checked when the client opens them; the client
+    /// then sends it again, asking for relayed rows.)
     async fn plan_and_run(
         &self,
         kind: Kind,
         statement: Statement,
         txn: Option<&TxnId>,
         shards: usize,
+        direct: bool,
         out: &PartSender,
     ) -> Result<()> {
         let mut attempt = 0;
         loop {
             let catalog = self.catalog();
-            let plan = self.plan(&catalog, &statement.sql, &statement.params, kind, shards)?;
+            let plan = self.plan(&catalog, &statement.sql, &statement.params, kind, shards, direct)?;
             tracing::debug!(sql = %statement.sql, plan = %plan, "planned");
             let mut planned = statement.clone();
             // Inside a transaction (which holds every shard, so no other
@@ -267,10 +294,18 @@ impl Executor {
         }
     }
 
-    fn plan(&self, catalog: &Catalog, sql: &str, params: &[Value], kind: Kind, shards: usize) -> Result<Plan> {
+    fn plan(
+        &self,
+        catalog: &Catalog,
+        sql: &str,
+        params: &[Value],
+        kind: Kind,
+        shards: usize,
+        direct: bool,
+    ) -> Result<Plan> {
         let numbered = sql::number_placeholders(sql)?;
         let keys = Keys { params };
-        planner::plan(&Context { catalog, shards, keys: &keys }, &numbered, kind)
+        planner::plan(&Context { catalog, shards, keys: &keys, direct }, &numbered, kind)
     }
 
     async fn run(
@@ -290,7 +325,10 @@ impl Executor {
                 let db = self.gather(&tables, &copies, &filters, &groups, &statement, txn).await?;
                 self.run_here(db, statement, txn, out).await
             }
-            Plan::Scatter { groups, split } => self.scatter(&groups, split, statement, txn, out).await,
+            Plan::Scatter { groups, split, direct: true } => {
+                self.hand_out(&groups, split, statement, shards, out).await
+            }
+            Plan::Scatter { groups, split, direct: false } => self.scatter(&groups, split, statement, txn, out).await,
             Plan::Schema { groups, creates } => {
                 let r = self.schema_change(statement, &groups, creates, txn).await?;
                 self.send_result(out, r, txn).await
@@ -382,13 +420,7 @@ impl Executor {
                 }
                 let (mut skipped, mut sent) = (0u64, 0u64);
                 while limit.is_none_or(|l| sent < l) {
-                    let next = heads
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, h)| h.as_ref().map(|r| (i, r)))
-                        .min_by(|(_, a), (_, b)| order::compare_rows(&keys, a, b))
-                        .map(|(i, _)| i);
-                    let Some(i) = next else { break };
+                    let Some(i) = order::next_head(&keys, &heads) else { break };
                     let row = std::mem::replace(&mut heads[i], shards[i].next().await?).expect("head present");
                     if skipped < offset {
                         skipped += 1;
@@ -431,6 +463,40 @@ impl Executor {
                 self.run_here(db, with_sql(&statement, sql)?, txn, out).await
             }
         }
+    }
+
+    /// Answers a split query with fragments: for each shard, the storage
+    /// servers holding it and a signed ticket for its part, for the client
+    /// to read and combine (concatenate, or merge on the hidden sort keys).
+    async fn hand_out(
+        &self,
+        groups: &[GroupId],
+        split: Split,
+        statement: Statement,
+        shards: usize,
+        out: &PartSender,
+    ) -> Result<()> {
+        let tickets = self.tickets.as_ref().expect("direct plans only with a ticket key");
+        let (keys, offset, limit) = match split.combine {
+            Combine::Concat => (Vec::new(), 0, None),
+            Combine::Merge { keys, offset, limit } => (keys.into_iter().map(Into::into).collect(), offset, limit),
+            Combine::Final { .. } => unreachable!("partial aggregates are combined here, never direct"),
+        };
+        let shard_part = with_sql(&statement, split.shard_sql)?;
+        let expires_ms = chrono::Utc::now().timestamp_millis().saturating_add(tickets.ttl_ms);
+        let mut fragments = Vec::with_capacity(groups.len());
+        for g in groups {
+            let read = read_request(*g, Self::for_shard(&shard_part, *g, false));
+            fragments.push(pb::Fragment {
+                group: g.0,
+                replicas: self.cluster.replicas(*g, shards).await?,
+                ticket: Some(tickets.key.sign(read, expires_ms)),
+            });
+        }
+        Metrics::add(&self.metrics.direct_results, 1);
+        Metrics::add(&self.metrics.fragments_issued, fragments.len() as u64);
+        send(out, part(pb::result_part::Part::Fragments(pb::Fragments { fragments, keys, offset, limit }))).await?;
+        send(out, done(0, 0, None)).await
     }
 
     /// Opens the transaction on every shard, in shard order (so two
@@ -741,7 +807,7 @@ impl Executor {
                     .await
                     .map_err(|e| Error::io(format!("query task: {e}")))?
             }
-            Plan::Scatter { groups, split } => {
+            Plan::Scatter { groups, split, .. } => {
                 let (tx, mut rx) = mpsc::channel(SCATTER_COLLECT_BUFFER);
                 let run = async move {
                     let r = self.scatter(groups, split.clone(), statement, txn, &tx).await;

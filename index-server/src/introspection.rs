@@ -11,6 +11,9 @@
 //! - `SHOW SHARDS OF t`: how many rows of table `t` each shard holds.
 //! - `SHOW SHARD OF t KEY v1, v2…`: the shard that holds the row of `t`
 //!   whose primary key is (v1, v2…).
+//! - `SHOW METRICS`: the counters of the index server that answers
+//!   (`metrics`): statements, rows it sent to clients, fragments it handed
+//!   out for direct streaming.
 
 use drsdb_common::{Error, Result, Value};
 use drsdb_proto as pb;
@@ -19,7 +22,8 @@ use crate::catalog::{Distribution, Key};
 use crate::executor::{done, send_rows, Executor, PartSender};
 
 /// What `SHOW` accepts, for the error message.
-const USAGE: &str = "use SHOW NODES, SHOW GROUPS, SHOW SHARDS, SHOW SHARDS OF table, SHOW INDEX SERVERS or SHOW TABLES";
+const USAGE: &str =
+    "use SHOW NODES, SHOW GROUPS, SHOW SHARDS, SHOW SHARDS OF table, SHOW INDEX SERVERS, SHOW TABLES or SHOW METRICS";
 
 fn columns(names: &[&str]) -> Vec<pb::Column> {
     names.iter().map(|n| pb::Column { name: n.to_string(), decl_type: String::new() }).collect()
@@ -130,6 +134,17 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
             let at = after_table + upper[after_table..].find("KEY").expect("KEY was matched") + "KEY".len();
             let group = ex.shard_of_key(table, sql[at..].trim().trim_end_matches(';')).await?;
             (columns(&["grp"]), vec![vec![Value::Integer(group.0 as i64)]])
+        }
+        ["METRICS"] => {
+            let rows = ex
+                .metrics
+                .snapshot()
+                .into_iter()
+                .map(|(name, v)| {
+                    vec![Value::Text(ex.address.clone()), Value::Text(name.into()), Value::Integer(v as i64)]
+                })
+                .collect();
+            (columns(&["index_server", "metric", "value"]), rows)
         }
         ["INDEX", "SERVERS"] => {
             let addrs = crate::server::live_index_servers(&ex.cluster).await?;

@@ -57,6 +57,7 @@ mod insert;
 mod introspection;
 mod keys;
 mod meta;
+mod metrics;
 mod planner;
 mod pushdown;
 mod server;

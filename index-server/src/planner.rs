@@ -79,13 +79,17 @@ pub enum Plan {
         /// tables); otherwise each shard gets its own random seed.
         same_seed: bool,
     },
-    /// Every shard runs its part of a query; the index server combines
-    /// their answers (`pushdown`).
+    /// Every shard runs its part of a query; their answers are combined
+    /// (`pushdown`) by the index server or, when `direct`, by the client.
     Scatter {
         /// Every shard.
         groups: Vec<GroupId>,
         /// The shards' part and how answers combine.
         split: Split,
+        /// The client reads the shards' answers from the storage servers
+        /// with signed tickets and combines them (only for concatenation
+        /// and ordered merge).
+        direct: bool,
     },
     /// The rows of `tables` are gathered from every shard, and those of
     /// `copies` from one, into a scratch database at the index server,
@@ -125,10 +129,13 @@ impl Plan {
                 let what = if *same_seed { "identical copies" } else { "each shard its own rows" };
                 writeln!(f, "{pad}Broadcast to {} shards ({what})", groups.len())
             }
-            Plan::Scatter { groups, split } => {
+            Plan::Scatter { groups, split, direct } => {
                 writeln!(f, "{pad}{}", split.combine)?;
                 if let Combine::Final { sql, .. } = &split.combine {
                     writeln!(f, "{pad}  Final query: {sql}")?;
+                }
+                if *direct {
+                    writeln!(f, "{pad}  Stream from shards to client (signed tickets; combined by the client)")?;
                 }
                 writeln!(f, "{pad}  Shard query on {} shards: {}", groups.len(), split.shard_sql)
             }
@@ -172,6 +179,7 @@ impl fmt::Display for Plan {
 }
 
 /// What the planner needs to know about the cluster.
+#[derive(Clone, Copy)]
 pub struct Context<'a> {
     /// The schema.
     pub catalog: &'a Catalog,
@@ -179,6 +187,10 @@ pub struct Context<'a> {
     pub shards: usize,
     /// Evaluates shard keys written as expressions.
     pub keys: &'a Keys<'a>,
+    /// Whether the client may read a query's shard results itself (direct
+    /// streaming: a read outside a transaction, from a client that did not
+    /// ask for relaying, on a server with a ticket key).
+    pub direct: bool,
 }
 
 impl Context<'_> {
@@ -241,7 +253,9 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
                         Source::Local(pushdown::to_sql(q.clone()))
                     } else {
                         let text = pushdown::to_sql(q.clone());
-                        let plan = plan_query(cx, q, &source_refs, Some(&text))?;
+                        // The index server reads the rows it inserts.
+                        let here = Context { direct: false, ..*cx };
+                        let plan = plan_query(&here, q, &source_refs, Some(&text))?;
                         Source::Query(text, Box::new(plan))
                     }
                 }
@@ -348,7 +362,8 @@ fn plan_query(cx: &Context<'_>, q: &Query, refs: &References, source: Option<&st
                 }
             }
             if let Some(split) = pushdown::split(cx.catalog, source, q, cx.keys.params) {
-                return Ok(Plan::Scatter { groups, split });
+                let direct = cx.direct && matches!(split.combine, Combine::Concat | Combine::Merge { .. });
+                return Ok(Plan::Scatter { groups, split, direct });
             }
         }
         if all_in_from {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drsdb_common::config::IndexConfig;
+use drsdb_common::ticket::TicketKey;
 use drsdb_common::tls::{self, Dialer};
 use drsdb_common::{Error, NodeId, Result};
 use drsdb_proto as pb;
@@ -13,7 +14,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 use crate::cluster::Cluster;
-use crate::executor::Executor;
+use crate::executor::{Executor, Tickets};
 use crate::meta;
 use crate::service::SqlService;
 
@@ -78,7 +79,11 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
     if let Err(e) = cluster.refresh().await {
         tracing::warn!("storage tier not reachable yet: {e}");
     }
-    let executor = Arc::new(Executor::new(cluster, config.rows_per_batch));
+    let tickets = match config.direct_streaming {
+        true => Some(Tickets { key: TicketKey::load(&config.ticket_key)?, ttl_ms: config.ticket_ttl_ms as i64 }),
+        false => None,
+    };
+    let executor = Arc::new(Executor::new(cluster, config.rows_per_batch, tickets, advertise.clone()));
     let maintenance =
         tokio::spawn(maintain(executor.clone(), advertise, Duration::from_millis(config.announce_interval_ms)));
     let mut builder = Server::builder();

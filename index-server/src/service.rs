@@ -4,12 +4,14 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use drsdb_common::sql::{self, Kind};
 use drsdb_proto as pb;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::executor::Executor;
+use crate::metrics::Metrics;
 
 /// Result parts buffered ahead of a slow client.
 const PARTS_AHEAD: usize = 8;
@@ -26,14 +28,24 @@ impl pb::sql_server::Sql for SqlService {
     async fn execute(&self, request: Request<pb::ExecuteRequest>) -> Result<Response<PartStream>, Status> {
         let req = request.into_inner();
         tracing::debug!(sql = %req.sql, txn = %req.txn_id, "execute");
+        Metrics::add(&self.0.metrics.statements, 1);
+        let counted = sql::classify(&req.sql).is_ok_and(|k| k != Kind::Show);
         let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
         let executor = self.0.clone();
+        let metrics = self.0.clone();
         tokio::spawn(async move {
             if let Err(e) = executor.execute(req, &tx).await {
                 let _ = tx.send(Err(Status::from(e))).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // Every row a client gets from this server passes here.
+        let parts = ReceiverStream::new(rx).map(move |p| {
+            if let (true, Ok(pb::ResultPart { part: Some(pb::result_part::Part::Rows(r)) })) = (counted, &p) {
+                Metrics::add(&metrics.metrics.rows_sent, r.rows.len() as u64);
+            }
+            p
+        });
+        Ok(Response::new(Box::pin(parts)))
     }
 
     async fn index_servers(

@@ -500,3 +500,99 @@ async fn killing_a_storage_server_leaves_every_shard_available_and_every_answer_
         assert!(leader.is_some_and(|l| l != 1), "shard {:?} is led by {leader:?}", r.get::<i64>(0));
     }
 }
+
+/// The value of metric `name` in `SHOW METRICS` (one index server).
+async fn metric(client: &mut Client, name: &str) -> i64 {
+    let rs = client.execute("SHOW METRICS", &[]).await.unwrap();
+    rs.rows.iter().find(|r| r.get::<String>(1).unwrap() == name).expect("metric listed").get(2).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_stream_from_the_storage_servers_and_only_with_valid_tickets() {
+    use drsdb_proto as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), Options { shards: Some(5), index_servers: 1, ..Options::default() }).await;
+    let mut client = cluster.client().await.unwrap();
+    client.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT COLLATE NOCASE)", &[]).await.unwrap();
+    const ROWS: i64 = 20_000;
+    for chunk in (1..=ROWS).collect::<Vec<_>>().chunks(2_000) {
+        let values: Vec<String> =
+            chunk.iter().map(|i| format!("({i}, '{}{}')", ["a", "B"][*i as usize % 2], i % 97)).collect();
+        client.execute(&format!("INSERT INTO t VALUES {}", values.join(", ")), &[]).await.unwrap();
+    }
+
+    // A full scan comes from the storage servers: the index server sends
+    // none of its rows.
+    let plan = client.execute("EXPLAIN SELECT * FROM t", &[]).await.unwrap();
+    let plan: Vec<String> = plan.rows.iter().map(|r| r.get(0).unwrap()).collect();
+    assert!(plan.iter().any(|l| l.contains("Stream from shards to client")), "{plan:?}");
+    let sent_before = metric(&mut client, "rows_sent").await;
+    let mut scan = client.query("SELECT id FROM t", &[]).await.unwrap();
+    assert!(scan.is_direct());
+    let (mut count, mut sum) = (0i64, 0i64);
+    while let Some(row) = scan.next().await.unwrap() {
+        count += 1;
+        sum += row.get::<i64>(0).unwrap();
+    }
+    assert_eq!((count, sum), (ROWS, ROWS * (ROWS + 1) / 2));
+    assert_eq!(metric(&mut client, "rows_sent").await - sent_before, 0, "the scan's rows passed the index server");
+    assert_eq!(metric(&mut client, "fragments_issued").await, 5);
+
+    // Merged results equal what the index server relays, and SQLite's order.
+    let query = "SELECT v, id FROM t WHERE id % 7 = 1 ORDER BY v DESC, id LIMIT 25 OFFSET 3";
+    let direct = client.execute(query, &[]).await.unwrap();
+    client.set_direct(false);
+    let relayed = client.query(query, &[]).await.unwrap();
+    assert!(!relayed.is_direct());
+    assert_eq!(relayed.collect().await.unwrap(), direct);
+    client.set_direct(true);
+    assert_eq!(direct.rows.len(), 25);
+    assert_eq!(direct.rows[0].values(), &[Value::Text("B96".into()), Value::Integer(5_237)][..]);
+
+    // A client's certificate opens fragments, nothing else on a storage server.
+    let dialer = drsdb_common::tls::Dialer::new(cluster.client_tls()).unwrap();
+    let mut sql = pb::sql_client::SqlClient::new(dialer.lazy(&cluster.layout().index[0]).unwrap());
+    let request = pb::ExecuteRequest { sql: "SELECT id FROM t".into(), ..Default::default() };
+    let mut parts = sql.execute(request).await.unwrap().into_inner();
+    let Some(pb::ResultPart { part: Some(pb::result_part::Part::Fragments(f)) }) = parts.message().await.unwrap()
+    else {
+        panic!("expected fragments")
+    };
+    let fragment = &f.fragments[0];
+    let leader = eventually!("the fragment's leader", {
+        let mut found = None;
+        for addr in &fragment.replicas {
+            let mut storage = pb::storage_client::StorageClient::new(dialer.lazy(addr).unwrap());
+            if storage.read_fragment(fragment.ticket.clone().unwrap()).await.is_ok() {
+                found = Some(storage);
+                break;
+            }
+        }
+        found
+    });
+    let mut storage = leader;
+    let ticket = fragment.ticket.clone().unwrap();
+    let mut forged = ticket.clone();
+    let mut body = <pb::TicketBody as prost::Message>::decode(forged.body.as_slice()).unwrap();
+    body.read.as_mut().unwrap().sql = "SELECT * FROM sqlite_schema".into();
+    forged.body = prost::Message::encode_to_vec(&body);
+    let e = Error::from(storage.read_fragment(forged).await.expect_err("a forged ticket is refused"));
+    assert!(e.to_string().contains("not valid"), "{e}");
+    let e = Error::from(storage.read_fragment(pb::Ticket::default()).await.expect_err("no ticket, no rows"));
+    assert!(e.to_string().contains("not valid"), "{e}");
+    let read = body.read.unwrap();
+    let e = Error::from(storage.read(read).await.expect_err("clients may not read without a ticket"));
+    assert!(e.to_string().contains("servers only"), "{e}");
+    let write = pb::WriteRequest { group: fragment.group, command: Vec::new() };
+    let e = Error::from(storage.write(write).await.expect_err("clients may not write to a group"));
+    assert!(e.to_string().contains("servers only"), "{e}");
+    assert!(storage.status(pb::StatusRequest {}).await.is_err());
+    let mut rows = 0;
+    let mut stream = storage.read_fragment(ticket).await.unwrap().into_inner();
+    while let Some(p) = stream.message().await.unwrap() {
+        if let Some(pb::result_part::Part::Rows(r)) = p.part {
+            rows += r.rows.len();
+        }
+    }
+    assert!(rows > 0, "the genuine ticket reads its shard");
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use drsdb_common::config::StorageConfig;
 use drsdb_common::shard::{self, Placement};
+use drsdb_common::ticket::TicketKey;
 use drsdb_common::tls::{self, Dialer};
 use drsdb_common::{Error, NodeId, Result};
 use drsdb_proto as pb;
@@ -67,6 +68,7 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
     }
     let shards = config.shard_count();
     check_shard_count(&config.data_dir, shards)?;
+    let tickets = TicketKey::load(&config.ticket_key)?;
     let addrs: BTreeMap<NodeId, String> = config.members.iter().map(|m| (NodeId(m.id), m.addr.clone())).collect();
     let mine: Vec<Placement> = shard::placement(&addrs.keys().copied().collect::<Vec<_>>(), shards)
         .into_iter()
@@ -86,7 +88,15 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
         preferred.push((group.clone(), p.replicas[0]));
         groups.insert(p.group, group);
     }
-    let node = Arc::new(Node { id: config.node(), groups, members: config.members.clone(), shards, scratch_dir });
+    let node = Arc::new(Node {
+        id: config.node(),
+        groups,
+        members: config.members.clone(),
+        shards,
+        scratch_dir,
+        tickets,
+        tls: !config.tls.insecure,
+    });
     let balancer = tokio::spawn(hand_over_leaders(preferred));
 
     let mut builder = Server::builder();

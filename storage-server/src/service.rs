@@ -1,5 +1,10 @@
 //! The gRPC services of a storage server. They translate and route: find
 //! the group, decode, call it, encode. No logic of their own.
+//!
+//! Who may call: every call but `ReadFragment` is for servers only (index
+//! servers and peers, recognized by their server certificates). Clients
+//! reach a storage server only through `ReadFragment`, with a ticket an
+//! index server signed (`drsdb_common::ticket`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -7,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use drsdb_common::config::Member;
+use drsdb_common::ticket::TicketKey;
+use drsdb_common::tls;
 use drsdb_common::{Error, GroupId, NodeId};
 use drsdb_proto as pb;
 use openraft::async_runtime::WatchReceiver;
@@ -37,6 +44,11 @@ pub struct Node {
     pub shards: usize,
     /// Where incoming snapshots are buffered.
     pub scratch_dir: std::path::PathBuf,
+    /// Checks the tickets of clients' direct reads.
+    pub tickets: TicketKey,
+    /// Whether this server runs TLS (without it no peer is authenticated,
+    /// so every call is open).
+    pub tls: bool,
 }
 
 impl Node {
@@ -45,38 +57,16 @@ impl Node {
             .get(&GroupId(id))
             .ok_or_else(|| Status::from(Error::invalid(format!("group {id} is not hosted on node {}", self.id))))
     }
-}
 
-type PartStream = Pin<Box<dyn Stream<Item = Result<pb::ResultPart, Status>> + Send + 'static>>;
-
-/// The `Storage` service (index server → storage server).
-pub struct StorageService(pub Arc<Node>);
-
-fn part(p: pb::result_part::Part) -> pb::ResultPart {
-    pb::ResultPart { part: Some(p) }
-}
-
-fn columns_part(columns: &[Column]) -> pb::ResultPart {
-    part(pb::result_part::Part::Columns(pb::Columns {
-        columns: columns.iter().map(|c| pb::Column { name: c.name.clone(), decl_type: c.decl_type.clone() }).collect(),
-    }))
-}
-
-#[tonic::async_trait]
-impl pb::storage_server::Storage for StorageService {
-    async fn write(&self, request: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
-        let req = request.into_inner();
-        let group = self.0.group(req.group)?;
-        let command: Command = command::decode(&req.command)?;
-        let result = group.write(command).await?;
-        Ok(Response::new(pb::WriteResponse { result: command::encode(&result) }))
+    /// Refuses a call from a client (only servers may make it).
+    fn servers_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        tls::require_server_peer(request, self.tls)
     }
 
-    type ReadStream = PartStream;
-
-    async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<PartStream>, Status> {
-        let req = request.into_inner();
-        let group = self.0.group(req.group)?.clone();
+    /// Runs a read on `req.group` after its read barrier (leader only),
+    /// streaming its result parts.
+    async fn read(&self, req: pb::ReadRequest) -> Result<Response<PartStream>, Status> {
+        let group = self.group(req.group)?.clone();
         tracing::debug!(group = req.group, sql = %req.sql, "read");
         group.read_barrier().await?;
         let db = group.reader()?;
@@ -141,8 +131,50 @@ impl pb::storage_server::Storage for StorageService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
 
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+type PartStream = Pin<Box<dyn Stream<Item = Result<pb::ResultPart, Status>> + Send + 'static>>;
+
+/// The `Storage` service (index server → storage server).
+pub struct StorageService(pub Arc<Node>);
+
+fn part(p: pb::result_part::Part) -> pb::ResultPart {
+    pb::ResultPart { part: Some(p) }
+}
+
+fn columns_part(columns: &[Column]) -> pb::ResultPart {
+    part(pb::result_part::Part::Columns(pb::Columns {
+        columns: columns.iter().map(|c| pb::Column { name: c.name.clone(), decl_type: c.decl_type.clone() }).collect(),
+    }))
+}
+
+#[tonic::async_trait]
+impl pb::storage_server::Storage for StorageService {
+    async fn write(&self, request: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        self.0.servers_only(&request)?;
+        let req = request.into_inner();
+        let group = self.0.group(req.group)?;
+        let command: Command = command::decode(&req.command)?;
+        let result = group.write(command).await?;
+        Ok(Response::new(pb::WriteResponse { result: command::encode(&result) }))
+    }
+
+    type ReadStream = PartStream;
+
+    async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<PartStream>, Status> {
+        self.0.servers_only(&request)?;
+        self.0.read(request.into_inner()).await
+    }
+
+    type ReadFragmentStream = PartStream;
+
+    async fn read_fragment(&self, request: Request<pb::Ticket>) -> Result<Response<PartStream>, Status> {
+        let read = self.0.tickets.open(request.get_ref(), chrono::Utc::now().timestamp_millis())?;
+        self.0.read(read).await
+    }
+
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        self.0.servers_only(&request)?;
         let mut groups: Vec<pb::GroupStatus> = self
             .0
             .groups
@@ -183,6 +215,7 @@ fn reply<T: serde::Serialize>(group: u64, value: &T) -> Response<pb::RaftMessage
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        self.0.servers_only(&request)?;
         let msg = request.into_inner();
         let group = self.0.group(msg.group)?;
         let r = group.raft.append_entries(decode_raft(&msg.payload)?).await;
@@ -190,6 +223,7 @@ impl pb::raft_server::Raft for RaftService {
     }
 
     async fn vote(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        self.0.servers_only(&request)?;
         let msg = request.into_inner();
         let group = self.0.group(msg.group)?;
         let r = group.raft.vote(decode_raft(&msg.payload)?).await;
@@ -200,6 +234,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        self.0.servers_only(&request)?;
         let mut chunks = request.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let group = self.0.group(first.group)?.clone();

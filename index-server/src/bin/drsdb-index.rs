@@ -20,7 +20,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut c: IndexConfig = args.server.load()?;
-    args.server.apply(&mut c.listen, &mut c.log, &mut c.tls);
+    args.server.apply(&mut c.listen, &mut c.log, &mut c.tls, &mut c.ticket_key);
     if args.advertise.is_some() {
         c.advertise = args.advertise;
     }

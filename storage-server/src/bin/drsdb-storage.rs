@@ -30,7 +30,7 @@ fn parse_member(s: &str) -> anyhow::Result<Member> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut c: StorageConfig = args.server.load()?;
-    args.server.apply(&mut c.listen, &mut c.log, &mut c.tls);
+    args.server.apply(&mut c.listen, &mut c.log, &mut c.tls, &mut c.ticket_key);
     if let Some(v) = args.node_id {
         c.node_id = v;
     }

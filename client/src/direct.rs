@@ -1,0 +1,236 @@
+//! Direct streaming: reading a result's fragments from the storage servers.
+//!
+//! For a query whose answer is the concatenation or ordered merge of
+//! per-shard results, an index server answers with a `Fragments` part
+//! instead of rows: per shard, the storage servers holding it (last known
+//! leader first) and a ticket, the shard's read signed by the index server.
+//! The driver reads every fragment at once, each in its own task that
+//! keeps a few result parts ahead (`PARTS_AHEAD`), and hands out rows:
+//!
+//! - concatenation: fragment after fragment, in shard order (a query
+//!   without ORDER BY has no promised order; this one is at least the same
+//!   from run to run);
+//! - merge: the rows start with hidden sort-key columns; the smallest head
+//!   row under SQLite's order (`drsdb_common::order`) goes next, without
+//!   those columns, after `offset` rows are skipped, up to `limit`.
+//!
+//! Neither the index server nor this process holds the whole result:
+//! memory is bounded by the parts in flight per fragment.
+//!
+//! A fragment is read from its group's leader; a replica that is not the
+//! leader (or does not answer) sends the driver to the next, for a few
+//! rounds. If a fragment cannot be opened at all the client asks an index
+//! server to run the query again and relay the rows (`Client`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drsdb_common::order::{self, SortKey};
+use drsdb_common::tls::Dialer;
+use drsdb_common::{Error, Result, Value};
+use drsdb_proto as pb;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::rows::{Column, Row};
+
+/// Result parts a fragment's task reads ahead of the consumer.
+const PARTS_AHEAD: usize = 4;
+/// Rounds over a fragment's replicas before giving up on opening it.
+const OPEN_ROUNDS: u32 = 3;
+/// Pause between rounds (a leader election takes about this long).
+const ROUND_PAUSE: Duration = Duration::from_millis(300);
+/// Largest message accepted from a storage server.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Connections to storage servers, shared by a client's fragment reads.
+#[derive(Clone)]
+pub(crate) struct StorageChannels {
+    dialer: Dialer,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl StorageChannels {
+    pub(crate) fn new(dialer: Dialer) -> StorageChannels {
+        StorageChannels { dialer, channels: Arc::default() }
+    }
+
+    fn client(&self, addr: &str) -> Result<pb::storage_client::StorageClient<Channel>> {
+        let mut channels = self.channels.lock().expect("channels lock");
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.dialer.lazy(addr)?;
+                channels.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(pb::storage_client::StorageClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+    }
+
+    /// Opens `fragment` on its leader, trying each replica in turn.
+    async fn open(&self, fragment: &pb::Fragment) -> Result<tonic::Streaming<pb::ResultPart>> {
+        let ticket = fragment.ticket.clone().ok_or_else(|| Error::invalid("a fragment came without its ticket"))?;
+        let mut last = Error::unavailable(format!("group {} lists no storage server", fragment.group));
+        for round in 0..OPEN_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(ROUND_PAUSE).await;
+            }
+            for addr in &fragment.replicas {
+                match self.client(addr)?.read_fragment(ticket.clone()).await {
+                    Ok(response) => return Ok(response.into_inner()),
+                    Err(status) => {
+                        let e = Error::from(status);
+                        tracing::debug!(group = fragment.group, %addr, "fragment not opened: {e}");
+                        if !matches!(e, Error::NotLeader { .. } | Error::Unavailable(_)) {
+                            return Err(e);
+                        }
+                        last = e;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Reads one fragment into `tx`, part by part, until it ends, fails, or
+/// the consumer goes away.
+async fn pump(channels: StorageChannels, fragment: pb::Fragment, tx: mpsc::Sender<Result<pb::result_part::Part>>) {
+    let mut stream = match channels.open(&fragment).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+    };
+    loop {
+        let item = match stream.message().await {
+            Ok(Some(pb::ResultPart { part: Some(p) })) => Ok(p),
+            Ok(Some(pb::ResultPart { part: None })) => continue,
+            Ok(None) => Err(Error::unavailable(format!("shard {} closed its result stream early", fragment.group))),
+            Err(s) => Err(Error::from(s)),
+        };
+        let end = !matches!(item, Ok(pb::result_part::Part::Columns(_) | pb::result_part::Part::Rows(_)));
+        if tx.send(item).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+/// One fragment as the consumer sees it: rows buffered from its task.
+struct Source {
+    parts: mpsc::Receiver<Result<pb::result_part::Part>>,
+    rows: VecDeque<Vec<Value>>,
+    done: bool,
+}
+
+impl Source {
+    /// The next row of this fragment, or `None` at its end.
+    async fn next(&mut self) -> Result<Option<Vec<Value>>> {
+        loop {
+            if let Some(r) = self.rows.pop_front() {
+                return Ok(Some(r));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            match self.parts.recv().await {
+                Some(Ok(pb::result_part::Part::Rows(r))) => {
+                    self.rows.extend(r.rows.into_iter().map(|r| r.values.into_iter().map(Value::from).collect()))
+                }
+                Some(Ok(pb::result_part::Part::Done(_))) => self.done = true,
+                Some(Ok(_)) => return Err(Error::io("a shard sent an unexpected result part")),
+                Some(Err(e)) => return Err(e),
+                None => return Err(Error::unavailable("a shard's result stream ended early")),
+            }
+        }
+    }
+}
+
+/// A result read directly from the shards.
+pub(crate) struct Direct {
+    sources: Vec<Source>,
+    /// Concatenation: the fragment being read.
+    current: usize,
+    /// Merge: sort keys of the hidden leading columns (empty: concatenate).
+    keys: Vec<SortKey>,
+    /// Merge: each fragment's next row, once started.
+    heads: Option<Vec<Option<Vec<Value>>>>,
+    /// Rows still to skip.
+    skip: u64,
+    /// Rows still to return, if limited.
+    left: Option<u64>,
+}
+
+impl Direct {
+    /// Starts reading every fragment and waits for each one's columns;
+    /// returns the result's columns (hidden sort keys removed) and the reader.
+    pub(crate) async fn open(channels: &StorageChannels, f: pb::Fragments) -> Result<(Vec<Column>, Direct)> {
+        let mut sources = Vec::with_capacity(f.fragments.len());
+        for fragment in f.fragments {
+            let (tx, rx) = mpsc::channel(PARTS_AHEAD);
+            tokio::spawn(pump(channels.clone(), fragment, tx));
+            sources.push(Source { parts: rx, rows: VecDeque::new(), done: false });
+        }
+        let mut columns = Vec::new();
+        for s in &mut sources {
+            match s.parts.recv().await {
+                Some(Ok(pb::result_part::Part::Columns(c))) => {
+                    columns = c.columns.into_iter().map(|c| Column { name: c.name, decl_type: c.decl_type }).collect()
+                }
+                Some(Ok(pb::result_part::Part::Done(_))) => s.done = true,
+                Some(Ok(_)) => return Err(Error::io("a shard sent rows before its columns")),
+                Some(Err(e)) => return Err(e),
+                None => return Err(Error::unavailable("a shard's result stream ended early")),
+            }
+        }
+        let keys: Vec<SortKey> = f.keys.iter().map(SortKey::from).collect();
+        columns.drain(..keys.len().min(columns.len()));
+        let direct = Direct { sources, current: 0, keys, heads: None, skip: f.offset, left: f.limit };
+        Ok((columns, direct))
+    }
+
+    /// The next row of the combined result, or `None` at its end.
+    pub(crate) async fn next(&mut self) -> Result<Option<Row>> {
+        loop {
+            if self.left == Some(0) {
+                return Ok(None);
+            }
+            let Some(values) = self.next_combined().await? else { return Ok(None) };
+            if self.skip > 0 {
+                self.skip -= 1;
+                continue;
+            }
+            if let Some(left) = &mut self.left {
+                *left -= 1;
+            }
+            return Ok(Some(Row::new(values)));
+        }
+    }
+
+    async fn next_combined(&mut self) -> Result<Option<Vec<Value>>> {
+        if self.keys.is_empty() {
+            while let Some(source) = self.sources.get_mut(self.current) {
+                if let Some(row) = source.next().await? {
+                    return Ok(Some(row));
+                }
+                self.current += 1;
+            }
+            return Ok(None);
+        }
+        if self.heads.is_none() {
+            let mut heads = Vec::with_capacity(self.sources.len());
+            for s in &mut self.sources {
+                heads.push(s.next().await?);
+            }
+            self.heads = Some(heads);
+        }
+        let heads = self.heads.as_mut().expect("heads set above");
+        let Some(i) = order::next_head(&self.keys, heads) else { return Ok(None) };
+        let refill = self.sources[i].next().await?;
+        let row = std::mem::replace(&mut heads[i], refill).expect("the chosen head is a row");
+        Ok(Some(row.into_iter().skip(self.keys.len()).collect()))
+    }
+}

@@ -1,0 +1,39 @@
+//! Counters of what this index server has done since it started, printed
+//! by `SHOW METRICS`. They show where result rows travel: rows this server
+//! sent to clients itself, and fragments it handed out instead (whose rows
+//! went from the storage servers to the clients without passing here).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The counters; each only grows.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Statements received (SHOW included).
+    pub statements: AtomicU64,
+    /// Result rows sent to clients, SHOW output aside: relayed from
+    /// shards, combined here, or computed here.
+    pub rows_sent: AtomicU64,
+    /// Queries answered with fragments (read by the client from the
+    /// storage servers).
+    pub direct_results: AtomicU64,
+    /// Fragments handed out (one per shard of a direct result).
+    pub fragments_issued: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Every counter, by name, in a fixed order.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("statements", read(&self.statements)),
+            ("rows_sent", read(&self.rows_sent)),
+            ("direct_results", read(&self.direct_results)),
+            ("fragments_issued", read(&self.fragments_issued)),
+        ]
+    }
+}
