@@ -15,7 +15,12 @@
 //! through the driver (and the same rows in SQLite): a full-table
 //! aggregate, a GROUP BY, a top-10 ORDER BY … LIMIT and point selects by
 //! key, each checked against SQLite's answer, with the plans (EXPLAIN) and
-//! how evenly the rows spread over the shards.
+//! how evenly the rows spread over the shards; then a scan of every row,
+//! streamed from the storage servers to this process (direct streaming),
+//! checked by count and sums against SQLite, with the index servers'
+//! `rows_sent` metric before and after (it must not move), this process's
+//! peak memory, and the same scan relayed by the index servers for
+//! comparison.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -53,6 +58,10 @@ const ANALYTIC_RUNS: usize = 5;
 const MAX_SPREAD: f64 = 0.10;
 /// Point selects in the analytic part.
 const POINT_SELECTS: usize = 2000;
+/// Runs of the full scan, streamed directly.
+const SCAN_RUNS: usize = 3;
+/// The full scan; `{t}` is the table.
+const SCAN: &str = "SELECT id, grp, amount, label FROM {t}";
 
 /// The analytic queries, by name; `{t}` is the table.
 const ANALYTIC_QUERIES: [(&str, &str); 3] = [
@@ -185,8 +194,129 @@ async fn analytics(clients: &mut [Client], baseline: &Path, rows: usize) -> anyh
         println!("{:<22} {system:>8} {:>10.3} {:>10.3}", "point select by key", m.percentile(0.5), m.percentile(0.99));
     }
     ratios.push(("point select by key".into(), cluster.throughput() / baseline.throughput()));
+    ratios.extend(full_scan(&mut clients[0], &sqlite, &table).await?);
     clients[0].execute(&format!("DROP TABLE {table}"), &[]).await?;
     Ok(ratios)
+}
+
+/// Count and sums of a scan's rows (id, grp, amount), computed as they
+/// stream by: nothing is kept.
+#[derive(Debug, Default, PartialEq)]
+struct Digest {
+    rows: i64,
+    ids: i64,
+    groups: i64,
+    amounts: i64,
+}
+
+impl Digest {
+    fn add(&mut self, values: &[Value]) {
+        let int = |i: usize| match values.get(i) {
+            Some(Value::Integer(v)) => *v,
+            _ => 0,
+        };
+        self.rows += 1;
+        self.ids = self.ids.wrapping_add(int(0));
+        self.groups += int(1);
+        self.amounts += int(2);
+    }
+}
+
+/// Scans `table` through `client`; says whether the rows came directly.
+async fn scan(client: &mut Client, table: &str) -> anyhow::Result<(Digest, bool, Duration)> {
+    let t = Instant::now();
+    let mut rows = client.query(&SCAN.replace("{t}", table), &[]).await?;
+    let direct = rows.is_direct();
+    let mut digest = Digest::default();
+    while let Some(r) = rows.next().await? {
+        digest.add(r.values());
+    }
+    Ok((digest, direct, t.elapsed()))
+}
+
+/// Rows each index server has sent to clients (`SHOW METRICS`), by server:
+/// asked until every server of the rotation answered.
+async fn rows_sent(client: &mut Client) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+    let servers = client.servers().len();
+    let mut sent = std::collections::BTreeMap::new();
+    for _ in 0..servers * 3 {
+        for r in client.execute("SHOW METRICS", &[]).await?.rows {
+            if r.get::<String>(1)? == "rows_sent" {
+                sent.insert(r.get::<String>(0)?, r.get::<i64>(2)?);
+            }
+        }
+        if sent.len() >= servers {
+            break;
+        }
+    }
+    Ok(sent)
+}
+
+/// This process's peak resident memory in MiB (Linux), if known.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The full scan, direct and relayed, against SQLite's.
+async fn full_scan(
+    client: &mut Client,
+    sqlite: &rusqlite::Connection,
+    table: &str,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    let sql = SCAN.replace("{t}", table);
+    for r in client.execute(&format!("EXPLAIN {sql}"), &[]).await?.rows {
+        println!("  plan: {}", r.get::<String>(0)?);
+    }
+    let mut baseline_times = Vec::new();
+    let mut expected = Digest::default();
+    for _ in 0..SCAN_RUNS {
+        let t = Instant::now();
+        let mut stmt = sqlite.prepare_cached(&SCAN.replace("{t}", "facts"))?;
+        let mut rows = stmt.query([])?;
+        expected = Digest::default();
+        while let Some(r) = rows.next()? {
+            expected.add(&(0..3).map(|i| r.get_ref(i).map(Value::from)).collect::<Result<Vec<_>, _>>()?);
+        }
+        baseline_times.push(t.elapsed());
+    }
+    let before = rows_sent(client).await?;
+    let memory_before = peak_rss_mib();
+    let mut times = Vec::new();
+    for _ in 0..SCAN_RUNS {
+        let (digest, direct, elapsed) = scan(client, table).await?;
+        anyhow::ensure!(direct, "the full scan was not streamed from the storage servers");
+        anyhow::ensure!(digest == expected, "full scan: drsdb read {digest:?}, SQLite {expected:?}");
+        times.push(elapsed);
+    }
+    let after = rows_sent(client).await?;
+    let relayed_by_index: i64 = after.iter().map(|(s, n)| n - before.get(s).copied().unwrap_or(0)).sum();
+    // The SHOW METRICS statements themselves are not counted.
+    anyhow::ensure!(relayed_by_index == 0, "index servers sent {relayed_by_index} rows during direct scans");
+    println!(
+        "  full scan streamed directly {SCAN_RUNS} times: {} rows each, same count and sums as SQLite; rows sent by \
+         index servers meanwhile: {relayed_by_index} (rows_sent before {before:?}, after {after:?})",
+        expected.rows
+    );
+    if let (Some(b), Some(a)) = (memory_before, peak_rss_mib()) {
+        println!("  client peak memory: {b:.0} MiB before the scans, {a:.0} MiB after");
+    }
+    client.set_direct(false);
+    let relayed = scan(client, table).await;
+    client.set_direct(true);
+    let (digest, direct, relayed_time) = relayed?;
+    anyhow::ensure!(!direct && digest == expected, "relayed full scan: {digest:?}, SQLite {expected:?}");
+    let cluster = Measure { ops: SCAN_RUNS, elapsed: times.iter().sum(), latencies: times };
+    let baseline = Measure { ops: SCAN_RUNS, elapsed: baseline_times.iter().sum(), latencies: baseline_times };
+    let relayed = Measure { ops: 1, elapsed: relayed_time, latencies: vec![relayed_time] };
+    for (system, m) in [("drsdb", &cluster), ("relayed", &relayed), ("sqlite", &baseline)] {
+        println!("{:<22} {system:>8} {:>10.1} {:>10.1}", "full scan", m.percentile(0.5), m.percentile(0.99));
+    }
+    Ok(vec![
+        ("full scan (direct)".into(), cluster.throughput() / baseline.throughput()),
+        ("full scan (relayed)".into(), relayed.throughput() / baseline.throughput()),
+    ])
 }
 
 /// What one workload measured.
