@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drsdb_common::order::{self, SortKey};
 use drsdb_common::tls::Dialer;
@@ -43,17 +43,32 @@ const OPEN_ROUNDS: u32 = 3;
 const ROUND_PAUSE: Duration = Duration::from_millis(300);
 /// Largest message accepted from a storage server.
 const MAX_MESSAGE: usize = 64 << 20;
+/// A storage server that could not be reached is tried last for this long.
+const TRY_LAST: Duration = Duration::from_secs(30);
 
 /// Connections to storage servers, shared by a client's fragment reads.
 #[derive(Clone)]
 pub(crate) struct StorageChannels {
     dialer: Dialer,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Servers that could not be reached, and when.
+    unreachable: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl StorageChannels {
     pub(crate) fn new(dialer: Dialer) -> StorageChannels {
-        StorageChannels { dialer, channels: Arc::default() }
+        StorageChannels { dialer, channels: Arc::default(), unreachable: Arc::default() }
+    }
+
+    /// `replicas` in the order to try them: as listed, except that servers
+    /// unreachable lately come last (a dead leader the index server still
+    /// lists first costs a connect timeout once, not on every query).
+    fn order(&self, replicas: &[String]) -> Vec<String> {
+        let mut unreachable = self.unreachable.lock().expect("unreachable lock");
+        unreachable.retain(|_, at| at.elapsed() < TRY_LAST);
+        let mut ordered = replicas.to_vec();
+        ordered.sort_by_key(|a| unreachable.contains_key(a));
+        ordered
     }
 
     fn client(&self, addr: &str) -> Result<pb::storage_client::StorageClient<Channel>> {
@@ -77,10 +92,13 @@ impl StorageChannels {
             if round > 0 {
                 tokio::time::sleep(ROUND_PAUSE).await;
             }
-            for addr in &fragment.replicas {
-                match self.client(addr)?.read_fragment(ticket.clone()).await {
+            for addr in self.order(&fragment.replicas) {
+                match self.client(&addr)?.read_fragment(ticket.clone()).await {
                     Ok(response) => return Ok(response.into_inner()),
                     Err(status) => {
+                        if drsdb_common::error::never_arrived(&status) {
+                            self.unreachable.lock().expect("unreachable lock").insert(addr.clone(), Instant::now());
+                        }
                         let e = Error::from(status);
                         tracing::debug!(group = fragment.group, %addr, "fragment not opened: {e}");
                         if !matches!(e, Error::NotLeader { .. } | Error::Unavailable(_)) {

@@ -35,7 +35,13 @@
 //!    a transaction every statement, reads included, is an entry of the
 //!    logs of the shards it touches, so it sees the transaction's writes.
 //! 6. Rows stream back part by part (columns, row batches, `Done`); a
-//!    one-shard read is relayed as the storage server produces it.
+//!    one-shard read is relayed as the storage server produces it. A
+//!    query outside a transaction whose answer is the concatenation or
+//!    merge of its shards' answers is not carried here at all (direct
+//!    streaming): the client gets one fragment per shard, the shard's read
+//!    signed with the cluster's ticket key (`drsdb_common::ticket`), reads
+//!    them from the storage servers and combines them itself; `metrics`
+//!    counts the rows this server sent and the fragments it handed out.
 //! 7. After DDL the first shard's schema is recorded as the catalog in the
 //!    meta group, where other index servers read it.
 //!
@@ -43,7 +49,7 @@
 //! Raft status and the meta group.
 //!
 //! ## Not yet
-//! Direct streaming from storage servers to clients and hash joins;
+//! Hash joins (non-key joins gather their tables here);
 //! statements over several shards are applied shard by shard, not
 //! atomically.
 //! Autocommit writes carry the client's request id and are applied once,

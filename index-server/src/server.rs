@@ -64,6 +64,11 @@ async fn maintain(executor: Arc<Executor>, advertise: String, interval: Duration
             if let Err(e) = executor.refresh_catalog().await {
                 tracing::debug!("catalog refresh failed: {e}");
             }
+            // Leaders as the storage servers see them: direct reads go to
+            // the leaders this server names without it calling them.
+            if let Err(e) = executor.cluster.refresh().await {
+                tracing::debug!("storage status refresh failed: {e}");
+            }
         }
         tokio::time::sleep(if schema_ready { interval } else { interval / 10 }).await;
     }

@@ -28,6 +28,10 @@
 //! - **Reads**: `Storage.Read` on the leader waits for a ReadIndex barrier
 //!   (linearizable), then streams rows from a pooled read-only connection,
 //!   which sees committed data only; a reader that goes away cancels it.
+//!   Clients read too, but only through `Storage.ReadFragment`: the same
+//!   read, carried by a ticket an index server signed with the cluster's
+//!   ticket key (direct streaming); every other call requires a server
+//!   certificate (`service`).
 //! - **Raft traffic**: `network` carries openraft's messages as bytes over
 //!   one gRPC channel per peer, tagged with the group id; snapshots stream
 //!   as SQLite files.

@@ -52,6 +52,11 @@ pub struct ConnectArgs {
     /// Plaintext instead of TLS (only for clusters started with --insecure).
     #[arg(long)]
     insecure: bool,
+    /// Have the index servers relay every row, instead of reading large
+    /// results from the storage servers directly (for clients that cannot
+    /// reach the storage servers).
+    #[arg(long)]
+    relay: bool,
 }
 
 #[derive(Args)]
@@ -74,7 +79,8 @@ enum Command {
     /// Start (or restart) a local cluster: 3 storage servers and 2 index
     /// servers as separate processes, then open the shell.
     Local(local::LocalArgs),
-    /// Create a CA and the node and client certificates a cluster needs.
+    /// Create a CA, the node and client certificates and the ticket key a
+    /// cluster needs.
     Certs {
         /// Output directory.
         #[arg(long, default_value = "certs")]
@@ -134,7 +140,9 @@ impl ConnectArgs {
     /// Connects a client.
     pub async fn client(&self) -> anyhow::Result<Client> {
         let (servers, tls) = self.resolve()?;
-        Ok(Client::connect(&servers, &tls).await?)
+        let mut client = Client::connect(&servers, &tls).await?;
+        client.set_direct(!self.relay);
+        Ok(client)
     }
 }
 
@@ -143,7 +151,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Local(args)) => local::run(args),
         Some(Command::Certs { out, hosts }) => tls::generate(&out, &hosts)
-            .map(|()| println!("certificates written to {}", out.display()))
+            .map(|()| {
+                println!(
+                    "certificates written to {}; give clients ca.pem, client.pem and client.key only (ticket.key \
+                     and node.key are for servers)",
+                    out.display()
+                )
+            })
             .map_err(Into::into),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::ServeStorage { config, listen_fd }) => {
