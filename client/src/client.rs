@@ -175,7 +175,7 @@ impl Client {
             params: params.iter().cloned().map(Into::into).collect(),
             txn_id: self.txn.clone().unwrap_or_default(),
             request_id: format!("{}-{}", self.session, self.sent),
-            relay: !self.direct || self.relay_until.is_some(),
+            accept_fragments: self.direct && self.relay_until.is_none(),
         };
         // Outside a transaction a statement may be sent again after a lost
         // reply: reads are harmless, writes are deduplicated by request id.
@@ -191,10 +191,10 @@ impl Client {
                 // an expired ticket).
                 Err(e) => {
                     tracing::warn!("reading shards directly failed ({e}); asking the index server to relay the rows");
-                    if matches!(e, Error::Unavailable(_)) {
+                    if self.storage.any_unreachable() {
                         self.relay_until = Some(Instant::now() + RELAY_AFTER_UNREACHABLE);
                     }
-                    self.send(pb::ExecuteRequest { relay: true, ..req }, resendable).await
+                    self.send(pb::ExecuteRequest { accept_fragments: false, ..req }, resendable).await
                 }
             },
             other => other,
@@ -229,7 +229,7 @@ impl Client {
             params: Vec::new(),
             txn_id: txn,
             request_id: format!("{}-{}", self.session, self.sent),
-            relay: true,
+            accept_fragments: false,
         };
         if let Err(e) = self.send(req, true).await {
             tracing::debug!("could not roll back an abandoned transaction: {e}");

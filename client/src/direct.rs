@@ -43,6 +43,9 @@ const OPEN_ROUNDS: u32 = 3;
 const ROUND_PAUSE: Duration = Duration::from_millis(300);
 /// Largest message accepted from a storage server.
 const MAX_MESSAGE: usize = 64 << 20;
+/// How long a fragment may take to produce its first answer (as for a
+/// statement sent to an index server).
+const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// A storage server that could not be reached is tried last for this long.
 const TRY_LAST: Duration = Duration::from_secs(30);
 
@@ -84,6 +87,13 @@ impl StorageChannels {
         Ok(pb::storage_client::StorageClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
     }
 
+    /// True when some storage server could not be reached lately.
+    pub(crate) fn any_unreachable(&self) -> bool {
+        let mut unreachable = self.unreachable.lock().expect("unreachable lock");
+        unreachable.retain(|_, at| at.elapsed() < TRY_LAST);
+        !unreachable.is_empty()
+    }
+
     /// Opens `fragment` on its leader, trying each replica in turn.
     async fn open(&self, fragment: &pb::Fragment) -> Result<tonic::Streaming<pb::ResultPart>> {
         let ticket = fragment.ticket.clone().ok_or_else(|| Error::invalid("a fragment came without its ticket"))?;
@@ -114,8 +124,17 @@ impl StorageChannels {
 }
 
 /// Reads one fragment into `tx`, part by part, until it ends, fails, or
-/// the consumer goes away.
+/// the consumer goes away (then at once, even while waiting on the
+/// storage server: dropping the stream cancels the read there).
 async fn pump(channels: StorageChannels, fragment: pb::Fragment, tx: mpsc::Sender<Result<pb::result_part::Part>>) {
+    let gone = tx.clone();
+    tokio::select! {
+        _ = gone.closed() => {}
+        _ = forward(channels, fragment, tx) => {}
+    }
+}
+
+async fn forward(channels: StorageChannels, fragment: pb::Fragment, tx: mpsc::Sender<Result<pb::result_part::Part>>) {
     let mut stream = match channels.open(&fragment).await {
         Ok(s) => s,
         Err(e) => {
@@ -194,7 +213,10 @@ impl Direct {
         }
         let mut columns = Vec::new();
         for s in &mut sources {
-            match s.parts.recv().await {
+            let first = tokio::time::timeout(FIRST_ANSWER_TIMEOUT, s.parts.recv())
+                .await
+                .map_err(|_| Error::unavailable(format!("a shard gave no answer within {FIRST_ANSWER_TIMEOUT:?}")))?;
+            match first {
                 Some(Ok(pb::result_part::Part::Columns(c))) => {
                     columns = c.columns.into_iter().map(|c| Column { name: c.name, decl_type: c.decl_type }).collect()
                 }
@@ -214,6 +236,8 @@ impl Direct {
     pub(crate) async fn next(&mut self) -> Result<Option<Row>> {
         loop {
             if self.left == Some(0) {
+                // Let the storage servers stop reading.
+                self.sources.clear();
                 return Ok(None);
             }
             let Some(values) = self.next_combined().await? else { return Ok(None) };

@@ -215,6 +215,9 @@ impl RowStream {
         if let Some(direct) = &mut self.direct {
             return direct.next().await;
         }
+        if self.fragments.is_some() {
+            return Err(Error::io("the result's fragments were not opened (a bug in the driver)"));
+        }
         loop {
             if let Some(r) = self.buffer.pop_front() {
                 return Ok(Some(r));

@@ -17,6 +17,8 @@ pub const DEFAULT_STORAGE_LISTEN: &str = "127.0.0.1:7101";
 /// Default address an index server listens on.
 pub const DEFAULT_INDEX_LISTEN: &str = "127.0.0.1:7001";
 
+/// Longest a direct-streaming ticket may be valid (a day, in ms).
+pub const MAX_TICKET_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 /// Default path of the cluster's ticket key.
 pub const DEFAULT_TICKET_KEY: &str = "certs/ticket.key";
 
@@ -172,7 +174,7 @@ pub struct StorageConfig {
     pub tls: TlsConfig,
     /// The cluster's ticket key (`drsdb certs` makes it), shared with the
     /// index servers: a client's direct read runs only with a ticket
-    /// signed by it.
+    /// signed by it. Without the file this server refuses direct reads.
     pub ticket_key: PathBuf,
     /// Raft tuning.
     pub raft: RaftConfig,
@@ -299,8 +301,11 @@ impl IndexConfig {
         if self.storage_seeds.is_empty() {
             return Err(Error::invalid("storage_seeds is empty; name at least one storage server"));
         }
-        if self.rows_per_batch == 0 || self.announce_interval_ms == 0 || self.ticket_ttl_ms == 0 {
-            return Err(Error::invalid("rows_per_batch, announce_interval_ms and ticket_ttl_ms must be positive"));
+        if self.rows_per_batch == 0 || self.announce_interval_ms == 0 {
+            return Err(Error::invalid("rows_per_batch and announce_interval_ms must be positive"));
+        }
+        if !(1..=MAX_TICKET_TTL_MS).contains(&self.ticket_ttl_ms) {
+            return Err(Error::invalid(format!("ticket_ttl_ms must be between 1 and {MAX_TICKET_TTL_MS}")));
         }
         Ok(())
     }

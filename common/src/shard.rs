@@ -49,14 +49,22 @@ pub struct Placement {
 /// Where the meta group and `shards` data groups live on `members`
 /// (storage server ids, any order). The meta group comes first.
 pub fn placement(members: &[NodeId], shards: usize) -> Vec<Placement> {
+    std::iter::once(GroupId::META)
+        .chain(shard_groups(shards))
+        .map(|group| Placement { group, replicas: replicas_of(members, group) })
+        .collect()
+}
+
+/// The servers among `members` (any order) that hold `group`'s
+/// replicas, preferred leader first ([`placement`] of one group).
+pub fn replicas_of(members: &[NodeId], group: GroupId) -> Vec<NodeId> {
     let mut servers = members.to_vec();
     servers.sort_unstable();
     servers.dedup();
+    // The meta group starts where the first shard does.
+    let start = group.0.saturating_sub(GroupId::FIRST_DATA.0) as usize;
     let width = servers.len().min(REPLICATION_FACTOR);
-    let replicas = |start: usize| (0..width).map(|i| servers[(start + i) % servers.len()]).collect();
-    let mut out = vec![Placement { group: GroupId::META, replicas: replicas(0) }];
-    out.extend((0..shards).map(|k| Placement { group: shard_group(k), replicas: replicas(k) }));
-    out
+    (0..width).map(|i| servers[(start + i) % servers.len()]).collect()
 }
 
 /// The group of the `k`-th shard (counting from 0).

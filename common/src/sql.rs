@@ -229,6 +229,11 @@ pub fn number_placeholders(sql: &str) -> Result<String> {
     Ok(out)
 }
 
+/// `name` as a double-quoted SQL identifier.
+pub fn quote_name(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// Every word of `sql` (lower-cased): keywords and names alike. What a
 /// statement sqlparser cannot parse may name.
 pub fn words(sql: &str) -> Result<Vec<String>> {

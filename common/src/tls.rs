@@ -74,9 +74,9 @@ fn leaf(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Creates a CA, a node certificate valid for `hosts` (DNS names or IP
-/// addresses; `localhost` and `127.0.0.1` are always included), a
-/// client certificate, as PEM files in `dir`, and the ticket key. Existing files are kept,
+/// Creates, in `dir`: a CA, a node certificate valid for `hosts` (DNS
+/// names or IP addresses; `localhost` and `127.0.0.1` are always
+/// included) and a client certificate, as PEM files, and the ticket key. Existing files are kept,
 /// so running it twice is harmless; a missing CA is an error if node or
 /// client files exist.
 pub fn generate(dir: &Path, hosts: &[String]) -> Result<()> {
@@ -110,7 +110,9 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<()> {
         write(files::NODE_KEY, &key)?;
         restrict(&path(files::NODE_KEY))?;
     }
-    if !path(files::CLIENT).exists() {
+    // A client certificate made by an older version carries the server
+    // usage too, which would let its holders act as servers: replace it.
+    if !path(files::CLIENT).exists() || pem_is_server_certificate(&path(files::CLIENT)) {
         let usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let (cert, key) = leaf("drsdb client", &["drsdb-client".to_string()], usages, &issuer)?;
         write(files::CLIENT, &cert)?;
@@ -158,6 +160,12 @@ pub fn server_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>> {
     let identity = Identity::from_pem(read(&tls.cert, "certificate")?, read(&tls.key, "key")?);
     let ca = Certificate::from_pem(read(&tls.ca, "CA certificate")?);
     Ok(Some(ServerTlsConfig::new().identity(identity).client_ca_root(ca)))
+}
+
+/// True when the PEM file at `path` holds a certificate for servers.
+fn pem_is_server_certificate(path: &Path) -> bool {
+    let Ok(pem) = std::fs::read(path) else { return false };
+    x509_parser::pem::parse_x509_pem(&pem).is_ok_and(|(_, p)| is_server_certificate(&p.contents))
 }
 
 /// True when `der` is a certificate for servers (it carries the TLS
@@ -243,6 +251,10 @@ mod tests {
         let der =
             |name: &str| x509_parser::pem::parse_x509_pem(&std::fs::read(dir.join(name)).unwrap()).unwrap().1.contents;
         assert!(is_server_certificate(&der(files::NODE)));
+        assert!(!is_server_certificate(&der(files::CLIENT)));
+        // An older client certificate, with the server usage, is replaced.
+        std::fs::copy(dir.join(files::NODE), dir.join(files::CLIENT)).unwrap();
+        generate(&dir, &[]).unwrap();
         assert!(!is_server_certificate(&der(files::CLIENT)));
         crate::ticket::TicketKey::load(&dir.join(files::TICKET_KEY)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

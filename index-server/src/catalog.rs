@@ -171,6 +171,12 @@ impl Catalog {
     pub fn objects(&self) -> impl Iterator<Item = &Object> {
         self.objects.values()
     }
+
+    /// True when a table, index, view or trigger is named `name` (SQLite
+    /// compares names without ASCII case).
+    pub fn has_object(&self, name: &str) -> bool {
+        self.objects().any(|o| o.name.eq_ignore_ascii_case(name))
+    }
 }
 
 /// Creates `objects` in `db`: tables, then indexes, then views (which may

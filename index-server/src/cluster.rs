@@ -102,26 +102,37 @@ impl Cluster {
         Err(Error::unavailable(format!("no storage server answers ({last}); check storage_seeds")))
     }
 
-    /// The addresses of the storage servers holding `group` (one of
-    /// `shards` data groups), the last known leader first.
-    pub async fn replicas(&self, group: GroupId, shards: usize) -> Result<Vec<String>> {
+    /// For each of `groups`, the addresses of the storage servers holding
+    /// it, the last known leader first.
+    pub async fn replicas(&self, groups: &[GroupId]) -> Result<Vec<Vec<String>>> {
         if self.nodes.read().expect("nodes lock").is_empty() {
             self.refresh().await?;
         }
-        let nodes = self.nodes.read().expect("nodes lock").clone();
+        let nodes = self.nodes.read().expect("nodes lock");
+        let leaders = self.leaders.read().expect("leaders lock");
         let ids: Vec<NodeId> = nodes.keys().map(|id| NodeId(*id)).collect();
-        let placement = shard::placement(&ids, shards).into_iter().find(|p| p.group == group);
-        let mut replicas: Vec<u64> = placement.map(|p| p.replicas.iter().map(|r| r.0).collect()).unwrap_or_default();
-        if let Some(leader) = self.leaders.read().expect("leaders lock").get(&group) {
-            if let Some(i) = replicas.iter().position(|r| r == leader) {
-                replicas[..=i].rotate_right(1);
-            }
-        }
-        Ok(replicas.iter().filter_map(|r| nodes.get(r).cloned()).collect())
+        Ok(groups
+            .iter()
+            .map(|g| {
+                let mut replicas: Vec<u64> = shard::replicas_of(&ids, *g).iter().map(|r| r.0).collect();
+                if let Some(i) = leaders.get(g).and_then(|l| replicas.iter().position(|r| r == l)) {
+                    replicas[..=i].rotate_right(1);
+                }
+                replicas.iter().filter_map(|r| nodes.get(r).cloned()).collect()
+            })
+            .collect())
+    }
+
+    /// Asks every known storage server for its status, to learn the
+    /// leaders of all groups (each server reports those it holds).
+    pub async fn refresh_leaders(&self) {
+        let addrs = self.addresses();
+        futures::future::join_all(addrs.iter().map(|(_, addr)| self.status_of(addr))).await;
     }
 
     /// The address to try for `group`'s leader: the cached leader, or the
-    /// `attempt`-th known server.
+    /// `attempt`-th server holding a replica of it (of any known server
+    /// while only the seeds are known).
     fn target(&self, group: GroupId, attempt: usize) -> Option<String> {
         let nodes = self.addresses();
         if nodes.is_empty() {
@@ -132,7 +143,15 @@ impl Cluster {
                 return Some(addr.clone());
             }
         }
-        Some(nodes[attempt % nodes.len()].1.clone())
+        let ids: Vec<NodeId> = nodes.iter().map(|(id, _)| NodeId(*id)).filter(|id| id.0 != 0).collect();
+        let holders: Vec<&String> = shard::replicas_of(&ids, group)
+            .iter()
+            .filter_map(|r| nodes.iter().find(|(id, _)| *id == r.0).map(|(_, a)| a))
+            .collect();
+        match holders.is_empty() {
+            true => Some(nodes[attempt % nodes.len()].1.clone()),
+            false => Some(holders[attempt % holders.len()].clone()),
+        }
     }
 
     fn learn(&self, group: GroupId, e: &Error) {

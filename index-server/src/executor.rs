@@ -25,7 +25,7 @@ use crate::introspection;
 use crate::keys::{Keys, RowidGenerator};
 use crate::meta;
 use crate::metrics::Metrics;
-use crate::planner::{self, Context, Plan, Source};
+use crate::planner::{self, Context, Plan, Source, Undo};
 use crate::pushdown::{Combine, PartialColumn, Split};
 
 /// Where a statement's result parts go (the client's stream).
@@ -189,7 +189,7 @@ impl Executor {
         let txn = (!req.txn_id.is_empty()).then(|| TxnId(req.txn_id.clone()));
         // Reads inside a transaction must see its writes: they run in its
         // shards' logs, through here.
-        let direct = self.tickets.is_some() && !req.relay && txn.is_none();
+        let direct = self.tickets.is_some() && req.accept_fragments && txn.is_none();
         let statement = Statement {
             sql: req.sql,
             params: req.params.into_iter().map(Into::into).collect(),
@@ -325,12 +325,10 @@ impl Executor {
                 let db = self.gather(&tables, &copies, &filters, &groups, &statement, txn).await?;
                 self.run_here(db, statement, txn, out).await
             }
-            Plan::Scatter { groups, split, direct: true } => {
-                self.hand_out(&groups, split, statement, shards, out).await
-            }
+            Plan::Scatter { groups, split, direct: true } => self.hand_out(&groups, split, statement, out).await,
             Plan::Scatter { groups, split, direct: false } => self.scatter(&groups, split, statement, txn, out).await,
-            Plan::Schema { groups, creates } => {
-                let r = self.schema_change(statement, &groups, creates, txn).await?;
+            Plan::Schema { groups, creates, undo } => {
+                let r = self.schema_change(statement, &groups, creates, undo, txn).await?;
                 self.send_result(out, r, txn).await
             }
             Plan::Insert { table, source } => {
@@ -468,31 +466,26 @@ impl Executor {
     /// Answers a split query with fragments: for each shard, the storage
     /// servers holding it and a signed ticket for its part, for the client
     /// to read and combine (concatenate, or merge on the hidden sort keys).
-    async fn hand_out(
-        &self,
-        groups: &[GroupId],
-        split: Split,
-        statement: Statement,
-        shards: usize,
-        out: &PartSender,
-    ) -> Result<()> {
-        let tickets = self.tickets.as_ref().expect("direct plans only with a ticket key");
+    async fn hand_out(&self, groups: &[GroupId], split: Split, statement: Statement, out: &PartSender) -> Result<()> {
+        let (Some(tickets), Combine::Concat | Combine::Merge { .. }) = (&self.tickets, &split.combine) else {
+            return Err(Error::io(format!("planned as direct without a ticket key, or with {}", split.combine)));
+        };
         let (keys, offset, limit) = match split.combine {
-            Combine::Concat => (Vec::new(), 0, None),
             Combine::Merge { keys, offset, limit } => (keys.into_iter().map(Into::into).collect(), offset, limit),
-            Combine::Final { .. } => unreachable!("partial aggregates are combined here, never direct"),
+            _ => (Vec::new(), 0, None),
         };
         let shard_part = with_sql(&statement, split.shard_sql)?;
         let expires_ms = chrono::Utc::now().timestamp_millis().saturating_add(tickets.ttl_ms);
-        let mut fragments = Vec::with_capacity(groups.len());
-        for g in groups {
-            let read = read_request(*g, Self::for_shard(&shard_part, *g, false));
-            fragments.push(pb::Fragment {
+        let replicas = self.cluster.replicas(groups).await?;
+        let fragments: Vec<pb::Fragment> = groups
+            .iter()
+            .zip(replicas)
+            .map(|(g, replicas)| pb::Fragment {
                 group: g.0,
-                replicas: self.cluster.replicas(*g, shards).await?,
-                ticket: Some(tickets.key.sign(read, expires_ms)),
-            });
-        }
+                replicas,
+                ticket: Some(tickets.key.sign(read_request(*g, Self::for_shard(&shard_part, *g, false)), expires_ms)),
+            })
+            .collect();
         Metrics::add(&self.metrics.direct_results, 1);
         Metrics::add(&self.metrics.fragments_issued, fragments.len() as u64);
         send(out, part(pb::result_part::Part::Fragments(pb::Fragments { fragments, keys, offset, limit }))).await?;
@@ -578,6 +571,7 @@ impl Executor {
         mut statement: Statement,
         groups: &[GroupId],
         creates: Option<(String, bool)>,
+        undo: Option<Undo>,
         txn: Option<&TxnId>,
     ) -> Result<StatementResult> {
         if let Some(stripped) = sql::strip_reference(&statement.sql) {
@@ -623,6 +617,10 @@ impl Executor {
                 meta::set_reference(&self.cluster, name, *reference).await?;
             }
         }
+        // A new object is dropped again where it was made if some shard
+        // cannot make it (not one that existed: that one keeps its rows;
+        // not inside a transaction: rolling it back undoes it).
+        let undo = undo.filter(|u| txn.is_none() && !self.catalog().has_object(&u.name));
         let (first, rest) = groups.split_first().expect("at least one shard");
         let r = self.apply(*first, Self::for_shard(&statement, *first, true), txn).await?;
         let others = join_all(rest.iter().map(|g| self.apply(*g, Self::for_shard(&statement, *g, true), txn))).await;
@@ -634,6 +632,9 @@ impl Executor {
             // lookup that misses.
             Err(e) => tracing::warn!("catalog not updated after DDL: {e}"),
         }
+        if let (false, Some(undo)) = (failed.is_empty(), undo) {
+            return Err(self.take_back(&statement, groups, &undo, &failed).await);
+        }
         if !failed.is_empty() {
             return Err(Error::unavailable(format!(
                 "the schema change was applied on shard {first} but not on every shard ({}); run it again \
@@ -644,12 +645,50 @@ impl Executor {
         Ok(r)
     }
 
+    /// Drops a new object again from every shard of `groups` after some
+    /// failed to create it (`failed`), and says what happened. The failed
+    /// ones get the DROP too: a CREATE whose outcome is unknown may sit
+    /// in a leader's log and commit once the shard recovers; the DROP then
+    /// follows it there. The error is not one the driver re-sends by
+    /// itself: the same request id would find the creation recorded as
+    /// done on the shards that undid it.
+    async fn take_back(&self, statement: &Statement, groups: &[GroupId], undo: &Undo, failed: &[String]) -> Error {
+        let mut drop = with_sql(statement, undo.sql.clone()).expect("a DROP statement has no placeholders");
+        drop.request_id = statement.request_id.as_ref().map(|r| format!("{r}#undo"));
+        let undone = join_all(groups.iter().map(|g| self.apply(*g, Self::for_shard(&drop, *g, true), None))).await;
+        let left: Vec<String> = groups
+            .iter()
+            .zip(&undone)
+            .filter_map(|(g, u)| u.as_ref().err().map(|e| format!("shard {g}: {e}")))
+            .collect();
+        if let Ok(c) = meta::sync_catalog(&self.cluster).await {
+            self.set_catalog(c);
+        }
+        if left.is_empty() {
+            Error::Retryable(format!(
+                "{} could not be created on every shard ({}), so it was dropped again from the others: nothing \
+                 changed; run the statement again once those shards are available",
+                undo.name,
+                failed.join("; ")
+            ))
+        } else {
+            Error::io(format!(
+                "{} could not be created on every shard ({}) nor surely dropped again everywhere ({}); once \
+                 every shard is available, run `{}` and then the statement again",
+                undo.name,
+                failed.join("; "),
+                left.join("; "),
+                undo.sql
+            ))
+        }
+    }
+
     /// How many rows of `table` each data shard holds (a reference
     /// table's copies each hold all of them).
     pub async fn rows_per_shard(&self, table: &str) -> Result<Vec<(GroupId, i64)>> {
-        self.ensure_known(&format!("SELECT * FROM {}", quoted(table)), Kind::Write).await?;
+        self.ensure_known(&format!("SELECT * FROM {}", sql::quote_name(table)), Kind::Write).await?;
         let groups = shard::shard_groups(self.shard_count().await?);
-        let count = own_read(format!("SELECT count(*) FROM {}", quoted(table)));
+        let count = own_read(format!("SELECT count(*) FROM {}", sql::quote_name(table)));
         let counted = join_all(groups.iter().map(|g| self.fetch(*g, count.clone(), None))).await;
         groups
             .into_iter()
@@ -664,7 +703,7 @@ impl Executor {
     /// The shard that holds (or would hold) the row of `table` whose
     /// primary key is `key` (SQL values, comma-separated, in key order).
     pub async fn shard_of_key(&self, table: &str, key: &str) -> Result<GroupId> {
-        self.ensure_known(&format!("SELECT * FROM {}", quoted(table)), Kind::Write).await?;
+        self.ensure_known(&format!("SELECT * FROM {}", sql::quote_name(table)), Kind::Write).await?;
         let shards = self.shard_count().await?;
         let catalog = self.catalog();
         let t = catalog.table(table).ok_or_else(|| Error::invalid(format!("no such table: {table}")))?;
@@ -702,7 +741,7 @@ impl Executor {
 
     /// True when `table` has no row on any shard of `groups`.
     async fn is_empty(&self, table: &str, groups: &[GroupId], txn: Option<&TxnId>) -> Result<bool> {
-        let probe = own_read(format!("SELECT 1 FROM {} LIMIT 1", quoted(table)));
+        let probe = own_read(format!("SELECT 1 FROM {} LIMIT 1", sql::quote_name(table)));
         let found = join_all(groups.iter().map(|g| self.fetch(*g, probe.clone(), txn))).await;
         for rows in found {
             if !rows?.is_empty() {
@@ -859,17 +898,17 @@ impl Executor {
         let sources = tables.iter().map(|t| (t, groups)).chain(copies.iter().map(|t| (t, &groups[..1])));
         for (name, groups) in sources {
             let Some(table) = catalog.table(name) else { continue };
-            let mut columns: Vec<String> = table.columns.iter().map(|c| quoted(&c.name)).collect();
+            let mut columns: Vec<String> = table.columns.iter().map(|c| sql::quote_name(&c.name)).collect();
             if let Some(alias) = &table.rowid_alias {
                 columns.insert(0, alias.clone());
             }
-            let mut select = format!("SELECT {} FROM {}", columns.join(", "), quoted(&table.name));
+            let mut select = format!("SELECT {} FROM {}", columns.join(", "), sql::quote_name(&table.name));
             if let Some(filter) = filters.get(name) {
                 select.push_str(&format!(" WHERE {filter}"));
             }
             let insert = format!(
                 "INSERT INTO {}({}) VALUES ({})",
-                quoted(&table.name),
+                sql::quote_name(&table.name),
                 columns.join(", "),
                 vec!["?"; columns.len()].join(", ")
             );
@@ -926,11 +965,6 @@ const STALE_SCHEMA_BACKOFF: std::time::Duration = std::time::Duration::from_mill
 
 /// Result parts buffered between a scatter and the INSERT collecting its rows.
 const SCATTER_COLLECT_BUFFER: usize = 16;
-
-/// A double-quoted SQL name.
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 /// A read of the index server's own, with no parameters or randomness.
 fn own_read(sql: String) -> Statement {

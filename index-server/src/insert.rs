@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use drsdb_common::{shard, Error, GroupId, Result, Value};
+use drsdb_common::{shard, sql, Error, GroupId, Result, Value};
 use sqlparser::ast::{Insert, ObjectNamePart, SqliteOnConflict};
 
 use crate::catalog::Table;
@@ -33,10 +33,6 @@ pub struct Part {
     pub params: Vec<Value>,
     /// The position (in the INSERT's row order) of the last row it writes.
     pub last_row: usize,
-}
-
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The INSERT's target columns (indexes into `table.columns`).
@@ -105,7 +101,7 @@ pub fn split(
             }
         }
     }
-    let mut names: Vec<String> = columns.iter().map(|c| quote(&table.columns[*c].name)).collect();
+    let mut names: Vec<String> = columns.iter().map(|c| sql::quote_name(&table.columns[*c].name)).collect();
     let hashes = if table.assigns_rowid() {
         let alias = table.rowid_alias.as_deref().expect("rowid tables have an alias");
         names.push(alias.to_string());
@@ -152,7 +148,7 @@ pub fn split(
         let items: Vec<String> = returning.iter().map(ToString::to_string).collect();
         tail.push_str(&format!(" RETURNING {}", items.join(", ")));
     }
-    let head = format!("{verb} INTO {}({}) VALUES ", quote(&table.name), names.join(", "));
+    let head = format!("{verb} INTO {}({}) VALUES ", sql::quote_name(&table.name), names.join(", "));
 
     let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     if reference {

@@ -29,8 +29,11 @@
 //!   sqlparser cannot parse (SQLite syntax it lacks), with every sharded
 //!   table it names.
 //!
-//! Not yet: hash joins, direct streaming to the client, writes whose
-//! subqueries read other sharded tables, updates of shard keys.
+//! A concatenation or merge planned with `Context::direct` is combined by
+//! the client from the storage servers' answers (direct streaming).
+//!
+//! Not yet: hash joins, writes whose subqueries read other sharded
+//! tables, updates of shard keys.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -117,7 +120,19 @@ pub enum Plan {
         groups: Vec<GroupId>,
         /// For CREATE TABLE: the table, and whether it is a reference table.
         creates: Option<(String, bool)>,
+        /// For CREATE TABLE/INDEX/VIEW: how to take it back on the shards
+        /// that applied it when others could not.
+        undo: Option<Undo>,
     },
+}
+
+/// The object a CREATE statement makes, and the statement that drops it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undo {
+    /// The object's name.
+    pub name: String,
+    /// `DROP … IF EXISTS name`.
+    pub sql: String,
 }
 
 impl Plan {
@@ -160,13 +175,14 @@ impl Plan {
                     Source::Query(_, plan) => plan.fmt_tree(f, depth + 1),
                 }
             }
-            Plan::Schema { groups, creates } => {
+            Plan::Schema { groups, creates, undo } => {
                 let what = match creates {
                     Some((t, true)) => format!(", creates reference table {t}"),
                     Some((t, false)) => format!(", creates sharded table {t}"),
                     None => String::new(),
                 };
-                writeln!(f, "{pad}Schema change on {} shards, first shard first{what}", groups.len())
+                let undone = if undo.is_some() { "; dropped again if a shard cannot apply it" } else { "" };
+                writeln!(f, "{pad}Schema change on {} shards, first shard first{what}{undone}", groups.len())
             }
         }
     }
@@ -179,7 +195,6 @@ impl fmt::Display for Plan {
 }
 
 /// What the planner needs to know about the cluster.
-#[derive(Clone, Copy)]
 pub struct Context<'a> {
     /// The schema.
     pub catalog: &'a Catalog,
@@ -188,8 +203,9 @@ pub struct Context<'a> {
     /// Evaluates shard keys written as expressions.
     pub keys: &'a Keys<'a>,
     /// Whether the client may read a query's shard results itself (direct
-    /// streaming: a read outside a transaction, from a client that did not
-    /// ask for relaying, on a server with a ticket key).
+    /// streaming: a read outside a transaction, from a client that reads
+    /// fragments, on a server with a ticket key). Never for writes: the
+    /// rows an INSERT … SELECT reads are the index server's to place.
     pub direct: bool,
 }
 
@@ -209,8 +225,10 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
     if kind == Kind::Ddl {
         let stripped = drsdb_common::sql::strip_reference(sql);
         let reference = stripped.is_some();
-        let creates = created_table(stripped.as_deref().unwrap_or(sql)).map(|t| (t, reference));
-        return Ok(Plan::Schema { groups, creates });
+        let statement = parse(stripped.as_deref().unwrap_or(sql)).ok();
+        let creates = statement.as_ref().and_then(created_table).map(|t| (t, reference));
+        let undo = statement.as_ref().and_then(undo_of);
+        return Ok(Plan::Schema { groups, creates, undo });
     }
     if cx.shards == 1 {
         return Ok(Plan::Single { group: groups[0], why: "the only shard".into() });
@@ -253,9 +271,7 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
                         Source::Local(pushdown::to_sql(q.clone()))
                     } else {
                         let text = pushdown::to_sql(q.clone());
-                        // The index server reads the rows it inserts.
-                        let here = Context { direct: false, ..*cx };
-                        let plan = plan_query(&here, q, &source_refs, Some(&text))?;
+                        let plan = plan_query(cx, q, &source_refs, Some(&text))?;
                         Source::Query(text, Box::new(plan))
                     }
                 }
@@ -328,11 +344,23 @@ fn parse(sql: &str) -> Result<Statement> {
 }
 
 /// The table a `CREATE TABLE` statement creates.
-fn created_table(sql: &str) -> Option<String> {
-    match parse(sql).ok()? {
+fn created_table(statement: &Statement) -> Option<String> {
+    match statement {
         Statement::CreateTable(c) => Some(last_name(&c.name)),
         _ => None,
     }
+}
+
+/// How to drop what a CREATE TABLE/INDEX/VIEW makes.
+fn undo_of(statement: &Statement) -> Option<Undo> {
+    let (kind, name) = match statement {
+        Statement::CreateTable(c) => ("TABLE", last_name(&c.name)),
+        Statement::CreateIndex(c) => ("INDEX", last_name(c.name.as_ref()?)),
+        Statement::CreateView(v) => ("VIEW", last_name(&v.name)),
+        _ => return None,
+    };
+    let sql = format!("DROP {kind} IF EXISTS {}", drsdb_common::sql::quote_name(&name));
+    Some(Undo { name, sql })
 }
 
 /// Plans a query whose text (placeholders numbered) is `source`.

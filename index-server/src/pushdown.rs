@@ -9,7 +9,7 @@
 //!   other ([`Combine::Concat`]);
 //! - with ORDER BY and/or LIMIT, every shard sorts its rows (on sort keys
 //!   it returns as hidden leading columns) and keeps its first
-//!   OFFSET + LIMIT; the index server merges the sorted streams, skips
+//!   OFFSET + LIMIT; the index server (or, streaming directly, the client) merges the sorted streams, skips
 //!   OFFSET rows and stops at LIMIT ([`Combine::Merge`]);
 //! - with aggregates, GROUP BY or DISTINCT, every shard computes partial
 //!   aggregates per group (COUNT and SUM add up, MIN of MINs, AVG from

@@ -64,13 +64,19 @@ async fn maintain(executor: Arc<Executor>, advertise: String, interval: Duration
             if let Err(e) = executor.refresh_catalog().await {
                 tracing::debug!("catalog refresh failed: {e}");
             }
-            // Leaders as the storage servers see them: direct reads go to
-            // the leaders this server names without it calling them.
-            if let Err(e) = executor.cluster.refresh().await {
-                tracing::debug!("storage status refresh failed: {e}");
-            }
         }
         tokio::time::sleep(if schema_ready { interval } else { interval / 10 }).await;
+    }
+}
+
+/// Keeps the leaders of all groups known: direct reads go to the leaders
+/// this server names without it calling them. (Its own loop: a dead
+/// storage server costs a connect timeout, which must not delay
+/// announcements.)
+async fn follow_leaders(executor: Arc<Executor>, interval: Duration) {
+    loop {
+        executor.cluster.refresh_leaders().await;
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -89,8 +95,9 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
         false => None,
     };
     let executor = Arc::new(Executor::new(cluster, config.rows_per_batch, tickets, advertise.clone()));
-    let maintenance =
-        tokio::spawn(maintain(executor.clone(), advertise, Duration::from_millis(config.announce_interval_ms)));
+    let interval = Duration::from_millis(config.announce_interval_ms);
+    let maintenance = tokio::spawn(maintain(executor.clone(), advertise, interval));
+    let leaders = tokio::spawn(follow_leaders(executor.clone(), interval));
     let mut builder = Server::builder();
     if let Some(tls) = tls::server_config(&config.tls)? {
         builder = builder.tls_config(tls).map_err(|e| Error::invalid(format!("TLS: {e}")))?;
@@ -101,6 +108,7 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
         .serve_with_incoming_shutdown(tls::incoming(listener), shutdown)
         .await;
     maintenance.abort();
+    leaders.abort();
     tracing::info!(%addr, "index server stopped");
     served.map_err(|e| Error::io(format!("gRPC server: {e}")))
 }

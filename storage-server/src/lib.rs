@@ -44,7 +44,7 @@
 //!
 //! ## Not yet
 //! Membership and placement are fixed at creation: no moving groups, no
-//! adding servers; no follower reads; no direct streaming to clients.
+//! adding servers; no follower reads.
 
 mod clock;
 mod command;

@@ -68,7 +68,16 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
     }
     let shards = config.shard_count();
     check_shard_count(&config.data_dir, shards)?;
-    let tickets = TicketKey::load(&config.ticket_key)?;
+    let tickets = if config.ticket_key.exists() {
+        Some(TicketKey::load(&config.ticket_key)?)
+    } else {
+        tracing::warn!(
+            "no ticket key at {}: clients' direct reads will be refused (index servers must relay); make one with \
+             `drsdb certs`",
+            config.ticket_key.display()
+        );
+        None
+    };
     let addrs: BTreeMap<NodeId, String> = config.members.iter().map(|m| (NodeId(m.id), m.addr.clone())).collect();
     let mine: Vec<Placement> = shard::placement(&addrs.keys().copied().collect::<Vec<_>>(), shards)
         .into_iter()

@@ -1,5 +1,5 @@
-//! The gRPC services of a storage server. They translate and route: find
-//! the group, decode, call it, encode. No logic of their own.
+//! The gRPC services of a storage server. They check who calls, then
+//! translate and route: find the group, decode, call it, encode.
 //!
 //! Who may call: every call but `ReadFragment` is for servers only (index
 //! servers and peers, recognized by their server certificates). Clients
@@ -44,8 +44,9 @@ pub struct Node {
     pub shards: usize,
     /// Where incoming snapshots are buffered.
     pub scratch_dir: std::path::PathBuf,
-    /// Checks the tickets of clients' direct reads.
-    pub tickets: TicketKey,
+    /// Checks the tickets of clients' direct reads; `None` (no key file):
+    /// clients' reads are refused.
+    pub tickets: Option<TicketKey>,
     /// Whether this server runs TLS (without it no peer is authenticated,
     /// so every call is open).
     pub tls: bool,
@@ -135,7 +136,8 @@ impl Node {
 
 type PartStream = Pin<Box<dyn Stream<Item = Result<pb::ResultPart, Status>> + Send + 'static>>;
 
-/// The `Storage` service (index server → storage server).
+/// The `Storage` service (index server → storage server; clients call
+/// `ReadFragment` only).
 pub struct StorageService(pub Arc<Node>);
 
 fn part(p: pb::result_part::Part) -> pb::ResultPart {
@@ -169,7 +171,13 @@ impl pb::storage_server::Storage for StorageService {
     type ReadFragmentStream = PartStream;
 
     async fn read_fragment(&self, request: Request<pb::Ticket>) -> Result<Response<PartStream>, Status> {
-        let read = self.0.tickets.open(request.get_ref(), chrono::Utc::now().timestamp_millis())?;
+        let Some(tickets) = &self.0.tickets else {
+            return Err(Status::from(Error::invalid(
+                "this storage server has no ticket key, so it serves no direct reads; ask an index server to relay \
+                 the rows (or give every server the cluster's ticket.key)",
+            )));
+        };
+        let read = tickets.open(request.get_ref(), chrono::Utc::now().timestamp_millis())?;
         self.0.read(read).await
     }
 
