@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use drsdb_common::order::{self, SortKey};
-use drsdb_common::tls::Dialer;
-use drsdb_common::{Error, Result, Value};
+use drsdb_common::tls::{Channels, Dialer};
+use drsdb_common::{value, Error, Result, Value};
 use drsdb_proto as pb;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -52,15 +52,14 @@ const TRY_LAST: Duration = Duration::from_secs(30);
 /// Connections to storage servers, shared by a client's fragment reads.
 #[derive(Clone)]
 pub(crate) struct StorageChannels {
-    dialer: Dialer,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Channels,
     /// Servers that could not be reached, and when.
     unreachable: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl StorageChannels {
     pub(crate) fn new(dialer: Dialer) -> StorageChannels {
-        StorageChannels { dialer, channels: Arc::default(), unreachable: Arc::default() }
+        StorageChannels { channels: Channels::new(dialer), unreachable: Arc::default() }
     }
 
     /// `replicas` in the order to try them: as listed, except that servers
@@ -75,16 +74,7 @@ impl StorageChannels {
     }
 
     fn client(&self, addr: &str) -> Result<pb::storage_client::StorageClient<Channel>> {
-        let mut channels = self.channels.lock().expect("channels lock");
-        let channel = match channels.get(addr) {
-            Some(c) => c.clone(),
-            None => {
-                let c = self.dialer.lazy(addr)?;
-                channels.insert(addr.to_string(), c.clone());
-                c
-            }
-        };
-        Ok(pb::storage_client::StorageClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+        Ok(pb::storage_client::StorageClient::new(self.channels.get(addr)?).max_decoding_message_size(MAX_MESSAGE))
     }
 
     /// True when some storage server could not be reached lately.
@@ -174,9 +164,7 @@ impl Source {
                 return Ok(None);
             }
             match self.parts.recv().await {
-                Some(Ok(pb::result_part::Part::Rows(r))) => {
-                    self.rows.extend(r.rows.into_iter().map(|r| r.values.into_iter().map(Value::from).collect()))
-                }
+                Some(Ok(pb::result_part::Part::Rows(r))) => self.rows.extend(value::rows_from(r)),
                 Some(Ok(pb::result_part::Part::Done(_))) => self.done = true,
                 Some(Ok(_)) => return Err(Error::io("a shard sent an unexpected result part")),
                 Some(Err(e)) => return Err(e),
@@ -218,7 +206,7 @@ impl Direct {
                 .map_err(|_| Error::unavailable(format!("a shard gave no answer within {FIRST_ANSWER_TIMEOUT:?}")))?;
             match first {
                 Some(Ok(pb::result_part::Part::Columns(c))) => {
-                    columns = c.columns.into_iter().map(|c| Column { name: c.name, decl_type: c.decl_type }).collect()
+                    columns = c.columns.into_iter().map(Column::from).collect()
                 }
                 Some(Ok(pb::result_part::Part::Done(_))) => s.done = true,
                 Some(Ok(_)) => return Err(Error::io("a shard sent rows before its columns")),

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use drsdb_common::{Error, Result, Value};
+use drsdb_common::{value, Error, Result, Value};
 use drsdb_proto as pb;
 
 use crate::direct::{Direct, StorageChannels};
@@ -14,6 +14,12 @@ pub struct Column {
     pub name: String,
     /// Declared type, empty for expressions.
     pub decl_type: String,
+}
+
+impl From<pb::Column> for Column {
+    fn from(c: pb::Column) -> Self {
+        Column { name: c.name, decl_type: c.decl_type }
+    }
 }
 
 /// One result row.
@@ -185,13 +191,10 @@ impl RowStream {
             Some(pb::ResultPart { part }) => {
                 match part {
                     Some(pb::result_part::Part::Columns(c)) => {
-                        self.columns =
-                            c.columns.into_iter().map(|c| Column { name: c.name, decl_type: c.decl_type }).collect();
+                        self.columns = c.columns.into_iter().map(Column::from).collect();
                     }
                     Some(pb::result_part::Part::Rows(r)) => {
-                        self.buffer.extend(
-                            r.rows.into_iter().map(|r| Row { values: r.values.into_iter().map(Value::from).collect() }),
-                        );
+                        self.buffer.extend(value::rows_from(r).map(Row::new));
                     }
                     Some(pb::result_part::Part::Fragments(f)) => self.fragments = Some(f),
                     Some(pb::result_part::Part::Done(d)) => {

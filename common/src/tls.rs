@@ -235,6 +235,30 @@ impl Dialer {
     }
 }
 
+/// One lazily connected channel per address, shared by every call to it.
+#[derive(Clone, Debug)]
+pub struct Channels {
+    dialer: Dialer,
+    open: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    /// Channels dialed with `dialer`.
+    pub fn new(dialer: Dialer) -> Channels {
+        Channels { dialer, open: Default::default() }
+    }
+
+    /// The channel to `addr`, made on first use.
+    pub fn get(&self, addr: &str) -> Result<Channel> {
+        if let Some(c) = self.open.read().expect("channels lock").get(addr) {
+            return Ok(c.clone());
+        }
+        let c = self.dialer.lazy(addr)?;
+        self.open.write().expect("channels lock").insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

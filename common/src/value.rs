@@ -33,6 +33,11 @@ mod real_bits {
     }
 }
 
+/// The rows of a result batch as values.
+pub fn rows_from(batch: pb::Rows) -> impl Iterator<Item = Vec<Value>> {
+    batch.rows.into_iter().map(|row| row.values.into_iter().map(Value::from).collect())
+}
+
 impl From<pb::Value> for Value {
     fn from(v: pb::Value) -> Self {
         use pb::value::Kind;

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 use std::time::Duration;
 
-use drsdb_common::tls::Dialer;
-use drsdb_common::{shard, Error, GroupId, NodeId, Result, Value};
+use drsdb_common::tls::{Channels, Dialer};
+use drsdb_common::{shard, value, Error, GroupId, NodeId, Result, Value};
 use drsdb_proto as pb;
 use drsdb_storage::{Command, CommandResult};
 use tonic::transport::Channel;
@@ -27,10 +27,9 @@ const MAX_MESSAGE: usize = 64 << 20;
 
 /// Storage servers and group leaders as this index server knows them.
 pub struct Cluster {
-    dialer: Dialer,
+    channels: Channels,
     seeds: Vec<String>,
     nodes: RwLock<BTreeMap<u64, String>>,
-    channels: RwLock<HashMap<String, Channel>>,
     leaders: RwLock<HashMap<GroupId, u64>>,
 }
 
@@ -38,25 +37,15 @@ impl Cluster {
     /// A cluster reached through `seeds` (storage server addresses).
     pub fn new(dialer: Dialer, seeds: Vec<String>) -> Cluster {
         Cluster {
-            dialer,
+            channels: Channels::new(dialer),
             seeds,
             nodes: RwLock::new(BTreeMap::new()),
-            channels: RwLock::new(HashMap::new()),
             leaders: RwLock::new(HashMap::new()),
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel> {
-        if let Some(c) = self.channels.read().expect("channels lock").get(addr) {
-            return Ok(c.clone());
-        }
-        let c = self.dialer.lazy(addr)?;
-        self.channels.write().expect("channels lock").insert(addr.to_string(), c.clone());
-        Ok(c)
-    }
-
     fn client(&self, addr: &str) -> Result<pb::storage_client::StorageClient<Channel>> {
-        Ok(pb::storage_client::StorageClient::new(self.channel(addr)?)
+        Ok(pb::storage_client::StorageClient::new(self.channels.get(addr)?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))
     }
@@ -250,7 +239,7 @@ impl Cluster {
         let mut rows = Vec::new();
         while let Some(part) = stream.message().await.map_err(Error::from)? {
             if let Some(pb::result_part::Part::Rows(r)) = part.part {
-                rows.extend(r.rows.into_iter().map(|row| row.values.into_iter().map(Value::from).collect()));
+                rows.extend(value::rows_from(r));
             }
         }
         Ok(rows)

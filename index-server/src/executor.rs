@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use drsdb_common::order::{self, Collation};
 use drsdb_common::sql::{self, Kind};
 use drsdb_common::ticket::TicketKey;
-use drsdb_common::{shard, Error, GroupId, Result, TxnId, Value};
+use drsdb_common::{shard, value, Error, GroupId, Result, TxnId, Value};
 use drsdb_proto as pb;
 use drsdb_storage::{Column, Command, CommandResult, Db, Statement, StatementResult};
 use futures::future::join_all;
@@ -857,9 +857,7 @@ impl Executor {
                     let mut rows = Vec::new();
                     while let Some(part) = rx.recv().await {
                         if let Ok(pb::ResultPart { part: Some(pb::result_part::Part::Rows(r)) }) = part {
-                            rows.extend(
-                                r.rows.into_iter().map(|row| row.values.into_iter().map(Value::from).collect()),
-                            );
+                            rows.extend(value::rows_from(r));
                         }
                     }
                     rows
@@ -1051,9 +1049,7 @@ impl ShardRows {
         }
         match stream.message().await.map_err(Error::from)? {
             Some(pb::ResultPart { part: Some(pb::result_part::Part::Columns(c)) }) => *columns = Some(c.columns),
-            Some(pb::ResultPart { part: Some(pb::result_part::Part::Rows(r)) }) => {
-                rows.extend(r.rows.into_iter().map(|row| row.values.into_iter().map(Value::from).collect()))
-            }
+            Some(pb::ResultPart { part: Some(pb::result_part::Part::Rows(r)) }) => rows.extend(value::rows_from(r)),
             Some(_) => {}
             None => *done = true,
         }
