@@ -12,7 +12,7 @@ use drsdb_proto as pb;
 use tonic::transport::Channel;
 
 use crate::direct::StorageChannels;
-use crate::rows::{ResultSet, RowStream};
+use crate::rows::{Failure, ResultSet, RowStream};
 use crate::syntax;
 
 /// Failures after which an index server leaves the rotation.
@@ -160,6 +160,7 @@ impl Client {
 
     /// Runs one statement and returns its rows as a stream.
     pub async fn query(&mut self, statement: &str, params: &[Value]) -> Result<RowStream> {
+        sql::check_length(statement)?;
         let statements = sql::split_script(statement)?;
         let [statement] = statements.as_slice() else {
             return Err(Error::invalid(format!(
@@ -279,6 +280,13 @@ impl Client {
 
     /// One attempt on rotation entry `i`. `Err(Ok(e))`: the server failed
     /// and another may be tried; `Err(Err(e))`: the statement's final error.
+    ///
+    /// Another server is tried only when this one never got the statement
+    /// (it could not be reached) or answered that it cannot serve now (no
+    /// leader, shutting down). When the connection broke while this server
+    /// held the statement, or it gave no answer in time, the statement is
+    /// not sent on: it may be what brought this server down, and it would
+    /// bring down the next one too.
     async fn try_server(
         &mut self,
         i: usize,
@@ -287,24 +295,33 @@ impl Client {
     ) -> std::result::Result<RowStream, Result<Error>> {
         let server = &mut self.rotation[i];
         let first_answer = async {
-            match server.client.execute(req.clone()).await {
-                Ok(response) => Ok(RowStream::start(response.into_inner()).await),
-                Err(status) => Err(status),
-            }
+            let response = server.client.execute(req.clone()).await?;
+            RowStream::start(response.into_inner()).await
         };
         let status = match tokio::time::timeout(FIRST_ANSWER_TIMEOUT, first_answer).await {
-            Ok(Ok(Ok(rows))) => return Ok(rows),
-            Ok(Ok(Err(e @ Error::Unavailable(_)))) if idempotent => return Err(Ok(e)),
-            Ok(Ok(Err(e))) => return Err(Err(e)),
-            Ok(Err(status)) => status,
-            Err(_) => tonic::Status::deadline_exceeded(format!(
-                "{} gave no answer within {FIRST_ANSWER_TIMEOUT:?}; a write may or may not have been applied",
-                server.addr
-            )),
+            Ok(Ok(rows)) => return Ok(rows),
+            Ok(Err(Failure::Answered(e @ Error::Unavailable(_)))) if idempotent => return Err(Ok(e)),
+            Ok(Err(Failure::Answered(e))) => return Err(Err(e)),
+            Ok(Err(Failure::Broken(status))) => status,
+            Err(_) => {
+                return Err(Err(Error::unavailable(format!(
+                    "{} gave no answer within {FIRST_ANSWER_TIMEOUT:?}; the statement was not sent to another index \
+                     server (it may be what stalled this one); if it writes, its outcome is unknown: check before \
+                     running it again",
+                    server.addr
+                ))))
+            }
         };
-        let safe = idempotent || drsdb_common::error::never_arrived(&status);
+        if drsdb_common::error::never_arrived(&status) {
+            return Err(Ok(Error::from(status)));
+        }
         match Error::from(status) {
-            e @ Error::Unavailable(_) if safe => Err(Ok(e)),
+            Error::Unavailable(m) => Err(Err(Error::unavailable(format!(
+                "the connection to index server {} broke while it held the statement ({m}); the statement was not \
+                 sent to another index server (it may be what brought this one down); if it writes, its outcome \
+                 is unknown: check before running it again",
+                server.addr
+            )))),
             e => Err(Err(e)),
         }
     }

@@ -22,6 +22,34 @@ impl From<pb::Column> for Column {
     }
 }
 
+/// How a request to a server failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The server answered with this error.
+    Answered(Error),
+    /// No answer: the call or its stream broke (the server may have
+    /// acted on the request, or died of it).
+    Broken(tonic::Status),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        match drsdb_common::error::is_answer(&status) {
+            true => Failure::Answered(Error::from(status)),
+            false => Failure::Broken(status),
+        }
+    }
+}
+
+impl Failure {
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            Failure::Answered(e) => e,
+            Failure::Broken(status) => Error::from(status),
+        }
+    }
+}
+
 /// One result row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -145,7 +173,7 @@ pub struct RowStream {
 impl RowStream {
     /// Reads parts until the columns are known, or fragments arrive, or
     /// the statement is done.
-    pub(crate) async fn start(stream: tonic::Streaming<pb::ResultPart>) -> Result<RowStream> {
+    pub(crate) async fn start(stream: tonic::Streaming<pb::ResultPart>) -> std::result::Result<RowStream, Failure> {
         let mut rs = RowStream {
             columns: Vec::new(),
             buffer: VecDeque::new(),
@@ -154,10 +182,10 @@ impl RowStream {
             fragments: None,
             direct: None,
         };
-        rs.fill().await?;
+        rs.receive().await?;
         if rs.fragments.is_some() {
             // Fragments come alone, then Done.
-            while rs.fill().await? {}
+            while rs.receive().await? {}
         }
         Ok(rs)
     }
@@ -179,12 +207,18 @@ impl RowStream {
 
     /// Reads one part into the buffer; false when the stream has ended.
     async fn fill(&mut self) -> Result<bool> {
+        self.receive().await.map_err(Failure::into_error)
+    }
+
+    async fn receive(&mut self) -> std::result::Result<bool, Failure> {
         let Some(stream) = self.stream.as_mut() else { return Ok(false) };
-        match stream.message().await.map_err(Error::from)? {
+        match stream.message().await.map_err(Failure::from)? {
             None => {
                 self.stream = None;
                 if self.done.is_none() {
-                    return Err(Error::unavailable("the server closed the result stream early"));
+                    return Err(Failure::Broken(tonic::Status::unavailable(
+                        "the server closed the result stream early",
+                    )));
                 }
                 Ok(false)
             }

@@ -8,7 +8,7 @@
 //! errors that need the real schema (an unknown table) mean the syntax is
 //! fine and the cluster should judge.
 
-use drsdb_common::sql::{self, Kind};
+use drsdb_common::sql::{self, Kind, ParseError};
 use drsdb_common::{Error, Result};
 
 /// Refuses `statement` if it is not valid SQL (drsdb's `CREATE REFERENCE
@@ -20,7 +20,11 @@ pub fn check(statement: &str) -> Result<Kind> {
     }
     let stripped = sql::strip_reference(statement);
     let statement = stripped.as_deref().unwrap_or(statement);
-    let Err(sqlparser_error) = sql::sqlparser_accepts(statement) else { return Ok(kind) };
+    let sqlparser_error = match sql::parse_one(statement) {
+        Ok(_) => return Ok(kind),
+        Err(ParseError::Refused(e)) => return Err(e),
+        Err(ParseError::Unknown(message)) => message,
+    };
     let conn = rusqlite::Connection::open_in_memory().map_err(|e| Error::io(format!("cannot check syntax: {e}")))?;
     let prepared = conn.prepare(statement).map(|_| ());
     match prepared {

@@ -10,6 +10,7 @@
 //! | `Unavailable` | try another server, or later | `Unavailable` |
 //! | `Corrupt` | stop and restore from a replica | `DataLoss` |
 //! | `Io` | check the disk or network named in the message | `Internal` |
+//! | `Internal` | report a bug: drsdb failed an assertion of its own | `Internal` |
 
 use std::fmt;
 
@@ -58,6 +59,10 @@ pub enum Error {
     /// A disk or network operation failed.
     #[error("I/O error: {0}")]
     Io(String),
+    /// drsdb failed a check of its own while serving the request (a bug,
+    /// see [`catch_panic`]); the request was abandoned, the server runs on.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -102,6 +107,34 @@ pub fn never_arrived(status: &tonic::Status) -> bool {
     }
 }
 
+/// True when `status` is an answer from a drsdb server (it carries an
+/// error kind), not a failure of the transport on the way.
+pub fn is_answer(status: &tonic::Status) -> bool {
+    status.metadata().contains_key(KIND_KEY)
+}
+
+/// Runs the work of one request, turning a panic in it (a bug) into an
+/// error answer to that request: the process, its other requests and its
+/// connections carry on.
+pub async fn catch_panic<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a panic");
+            tracing::error!("request abandoned after a panic: {what}");
+            Err(Error::Internal(format!(
+                "the server hit a bug while serving this request ({what}) and abandoned it; the server runs on; \
+                 please report this with the statement"
+            )))
+        }
+    }
+}
+
 /// Metadata keys that carry the error kind and leader hint across gRPC.
 const KIND_KEY: &str = "drsdb-error";
 const GROUP_KEY: &str = "drsdb-group";
@@ -119,11 +152,15 @@ impl From<Error> for tonic::Status {
             Error::Unavailable(_) => (Code::Unavailable, "unavailable"),
             Error::Corrupt(_) => (Code::DataLoss, "corrupt"),
             Error::Io(_) => (Code::Internal, "io"),
+            Error::Internal(_) => (Code::Internal, "internal"),
         };
         let message = match &e {
-            Error::InvalidInput(m) | Error::Retryable(m) | Error::Unavailable(m) | Error::Corrupt(m) | Error::Io(m) => {
-                m.clone()
-            }
+            Error::InvalidInput(m)
+            | Error::Retryable(m)
+            | Error::Unavailable(m)
+            | Error::Corrupt(m)
+            | Error::Io(m)
+            | Error::Internal(m) => m.clone(),
             Error::NotLeader { .. } | Error::StaleSchema { .. } => e.to_string(),
         };
         let mut status = tonic::Status::new(code, message);
@@ -165,6 +202,7 @@ impl From<tonic::Status> for Error {
             Some("unavailable") => Error::Unavailable(msg),
             Some("corrupt") => Error::Corrupt(msg),
             Some("io") => Error::Io(msg),
+            Some("internal") => Error::Internal(msg),
             // A status that did not come from drsdb: transport failures,
             // TLS refusals, timeouts.
             _ => match s.code() {
@@ -203,11 +241,18 @@ mod tests {
             Error::Unavailable("no leader".into()),
             Error::Corrupt("bad checksum".into()),
             Error::Io("disk full".into()),
+            Error::Internal("assertion failed".into()),
         ];
         for e in errors {
             let status: tonic::Status = e.clone().into();
             assert_eq!(Error::from(status), e);
         }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_request_becomes_an_error_answer() {
+        let answer: Result<()> = catch_panic(async { panic!("boom") }).await;
+        assert!(matches!(&answer, Err(Error::Internal(m)) if m.contains("boom")), "{answer:?}");
     }
 
     #[test]

@@ -3,6 +3,17 @@
 
 use crate::error::{Error, Result};
 
+/// Stack of each server runtime thread. Statements are bounded before any
+/// syntax tree is built (`sql::parse`), and the walks over those trees
+/// recurse once per level; this leaves them a wide margin. (Only the pages
+/// a thread touches are ever allocated.)
+pub const SERVER_THREAD_STACK: usize = 32 << 20;
+
+/// The runtime a server process runs on.
+pub fn server_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(SERVER_THREAD_STACK).build()?)
+}
+
 /// Installs a tracing subscriber writing to stderr with `filter` (`info`,
 /// `debug`, or tracing directives); `RUST_LOG` wins when set.
 pub fn init(filter: &str) -> Result<()> {
@@ -45,7 +56,7 @@ where
     Fut: std::future::Future<Output = Result<()>>,
 {
     init(log)?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = server_runtime()?;
     listener.set_nonblocking(true)?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;

@@ -49,6 +49,180 @@ fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>> {
         .map_err(|e| Error::invalid(format!("malformed SQL: {e}")))
 }
 
+/// Longest statement text a client may send.
+pub const MAX_STATEMENT_BYTES: usize = 8 << 20;
+/// Longest string or blob drsdb stores or computes (16 MiB).
+pub const MAX_VALUE_BYTES: usize = 16 << 20;
+
+/// SQLite's bound on the depth of an expression tree
+/// (`SQLITE_MAX_EXPR_DEPTH`): deeper expressions are refused by SQLite
+/// itself.
+pub const MAX_EXPR_DEPTH: usize = 1000;
+/// SQLite's bound on the terms of a compound SELECT
+/// (`SQLITE_MAX_COMPOUND_SELECT`).
+pub const MAX_COMPOUND_SELECT: usize = 500;
+/// Most operator tokens on any path through a statement's expressions.
+/// sqlparser builds a chain of operators (`1+1+…`, `a OR b OR …`) into a
+/// tree as deep as the chain is long, and every later walk over it
+/// (printing, visiting, dropping) recurses once per level: unbounded, a
+/// long chain overflows the stack. An expression within SQLite's depth
+/// spends at most a few operator tokens per level (`t.a = 1 AND …`), so
+/// this bound refuses nothing SQLite would accept.
+const MAX_OPERATOR_CHAIN: usize = 4 * MAX_EXPR_DEPTH;
+
+/// Keywords that join or qualify expressions (each adds a level to the
+/// tree it builds).
+const OPERATOR_KEYWORDS: &[Keyword] = &[
+    Keyword::AND,
+    Keyword::OR,
+    Keyword::NOT,
+    Keyword::IS,
+    Keyword::IN,
+    Keyword::LIKE,
+    Keyword::GLOB,
+    Keyword::REGEXP,
+    Keyword::MATCH,
+    Keyword::BETWEEN,
+    Keyword::COLLATE,
+    Keyword::ESCAPE,
+    Keyword::NOTNULL,
+];
+
+/// One level of parentheses (or a CASE … END) while checking limits.
+#[derive(Default)]
+struct Level {
+    /// Operators on the path into this level from the outer ones.
+    base: usize,
+    /// Operators of the current list item (since the last comma).
+    operators: usize,
+    /// UNION / INTERSECT / EXCEPT at this level.
+    compound: usize,
+    /// A CASE … END rather than parentheses.
+    case: bool,
+}
+
+/// Refuses a statement whose expressions or compound SELECTs are too large
+/// to parse and walk safely, in one linear pass over its tokens, before
+/// any tree is built: long operator chains (see `MAX_OPERATOR_CHAIN`)
+/// and compound SELECTs of more than SQLite's `MAX_COMPOUND_SELECT`
+/// terms. (Nesting depth is bounded by sqlparser's own recursion limit.)
+fn check_limits(tokens: &[TokenWithSpan]) -> Result<()> {
+    let mut levels = vec![Level::default()];
+    for t in tokens {
+        let top = levels.last_mut().expect("the statement level is never popped");
+        match &t.token {
+            Token::Whitespace(_)
+            | Token::Number(..)
+            | Token::Placeholder(_)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::NationalStringLiteral(_)
+            | Token::HexStringLiteral(_) => {}
+            Token::LParen | Token::LBracket => {
+                let base = top.base + top.operators + top.compound + 1;
+                levels.push(Level { base, ..Level::default() });
+            }
+            Token::RParen | Token::RBracket => {
+                if levels.len() > 1 {
+                    levels.pop();
+                }
+            }
+            Token::Comma => top.operators = 0,
+            Token::SemiColon => levels = vec![Level::default()],
+            Token::Word(w) if w.quote_style.is_none() => match w.keyword {
+                Keyword::CASE => {
+                    let base = top.base + top.operators + top.compound + 1;
+                    levels.push(Level { base, case: true, ..Level::default() });
+                }
+                Keyword::END if top.case => {
+                    levels.pop();
+                }
+                Keyword::WHEN | Keyword::THEN | Keyword::ELSE if top.case => top.operators = 0,
+                Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT => {
+                    top.compound += 1;
+                    top.operators = 0;
+                    if top.compound >= MAX_COMPOUND_SELECT {
+                        return Err(Error::invalid(format!(
+                            "too many terms in compound SELECT (at most {MAX_COMPOUND_SELECT}, as in SQLite); \
+                             split the query"
+                        )));
+                    }
+                }
+                k if OPERATOR_KEYWORDS.contains(&k) => top.operators += 1,
+                _ => {}
+            },
+            Token::Word(_) => {}
+            _ => top.operators += 1,
+        }
+        let top = levels.last().expect("the statement level is never popped");
+        if top.base + top.operators + top.compound > MAX_OPERATOR_CHAIN {
+            return Err(Error::invalid(format!(
+                "Expression tree is too large (maximum depth {MAX_EXPR_DEPTH}); break the expression up \
+                 (an IN list instead of a chain of ORs, or several statements)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Why sqlparser gave no tree for a statement.
+#[derive(Debug)]
+pub enum ParseError {
+    /// The statement is over a limit (see [`parse`]): refuse it.
+    Refused(Error),
+    /// sqlparser does not know this syntax; SQLite's parser may.
+    Unknown(String),
+}
+
+impl From<ParseError> for Error {
+    fn from(e: ParseError) -> Self {
+        match e {
+            ParseError::Refused(e) => e,
+            ParseError::Unknown(m) => Error::invalid(m),
+        }
+    }
+}
+
+/// Refuses `sql` if it is longer than [`MAX_STATEMENT_BYTES`] or its
+/// expressions or compound SELECTs are too large to handle safely (see
+/// [`parse`]); linear in its length.
+pub fn check_size(sql: &str) -> Result<()> {
+    check_length(sql)?;
+    check_limits(&tokenize(sql)?)
+}
+
+/// Refuses a statement longer than [`MAX_STATEMENT_BYTES`].
+pub fn check_length(sql: &str) -> Result<()> {
+    if sql.len() > MAX_STATEMENT_BYTES {
+        return Err(Error::invalid(format!(
+            "the statement is {} bytes long, over the limit of {} MiB; split it (several INSERTs of fewer rows), or \
+             bind large values as parameters",
+            sql.len(),
+            MAX_STATEMENT_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// Parses `sql` with sqlparser's SQLite dialect: the one way drsdb builds
+/// a syntax tree, so that every tree is within the limits that keep the
+/// walks over it (which recurse) off the end of the stack.
+pub fn parse(sql: &str) -> std::result::Result<Vec<sqlparser::ast::Statement>, ParseError> {
+    let tokens = tokenize(sql).map_err(ParseError::Refused)?;
+    check_limits(&tokens).map_err(ParseError::Refused)?;
+    Parser::new(&SQLiteDialect {})
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+        .map_err(|e| ParseError::Unknown(e.to_string()))
+}
+
+/// Parses an expression (see [`parse`]); `None` when it is not one.
+pub fn parse_expr(sql: &str) -> Option<sqlparser::ast::Expr> {
+    let tokens = tokenize(sql).ok()?;
+    check_limits(&tokens).ok()?;
+    Parser::new(&SQLiteDialect {}).with_tokens_with_locations(tokens).parse_expr().ok()
+}
+
 fn is_trivia(t: &Token) -> bool {
     matches!(t, Token::Whitespace(_))
 }
@@ -61,29 +235,47 @@ fn keyword(t: &Token) -> Option<Keyword> {
 }
 
 /// Byte offsets of token positions, from sqlparser's 1-based line/column
-/// (columns count characters).
-struct Offsets<'a> {
+/// (columns count characters). A cursor remembers the last position
+/// found, so a walk over a statement's tokens in order is linear in its
+/// length (a statement on one long line included).
+pub struct Offsets<'a> {
     text: &'a str,
     line_starts: Vec<usize>,
+    /// The last position found: line, column, byte offset.
+    cursor: std::cell::Cell<(u64, u64, usize)>,
 }
 
 impl<'a> Offsets<'a> {
-    fn new(text: &'a str) -> Self {
+    /// Offsets into `text`.
+    pub fn new(text: &'a str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Self { text, line_starts }
+        Self { text, line_starts, cursor: std::cell::Cell::new((1, 1, 0)) }
     }
 
-    fn byte(&self, loc: sqlparser::tokenizer::Location) -> usize {
-        let Some(&start) = self.line_starts.get((loc.line as usize).saturating_sub(1)) else {
-            return self.text.len();
+    /// The byte offset of `loc` (the text's length when past its end).
+    pub fn byte(&self, loc: sqlparser::tokenizer::Location) -> usize {
+        let (line, column) = (loc.line, loc.column.max(1));
+        let (at_line, at_column, at_byte) = self.cursor.get();
+        let (from_column, from_byte) = if line == at_line && column >= at_column {
+            (at_column, at_byte)
+        } else {
+            match self.line_starts.get((line as usize).saturating_sub(1)) {
+                Some(&start) => (1, start),
+                None => return self.text.len(),
+            }
         };
-        let col = (loc.column as usize).saturating_sub(1);
-        self.text[start..].char_indices().nth(col).map_or(self.text.len(), |(i, _)| start + i)
+        let steps = (column - from_column) as usize;
+        let byte = match steps {
+            0 => from_byte,
+            _ => self.text[from_byte..].char_indices().nth(steps).map_or(self.text.len(), |(i, _)| from_byte + i),
+        };
+        self.cursor.set((line, column, byte));
+        byte
     }
 
     /// Byte range of a token (span ends are inclusive in sqlparser).
-    fn range(&self, t: &TokenWithSpan) -> std::ops::Range<usize> {
+    pub fn range(&self, t: &TokenWithSpan) -> std::ops::Range<usize> {
         let start = self.byte(t.span.start);
         let end = self.byte(t.span.end);
         start..end.max(start)
@@ -260,9 +452,15 @@ pub fn placeholder_count(sql: &str) -> Result<usize> {
 }
 
 /// The user-visible schema objects of a database, in the order and form
-/// [`schema_fingerprint`] takes them: `type, name, tbl_name, sql`.
-pub const SCHEMA_OBJECTS: &str = "SELECT type, name, tbl_name, sql FROM sqlite_schema \
-     WHERE sql IS NOT NULL AND name NOT LIKE '\\_drsdb%' ESCAPE '\\' ORDER BY name";
+/// [`schema_fingerprint`] takes them: `type, name, tbl_name, sql`. The
+/// shadow tables of virtual tables (an FTS index's `t_data`, `t_idx`…)
+/// are left out, with their indexes: their virtual table's CREATE makes
+/// them.
+pub const SCHEMA_OBJECTS: &str = "SELECT type, name, tbl_name, sql FROM sqlite_schema AS s \
+     WHERE sql IS NOT NULL AND name NOT LIKE '\\_drsdb%' ESCAPE '\\' \
+     AND NOT EXISTS (SELECT 1 FROM pragma_table_list AS l \
+                     WHERE l.schema = 'main' AND l.name = s.tbl_name AND l.type = 'shadow') \
+     ORDER BY name";
 
 /// A schema's version as every replica of every shard computes it alike:
 /// a hash of its objects ([`SCHEMA_OBJECTS`]). (SQLite's own
@@ -277,6 +475,49 @@ pub fn schema_fingerprint<'a>(objects: impl IntoIterator<Item = [&'a str; 4]>) -
         }
     }
     hasher.digest() as i64
+}
+
+/// Virtual-table modules drsdb replicates: they keep their data in
+/// ordinary (shadow) tables that every replica writes alike. Other modules
+/// are refused (their tables would read state outside the database).
+pub const VIRTUAL_TABLE_MODULES: &[&str] = &["fts3", "fts4", "fts5", "fts5vocab", "rtree", "rtree_i32"];
+
+/// For `CREATE VIRTUAL TABLE [IF NOT EXISTS] [schema.]name USING module…`,
+/// the table's name and the module's (lower-cased); `None` for any other
+/// statement.
+pub fn virtual_table(sql: &str) -> Option<(String, String)> {
+    let tokens = tokenize(sql).ok()?;
+    let mut tokens = tokens.iter().map(|t| &t.token).filter(|t| !is_trivia(t)).peekable();
+    for expected in [Keyword::CREATE, Keyword::VIRTUAL, Keyword::TABLE] {
+        if keyword(tokens.next()?) != Some(expected) {
+            return None;
+        }
+    }
+    if keyword(tokens.peek()?) == Some(Keyword::IF) {
+        for expected in [Keyword::IF, Keyword::NOT, Keyword::EXISTS] {
+            if keyword(tokens.next()?) != Some(expected) {
+                return None;
+            }
+        }
+    }
+    let mut name = match tokens.next()? {
+        Token::Word(w) => w.value.clone(),
+        _ => return None,
+    };
+    if tokens.peek() == Some(&&Token::Period) {
+        tokens.next();
+        name = match tokens.next()? {
+            Token::Word(w) => w.value.clone(),
+            _ => return None,
+        };
+    }
+    if keyword(tokens.next()?) != Some(Keyword::USING) {
+        return None;
+    }
+    match tokens.next()? {
+        Token::Word(w) => Some((name, w.value.to_ascii_lowercase())),
+        _ => None,
+    }
 }
 
 /// For `CREATE REFERENCE TABLE …`, the statement as SQLite knows it
@@ -295,14 +536,12 @@ pub fn strip_reference(sql: &str) -> Option<String> {
     Some(format!("{}{}", &sql[..range.start], sql[range.end..].trim_start()))
 }
 
-/// Parses one statement with sqlparser's SQLite dialect. `Ok(false)` when
-/// sqlparser does not understand it (the caller may then ask SQLite);
-/// the error text is returned alongside for the message.
-pub fn sqlparser_accepts(sql: &str) -> std::result::Result<(), String> {
-    match Parser::parse_sql(&SQLiteDialect {}, sql) {
-        Ok(stmts) if stmts.len() == 1 => Ok(()),
-        Ok(stmts) => Err(format!("expected one statement, found {}", stmts.len())),
-        Err(e) => Err(e.to_string()),
+/// Parses one statement with sqlparser's SQLite dialect (see [`parse`]).
+pub fn parse_one(sql: &str) -> std::result::Result<sqlparser::ast::Statement, ParseError> {
+    let mut statements = parse(sql)?;
+    match statements.len() {
+        1 => Ok(statements.remove(0)),
+        n => Err(ParseError::Unknown(format!("expected one statement, found {n}"))),
     }
 }
 
@@ -317,6 +556,79 @@ mod tests {
             "SELECT ?1, '?', ?5, ?6, ?7, ?8, ?7"
         );
         assert_eq!(number_placeholders("SELECT 1").unwrap(), "SELECT 1");
+    }
+
+    /// A chain of `n` terms joined by `op`.
+    fn chain(n: usize, op: &str) -> String {
+        format!("SELECT {}", vec!["1"; n].join(op))
+    }
+
+    #[test]
+    fn long_chains_are_refused_before_any_tree_is_built() {
+        for op in ["+", " || ", " AND ", " OR ", " = "] {
+            let e = parse(&chain(50_000, op)).unwrap_err();
+            assert!(
+                matches!(&e, ParseError::Refused(Error::InvalidInput(m)) if m.contains("too large")),
+                "{op}: {e:?}"
+            );
+        }
+        let unions = vec!["SELECT 1"; 50_000].join(" UNION ALL ");
+        assert!(matches!(parse(&unions), Err(ParseError::Refused(_))));
+        // Within SQLite's own limits: parsed.
+        parse(&chain(MAX_EXPR_DEPTH - 10, " OR ")).unwrap();
+        parse(&vec!["SELECT 1"; MAX_COMPOUND_SELECT - 1].join(" UNION ")).unwrap();
+        let conditions: Vec<String> = (0..900).map(|i| format!("t.c{i} = ?")).collect();
+        parse(&format!("SELECT * FROM t WHERE {}", conditions.join(" AND "))).unwrap();
+        // Long lists are not chains.
+        let values: Vec<String> = (0..100_000).map(|i| format!("({i}, 'x')")).collect();
+        parse(&format!("INSERT INTO t VALUES {}", values.join(","))).unwrap();
+        let whens: Vec<String> = (0..20_000).map(|i| format!("WHEN a = {i} THEN {i}")).collect();
+        parse(&format!("SELECT CASE {} END FROM t", whens.join(" "))).unwrap();
+    }
+
+    /// The largest tree the limits let through is printed, visited and
+    /// dropped on a thread with a small stack (2 MiB, tokio's default).
+    #[test]
+    fn the_deepest_accepted_tree_fits_a_small_stack() {
+        let sql = chain(MAX_OPERATOR_CHAIN, "+");
+        let deepest = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let statements = parse(&sql).expect("at the limit");
+                let printed = statements[0].to_string();
+                let mut count = 0;
+                let _ = sqlparser::ast::visit_expressions(&statements, |_| {
+                    count += 1;
+                    std::ops::ControlFlow::<()>::Continue(())
+                });
+                drop(statements);
+                (printed.len(), count)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(deepest.1 > MAX_OPERATOR_CHAIN, "{deepest:?}");
+    }
+
+    #[test]
+    fn offsets_are_found_in_linear_time() {
+        let values: Vec<String> = (0..200_000).map(|i| format!("({i}, 'é?')")).collect();
+        let sql = format!("INSERT INTO t VALUES {}", values.join(","));
+        let started = std::time::Instant::now();
+        let numbered = number_placeholders(&sql).unwrap();
+        assert!(numbered.ends_with("(199999, 'é?')"));
+        assert_eq!(split_script(&format!("{sql};{sql}")).unwrap().len(), 2);
+        println!("numbered and split {} bytes in {:?}", sql.len(), started.elapsed());
+    }
+
+    #[test]
+    fn virtual_tables_are_recognized() {
+        assert_eq!(
+            virtual_table("create virtual table if not exists main.\"Docs\" using FTS5(a, tokenize = 'porter')"),
+            Some(("Docs".into(), "fts5".into()))
+        );
+        assert_eq!(virtual_table("CREATE VIRTUAL TABLE r USING rtree(id, x0, x1)"), Some(("r".into(), "rtree".into())));
+        assert_eq!(virtual_table("CREATE TABLE t(a)"), None);
     }
 
     #[test]

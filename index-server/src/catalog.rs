@@ -125,6 +125,10 @@ pub struct Catalog {
     tables: BTreeMap<String, Table>,
     /// The reference tables it was built with (lower-cased).
     references: BTreeSet<String>,
+    /// Objects SQLite could not load (lower-cased name → why). They are
+    /// left out of planning, so that one bad object cannot stop every
+    /// statement; `SHOW TABLES` names them, and DROP removes them.
+    unloaded: BTreeMap<String, String>,
     /// The version of the shards' schema it was read from
     /// (`sql::schema_fingerprint`); `None` before any was read. Statements planned with this
     /// catalog carry it, and a shard whose schema has moved on refuses
@@ -138,14 +142,26 @@ impl Catalog {
     pub fn new(objects: Vec<Object>, references: &BTreeSet<String>, version: Option<i64>) -> Result<Catalog> {
         let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
         let objects: BTreeMap<String, Object> = objects.into_iter().map(|o| (o.name.to_ascii_lowercase(), o)).collect();
-        create_schema(&db, objects.values(), false)?;
+        let mut unloaded = create_schema(&db, objects.values(), false);
         let mut tables = BTreeMap::new();
         for o in objects.values().filter(|o| o.kind == "table") {
-            let reference = references.contains(&o.name.to_ascii_lowercase());
-            let table = analyse(&db, &o.name, reference).map_err(|e| Error::io(format!("table {}: {e}", o.name)))?;
-            tables.insert(o.name.to_ascii_lowercase(), table);
+            let name = o.name.to_ascii_lowercase();
+            if unloaded.contains_key(&name) {
+                continue;
+            }
+            match analyse(&db, &o.name, references.contains(&name)) {
+                Ok(table) => {
+                    tables.insert(name, table);
+                }
+                Err(e) => {
+                    unloaded.insert(name, e.to_string());
+                }
+            }
         }
-        Ok(Catalog { objects, tables, references: references.clone(), version })
+        for (name, why) in &unloaded {
+            tracing::warn!("catalog object {name} left out: {why}");
+        }
+        Ok(Catalog { objects, tables, references: references.clone(), unloaded, version })
     }
 
     /// True when building from `objects` and `references` would give this
@@ -160,6 +176,11 @@ impl Catalog {
     /// The table or view called `name` (case-insensitive), if any.
     pub fn relation(&self, name: &str) -> Option<&Object> {
         self.objects.get(&name.to_ascii_lowercase()).filter(|o| o.kind == "table" || o.kind == "view")
+    }
+
+    /// Why the object called `name` could not be loaded, if it could not.
+    pub fn unloaded(&self, name: &str) -> Option<&str> {
+        self.unloaded.get(&name.to_ascii_lowercase()).map(String::as_str)
     }
 
     /// The table called `name` (case-insensitive), if any.
@@ -181,13 +202,22 @@ impl Catalog {
 
 /// Creates `objects` in `db`: tables, then indexes, then views (which may
 /// name each other, so they are retried until none is left). Triggers are
-/// left out (scratch databases are only read).
-pub fn create_schema<'a>(db: &Db, objects: impl Iterator<Item = &'a Object>, with_views: bool) -> Result<()> {
+/// left out (scratch databases are only read). Returns the objects that
+/// could not be created (lower-cased name → SQLite's error): the others
+/// are there all the same.
+pub fn create_schema<'a>(
+    db: &Db,
+    objects: impl Iterator<Item = &'a Object>,
+    with_views: bool,
+) -> BTreeMap<String, String> {
     let objects: Vec<&Object> = objects.collect();
     let run = |sql: &str| db.internal(|c| c.execute_batch(sql));
+    let mut failed = BTreeMap::new();
     for kind in ["table", "index"] {
         for o in objects.iter().filter(|o| o.kind == kind) {
-            run(&o.sql).map_err(|e| Error::io(format!("catalog object {}: {e}", o.name)))?;
+            if let Err(e) = run(&o.sql) {
+                failed.insert(o.name.to_ascii_lowercase(), e.to_string());
+            }
         }
     }
     if with_views {
@@ -196,11 +226,12 @@ pub fn create_schema<'a>(db: &Db, objects: impl Iterator<Item = &'a Object>, wit
             let before = views.len();
             views.retain(|o| run(&o.sql).is_err());
             if views.len() == before {
-                return Err(Error::io(format!("catalog view {} cannot be created", views[0].name)));
+                failed.extend(views.iter().map(|o| (o.name.to_ascii_lowercase(), "cannot be created".to_string())));
+                break;
             }
         }
     }
-    Ok(())
+    failed
 }
 
 /// Reads a table's columns, key and rowid from SQLite.
@@ -331,7 +362,7 @@ pub fn uncovered_by(catalog: &Catalog, create: &str, reference: bool) -> Result<
 /// (returned with it); `Err` when the statement or the scratch fails.
 fn created_table(catalog: &Catalog, create: &str, reference: bool) -> Result<Option<(Db, Table)>> {
     let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
-    create_schema(&db, catalog.objects(), false)?;
+    create_schema(&db, catalog.objects(), false);
     let before: BTreeSet<String> = table_names(&db)?;
     db.internal(|c| c.execute_batch(create)).map_err(|e| Error::invalid(e.to_string()))?;
     let after = table_names(&db)?;

@@ -13,8 +13,6 @@ use drsdb_common::{shard, value, Error, GroupId, Result, TxnId, Value};
 use drsdb_proto as pb;
 use drsdb_storage::{Column, Command, CommandResult, Db, Statement, StatementResult};
 use futures::future::join_all;
-use sqlparser::dialect::SQLiteDialect;
-use sqlparser::parser::Parser;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -185,6 +183,7 @@ impl Executor {
 
     /// Runs one statement, sending its result parts to `out`.
     pub async fn execute(&self, req: pb::ExecuteRequest, out: &PartSender) -> Result<()> {
+        sql::check_size(&req.sql)?;
         let kind = sql::classify(&req.sql)?;
         let txn = (!req.txn_id.is_empty()).then(|| TxnId(req.txn_id.clone()));
         // Reads inside a transaction must see its writes: they run in its
@@ -622,7 +621,10 @@ impl Executor {
         // not inside a transaction: rolling it back undoes it).
         let undo = undo.filter(|u| txn.is_none() && !self.catalog().has_object(&u.name));
         let (first, rest) = groups.split_first().expect("at least one shard");
-        let r = self.apply(*first, Self::for_shard(&statement, *first, true), txn).await?;
+        let mut r = self.apply(*first, Self::for_shard(&statement, *first, true), txn).await?;
+        // What a virtual table's module wrote to its shadow tables is not
+        // the statement's doing.
+        r.rows_affected = 0;
         let others = join_all(rest.iter().map(|g| self.apply(*g, Self::for_shard(&statement, *g, true), txn))).await;
         let failed: Vec<String> =
             rest.iter().zip(&others).filter_map(|(g, o)| o.as_ref().err().map(|e| format!("shard {g}: {e}"))).collect();
@@ -716,8 +718,8 @@ impl Executor {
             )));
         }
         // Literal values only: the key is computed here, outside any budget.
-        let values = match Parser::parse_sql(&SQLiteDialect {}, &format!("SELECT {key}")).ok().as_deref() {
-            Some([sqlparser::ast::Statement::Query(q)]) => match q.body.as_ref() {
+        let values = match sql::parse_one(&format!("SELECT {key}")).ok() {
+            Some(sqlparser::ast::Statement::Query(q)) => match q.body.as_ref() {
                 sqlparser::ast::SetExpr::Select(s) => s
                     .projection
                     .iter()
@@ -777,10 +779,7 @@ impl Executor {
             Source::Local(sql) => self.compute(source_statement(sql)?).await?,
             Source::Query(sql, plan) => self.collect(plan, source_statement(sql)?, txn).await?,
         };
-        let Ok(mut parsed) = Parser::parse_sql(&SQLiteDialect {}, &numbered) else {
-            return Err(Error::invalid("INSERT cannot be parsed"));
-        };
-        let Some(sqlparser::ast::Statement::Insert(ins)) = parsed.pop() else {
+        let Some(sqlparser::ast::Statement::Insert(ins)) = sql::parse_one(&numbered).ok() else {
             return Err(Error::invalid("not an INSERT"));
         };
         let defaults = |expr: &str| -> Result<Value> {
@@ -918,7 +917,9 @@ impl Executor {
         }
         tokio::task::spawn_blocking(move || {
             let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
-            catalog::create_schema(&db, catalog.objects(), true)?;
+            // An object that cannot be made here is missing from the
+            // scratch database; a query that needs it fails there.
+            catalog::create_schema(&db, catalog.objects(), true);
             db.internal(|c| {
                 c.execute_batch("BEGIN")?;
                 for (insert, shards) in &loads {

@@ -165,7 +165,10 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
                             let names: Vec<&str> = c.iter().map(|i| t.columns[*i].name.as_str()).collect();
                             format!("sharded by ({})", names.join(", "))
                         }
-                        None => String::new(),
+                        None => match catalog.unloaded(&o.name) {
+                            Some(why) => format!("not loaded: {why}"),
+                            None => String::new(),
+                        },
                     };
                     vec![
                         Value::Text(o.name.clone()),

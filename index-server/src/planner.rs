@@ -39,14 +39,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::ControlFlow;
 
-use drsdb_common::sql::Kind;
+use drsdb_common::sql::{Kind, ParseError};
 use drsdb_common::{shard, Error, GroupId, Result};
 use sqlparser::ast::{
     AssignmentTarget, BinaryOperator, Expr, FromTable, ObjectName, ObjectNamePart, Query, SetExpr, Statement,
     TableFactor, TableObject, Visit, Visitor,
 };
-use sqlparser::dialect::SQLiteDialect;
-use sqlparser::parser::Parser;
 
 use crate::catalog::{Catalog, Table};
 use crate::keys::Keys;
@@ -223,6 +221,20 @@ impl Context<'_> {
 pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
     let groups = cx.groups();
     if kind == Kind::Ddl {
+        // A virtual table is a reference table: a full copy on every
+        // shard, so that what it computes over all its rows (an FTS
+        // rank, bm25()) is what SQLite computes.
+        if let Some((name, module)) = drsdb_common::sql::virtual_table(sql) {
+            if !drsdb_common::sql::VIRTUAL_TABLE_MODULES.contains(&module.as_str()) {
+                return Err(Error::invalid(format!(
+                    "virtual tables using {module} are not supported: drsdb replicates the modules {} (they keep \
+                     their rows in the database); table-valued functions such as json_each need no CREATE",
+                    drsdb_common::sql::VIRTUAL_TABLE_MODULES.join(", ")
+                )));
+            }
+            let undo = Undo { sql: format!("DROP TABLE IF EXISTS {}", drsdb_common::sql::quote_name(&name)), name };
+            return Ok(Plan::Schema { groups, creates: Some((undo.name.clone(), true)), undo: Some(undo) });
+        }
         let stripped = drsdb_common::sql::strip_reference(sql);
         let reference = stripped.is_some();
         let statement = parse(stripped.as_deref().unwrap_or(sql)).ok();
@@ -237,7 +249,7 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
         Ok(s) => s,
         // SQLite syntax sqlparser lacks (`x IN table`, `NOT INDEXED`…): a
         // query gathers every sharded table it might name and runs as is.
-        Err(_) if kind == Kind::Read => {
+        Err(ParseError::Unknown(_)) if kind == Kind::Read => {
             let refs = References::named_in(cx.catalog, sql)?;
             if refs.sharded.is_empty() {
                 return Ok(Plan::Single { group: groups[0], why: "reads no sharded table".into() });
@@ -249,7 +261,7 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
                 groups,
             });
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let refs = References::of(cx.catalog, &statement);
     match &statement {
@@ -334,13 +346,11 @@ fn not_yet(what: &str) -> Error {
     ))
 }
 
-fn parse(sql: &str) -> Result<Statement> {
-    let mut statements = Parser::parse_sql(&SQLiteDialect {}, sql)
-        .map_err(|e| Error::invalid(format!("drsdb cannot plan this statement across shards: {e}")))?;
-    match statements.len() {
-        1 => Ok(statements.remove(0)),
-        n => Err(Error::invalid(format!("expected one statement, found {n}"))),
-    }
+fn parse(sql: &str) -> std::result::Result<Statement, ParseError> {
+    drsdb_common::sql::parse_one(sql).map_err(|e| match e {
+        ParseError::Unknown(m) => ParseError::Unknown(format!("drsdb cannot plan this statement across shards: {m}")),
+        refused => refused,
+    })
 }
 
 /// The table a `CREATE TABLE` statement creates.

@@ -738,7 +738,7 @@ impl Rewriter<'_> {
     }
 
     fn partial(&mut self, sql: &str, arg: Option<&Expr>) -> Option<String> {
-        let expr = parse_expr(&match arg {
+        let expr = drsdb_common::sql::parse_expr(&match arg {
             Some(a) => format!("{sql}({})", to_sql(a.clone())),
             None => format!("{sql}(*)"),
         })?;
@@ -968,13 +968,7 @@ fn item_texts(source: &str, select: &Select) -> Option<Vec<String>> {
     let tokens = Tokenizer::new(&sqlparser::dialect::SQLiteDialect {}, source).tokenize_with_location().ok()?;
     let start = select.select_token.0.span.start;
     let first = tokens.iter().position(|t| t.span.start == start)? + 1;
-    let offset = |l: sqlparser::tokenizer::Location| -> Option<usize> {
-        let line_start: usize =
-            source.split_inclusive('\n').take((l.line as usize).checked_sub(1)?).map(str::len).sum();
-        let rest = source.get(line_start..)?;
-        let column = (l.column as usize).checked_sub(1)?;
-        rest.char_indices().map(|(i, _)| i).chain(std::iter::once(rest.len())).nth(column).map(|i| line_start + i)
-    };
+    let offsets = drsdb_common::sql::Offsets::new(source);
     let mut texts = Vec::new();
     let (mut depth, mut from, mut to, mut started) = (0usize, None, None, false);
     let mut flush = |from: &mut Option<usize>, to: &mut Option<usize>| -> Option<()> {
@@ -1016,8 +1010,8 @@ fn item_texts(source: &str, select: &Select) -> Option<Vec<String>> {
             Token::RParen => depth -= 1,
             _ => {}
         }
-        from.get_or_insert(offset(t.span.start)?);
-        to = Some(offset(t.span.end)?);
+        from.get_or_insert(offsets.byte(t.span.start));
+        to = Some(offsets.byte(t.span.end));
     }
     flush(&mut from, &mut to)?;
     Some(texts)
@@ -1066,10 +1060,6 @@ fn is_ordinal(e: &Expr) -> bool {
 /// A double-quoted identifier.
 fn quoted(name: &str) -> Ident {
     Ident::with_quote('"', name)
-}
-
-fn parse_expr(sql: &str) -> Option<Expr> {
-    sqlparser::parser::Parser::new(&sqlparser::dialect::SQLiteDialect {}).try_with_sql(sql).ok()?.parse_expr().ok()
 }
 
 /// Calls `f` on every expression of `node`, subqueries included.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drsdb_common::config::IndexConfig;
+use drsdb_common::sql;
 use drsdb_common::ticket::TicketKey;
 use drsdb_common::tls::{self, Dialer};
 use drsdb_common::{Error, NodeId, Result};
@@ -18,8 +19,9 @@ use crate::executor::{Executor, Tickets};
 use crate::meta;
 use crate::service::SqlService;
 
-/// Largest request a client may send (a statement and its parameters).
-pub const MAX_REQUEST: usize = 8 << 20;
+/// Largest request a client may send: a statement and its parameters
+/// (room for two values of the largest size next to the longest text).
+pub const MAX_REQUEST: usize = sql::MAX_STATEMENT_BYTES + 2 * sql::MAX_VALUE_BYTES;
 /// An index server counts as alive for this many announce intervals.
 const LIVENESS_INTERVALS: i64 = 3;
 /// Announce interval, shared with the liveness check (set once at start).

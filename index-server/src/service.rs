@@ -34,7 +34,7 @@ impl pb::sql_server::Sql for SqlService {
         let executor = self.0.clone();
         let metrics = self.0.clone();
         tokio::spawn(async move {
-            if let Err(e) = executor.execute(req, &tx).await {
+            if let Err(e) = drsdb_common::error::catch_panic(executor.execute(req, &tx)).await {
                 let _ = tx.send(Err(Status::from(e))).await;
             }
         });

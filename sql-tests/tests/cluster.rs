@@ -295,9 +295,11 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
         assert!(matches!(e, Error::InvalidInput(_)), "{sql}: {e:?}");
         assert!(e.to_string().contains(expected), "{sql}: {e}");
     }
-    // An oversized request is refused, and the server lives on.
+    // An oversized statement or request is refused, and the server lives on.
     let huge = format!("SELECT '{}'", "x".repeat(20 << 20));
     let e = client.execute(&huge, &[]).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)) && e.to_string().contains("over the limit"), "{e:?}");
+    let e = client.execute("SELECT ?1", &[Value::Blob(vec![7; 48 << 20])]).await.unwrap_err();
     assert!(matches!(e, Error::InvalidInput(_)) && e.to_string().contains("smaller"), "{e:?}");
     // Garbage on the wire does not bring a server down.
     for addr in cluster.layout().index.iter().chain(cluster.layout().storage.iter().map(|m| &m.addr)) {

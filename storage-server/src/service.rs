@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use drsdb_common::config::Member;
+use drsdb_common::error::catch_panic;
 use drsdb_common::ticket::TicketKey;
 use drsdb_common::tls;
 use drsdb_common::{Error, GroupId, NodeId};
@@ -96,26 +97,34 @@ impl Node {
         tokio::task::spawn_blocking(move || {
             let _finished = finished;
             let mut rows = Vec::with_capacity(ROWS_PER_PART);
-            let result = db.run(
-                &statement,
-                Some(cancel),
-                |columns| {
-                    // A gone reader shows up when the first rows are sent.
-                    let _ = tx.blocking_send(Ok(columns_part(columns)));
-                },
-                |row| {
-                    rows.push(pb::Row { values: row.into_iter().map(Into::into).collect() });
-                    if rows.len() == ROWS_PER_PART {
-                        let batch = std::mem::replace(&mut rows, Vec::with_capacity(ROWS_PER_PART));
-                        return tx
-                            .blocking_send(Ok(part(pb::result_part::Part::Rows(pb::Rows { rows: batch }))))
-                            .is_ok();
-                    }
-                    true
-                },
-            );
+            // A panic (a bug) ends this read with an error, not the process.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                db.run(
+                    &statement,
+                    Some(cancel),
+                    |columns| {
+                        // A gone reader shows up when the first rows are sent.
+                        let _ = tx.blocking_send(Ok(columns_part(columns)));
+                    },
+                    |row| {
+                        rows.push(pb::Row { values: row.into_iter().map(Into::into).collect() });
+                        if rows.len() == ROWS_PER_PART {
+                            let batch = std::mem::replace(&mut rows, Vec::with_capacity(ROWS_PER_PART));
+                            return tx
+                                .blocking_send(Ok(part(pb::result_part::Part::Rows(pb::Rows { rows: batch }))))
+                                .is_ok();
+                        }
+                        true
+                    },
+                )
+            }));
             let last = match result {
-                Ok(r) => {
+                Err(_) => Err(Status::from(Error::Internal(
+                    "the storage server hit a bug while running this read and abandoned it; please report this with \
+                     the statement"
+                        .into(),
+                ))),
+                Ok(Ok(r)) => {
                     if !rows.is_empty() {
                         let _ = tx.blocking_send(Ok(part(pb::result_part::Part::Rows(pb::Rows { rows }))));
                     }
@@ -125,8 +134,8 @@ impl Node {
                         txn_id: String::new(),
                     })))
                 }
-                Err(Failure::Statement(e)) => Err(Status::from(e)),
-                Err(Failure::Environment(e)) => Err(Status::from(Error::io(e))),
+                Ok(Err(Failure::Statement(e))) => Err(Status::from(e)),
+                Ok(Err(Failure::Environment(e))) => Err(Status::from(Error::io(e))),
             };
             let _ = tx.blocking_send(last);
         });
@@ -157,7 +166,7 @@ impl pb::storage_server::Storage for StorageService {
         let req = request.into_inner();
         let group = self.0.group(req.group)?;
         let command: Command = command::decode(&req.command)?;
-        let result = group.write(command).await?;
+        let result = catch_panic(group.write(command)).await?;
         Ok(Response::new(pb::WriteResponse { result: command::encode(&result) }))
     }
 

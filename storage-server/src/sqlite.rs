@@ -4,7 +4,7 @@
 //! control, and running one statement.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,10 +33,10 @@ const STEPS_PER_CHECK: i32 = 10_000;
 /// fails identically everywhere instead of wedging the log.
 pub const MAX_STATEMENT_STEPS: u64 = 5_000_000_000;
 
-/// Longest string or blob a replicated statement may build (SQLite's
-/// length limit on writers): larger values fail the statement, the same
-/// way on every replica, instead of exhausting memory on all of them.
-pub const MAX_VALUE_BYTES: i32 = 16 << 20;
+/// Longest string or blob a statement may build (SQLite's length limit,
+/// on every connection): larger values fail the statement, the same way
+/// on every replica, instead of exhausting memory on all of them.
+pub const MAX_VALUE_BYTES: i32 = drsdb_common::sql::MAX_VALUE_BYTES as i32;
 
 /// SQLite functions whose values depend on the connection's history, which
 /// differs between replicas (a replica that restarted has a fresh
@@ -47,6 +47,12 @@ const CONNECTION_FUNCTIONS: &[(&str, i32)] =
 /// Pragmas user SQL may run: read-only introspection.
 const ALLOWED_PRAGMAS: &[&str] =
     &["table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list"];
+
+/// Pragmas the FTS and R*Tree modules read while a statement runs (not
+/// user SQL, whose answers could differ between replicas): `page_size`
+/// sizes their nodes (fixed when a database is created, kept by
+/// snapshots), `data_version` tells FTS5 when to drop its caches.
+const MODULE_PRAGMAS: &[&str] = &["page_size", "data_version"];
 
 /// The per-statement inputs of the deterministic functions.
 struct Env {
@@ -63,7 +69,9 @@ struct Env {
 pub struct Db {
     conn: Connection,
     env: Arc<Mutex<Env>>,
-    internal: Arc<AtomicBool>,
+    /// Whose SQL the connection is compiling now (a [`Phase`]), which
+    /// decides what the authorizer lets through.
+    phase: Arc<AtomicU8>,
     /// Most virtual-machine steps per user statement.
     max_steps: u64,
     /// The schema's fingerprint, with SQLite's `schema_version` it was
@@ -154,6 +162,9 @@ impl Db {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags_and_vfs(path, flags, clock::VFS_NAME)?;
         conn.pragma_update(None, "query_only", true)?;
+        // Reads are held to the same cap on values as writes: a read that
+        // builds a huge string fails instead of exhausting memory.
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
         Self::wrap(conn)
     }
 
@@ -171,6 +182,9 @@ impl Db {
 
     fn wrap(mut conn: Connection) -> rusqlite::Result<Db> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // User SQL may read but not write the shadow tables of virtual
+        // tables (an FTS index written by hand would be corrupt).
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         let env = Arc::new(Mutex::new(Env {
             rng: ChaCha8Rng::seed_from_u64(0),
             now_ms: 0,
@@ -188,10 +202,10 @@ impl Db {
                 env.checks_left == 0 || env.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
             }),
         )?;
-        let internal = Arc::new(AtomicBool::new(false));
-        let flag = internal.clone();
+        let phase = Arc::new(AtomicU8::new(Phase::User as u8));
+        let flag = phase.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&ctx, flag.load(Ordering::Relaxed))))?;
-        Ok(Db { conn, env, internal, max_steps: MAX_STATEMENT_STEPS, fingerprint: Mutex::new(None) })
+        Ok(Db { conn, env, phase, max_steps: MAX_STATEMENT_STEPS, fingerprint: Mutex::new(None) })
     }
 
     /// The schema's version as every replica computes it alike
@@ -220,9 +234,9 @@ impl Db {
     pub fn internal<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
         // drsdb's own statements are not budgeted.
         self.env.lock().expect("env lock").checks_left = u64::MAX;
-        self.internal.store(true, Ordering::Relaxed);
+        self.phase.store(Phase::Internal as u8, Ordering::Relaxed);
         let r = f(&self.conn);
-        self.internal.store(false, Ordering::Relaxed);
+        self.phase.store(Phase::User as u8, Ordering::Relaxed);
         r
     }
 
@@ -271,6 +285,8 @@ impl Db {
             .map(|c| Column { name: c.name().to_string(), decl_type: c.decl_type().unwrap_or("").to_string() })
             .collect();
         on_columns(&columns);
+        // From here on, statements compiled are a virtual table's own.
+        let _running = PhaseGuard::enter(&self.phase, Phase::Modules);
         let mut rows = prepared.query(rusqlite::params_from_iter(stmt.params.iter()))?;
         let width = columns.len();
         while let Some(row) = rows.next()? {
@@ -310,10 +326,55 @@ impl Db {
     }
 }
 
-fn authorize(ctx: &AuthContext<'_>, internal: bool) -> Authorization {
-    if internal {
+/// Whose SQL a connection compiles, for the authorizer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    /// The user's statement: held to the rules below.
+    User,
+    /// drsdb's own: anything goes.
+    Internal,
+    /// While the user's statement runs: what a virtual-table module
+    /// (FTS, R*Tree) compiles for its shadow tables, which may also read
+    /// the pragmas in `MODULE_PRAGMAS`. (User SQL is compiled whole
+    /// before it runs, its triggers and views included.)
+    Modules,
+}
+
+/// Sets a connection's phase until dropped.
+struct PhaseGuard<'a>(&'a AtomicU8);
+
+impl<'a> PhaseGuard<'a> {
+    fn enter(phase: &'a AtomicU8, to: Phase) -> PhaseGuard<'a> {
+        phase.store(to as u8, Ordering::Relaxed);
+        PhaseGuard(phase)
+    }
+}
+
+impl Drop for PhaseGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(Phase::User as u8, Ordering::Relaxed);
+    }
+}
+
+fn authorize(ctx: &AuthContext<'_>, phase: u8) -> Authorization {
+    if phase == Phase::Internal as u8 {
         return Authorization::Allow;
     }
+    if let (true, AuthAction::Pragma { pragma_name, pragma_value: None }) = (phase == Phase::Modules as u8, &ctx.action)
+    {
+        if MODULE_PRAGMAS.iter().any(|p| p.eq_ignore_ascii_case(pragma_name)) {
+            return Authorization::Allow;
+        }
+    }
+    let verdict = verdict(ctx);
+    if verdict == Authorization::Deny {
+        tracing::debug!(action = ?ctx.action, "refused by the authorizer");
+    }
+    verdict
+}
+
+fn verdict(ctx: &AuthContext<'_>) -> Authorization {
     let table = match ctx.action {
         // drsdb runs transactions itself; temporary objects would live on one
         // connection of one replica only.
@@ -330,6 +391,10 @@ fn authorize(ctx: &AuthContext<'_>, internal: bool) -> Authorization {
         | AuthAction::DropTempTrigger { .. }
         | AuthAction::DropTempView { .. } => {
             return Authorization::Deny;
+        }
+        AuthAction::CreateVtable { module_name, .. } => {
+            let ok = drsdb_common::sql::VIRTUAL_TABLE_MODULES.iter().any(|m| m.eq_ignore_ascii_case(module_name));
+            return if ok { Authorization::Allow } else { Authorization::Deny };
         }
         AuthAction::Pragma { pragma_name, .. } => {
             let ok = ALLOWED_PRAGMAS.iter().any(|p| p.eq_ignore_ascii_case(pragma_name));

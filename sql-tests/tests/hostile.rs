@@ -1,0 +1,106 @@
+//! Hostile statements against a real cluster: each gets a clear error or
+//! SQLite's answer, and afterwards every index server still answers.
+//! Statements go both through the driver (which refuses some itself) and
+//! straight to the index servers over gRPC, as a client that skips the
+//! driver's checks would send them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use drsdb_client::local::{LocalCluster, Options};
+use drsdb_client::{Client, Error, Value};
+use drsdb_common::tls::Dialer;
+use drsdb_proto as pb;
+
+const READY: Duration = Duration::from_secs(60);
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sql-tests"))
+}
+
+/// `n` terms joined by `op`, selected.
+fn chain(n: usize, op: &str) -> String {
+    format!("SELECT {}", vec!["1"; n].join(op))
+}
+
+/// The statements that once crashed or broke a cluster, and what their
+/// error says.
+fn hostile() -> Vec<(String, &'static str)> {
+    vec![
+        (chain(50_000, "+"), "too large"),
+        (chain(50_000, " || "), "too large"),
+        (chain(50_000, " AND "), "too large"),
+        (chain(50_000, " OR "), "too large"),
+        (format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000)), "too large"),
+        (vec!["SELECT 1"; 50_000].join(" UNION ALL "), "compound SELECT"),
+    ]
+}
+
+/// Sends `sql` to the index server at `addr` directly, skipping the
+/// driver; the first error in the answer, if any.
+async fn raw(dialer: &Dialer, addr: &str, sql: &str) -> Result<(), tonic::Status> {
+    let mut client = pb::sql_client::SqlClient::new(dialer.lazy(addr).unwrap()).max_encoding_message_size(64 << 20);
+    let request =
+        pb::ExecuteRequest { sql: sql.into(), request_id: ulid::Ulid::generate().to_string(), ..Default::default() };
+    let mut parts = client.execute(request).await?.into_inner();
+    while parts.message().await?.is_some() {}
+    Ok(())
+}
+
+async fn one(client: &mut Client, sql: &str) -> Value {
+    client.execute(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).rows[0].values()[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_statements_get_clear_errors_and_every_index_server_lives_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { shards: Some(2), ..Options::default() };
+    let mut cluster = LocalCluster::start(&exe(), dir.path(), &options).expect("cluster starts");
+    cluster.wait_ready(READY).await.expect("cluster ready");
+    let mut client = cluster.client().await.unwrap();
+    let dialer = Dialer::new(cluster.client_tls()).unwrap();
+    let index_servers = cluster.layout().index.clone();
+
+    for (sql, expected) in hostile() {
+        let e = client.execute(&sql, &[]).await.expect_err(&sql[..40]);
+        assert!(matches!(&e, Error::InvalidInput(m) if m.contains(expected)), "{}: {e}", &sql[..40]);
+        for addr in &index_servers {
+            let status = raw(&dialer, addr, &sql).await.expect_err(&sql[..40]);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{}: {status}", &sql[..40]);
+            assert!(status.message().contains(expected), "{}: {status}", &sql[..40]);
+        }
+    }
+    // Within SQLite's limits, the same shapes get SQLite's answers.
+    assert_eq!(one(&mut client, &chain(900, "+")).await, Value::Integer(900));
+    assert_eq!(one(&mut client, &chain(900, " || ")).await, Value::Text("1".repeat(900)));
+
+    // Virtual tables: full-text search works, replicated to every shard;
+    // modules that are not replicated are refused before they run.
+    for module in ["fts5", "fts4", "fts3"] {
+        client.execute(&format!("CREATE VIRTUAL TABLE docs USING {module}(title, body)"), &[]).await.unwrap();
+        client
+            .execute("INSERT INTO docs VALUES ('a', 'hello world'), ('b', 'goodbye world'), ('c', 'hello there')", &[])
+            .await
+            .unwrap();
+        let rs = client.execute("SELECT title FROM docs WHERE docs MATCH 'hello' ORDER BY title", &[]).await.unwrap();
+        let titles: Vec<String> = rs.rows.iter().map(|r| r.get(0).unwrap()).collect();
+        assert_eq!(titles, ["a", "c"], "{module}");
+        let e = client.execute("INSERT INTO docs_content VALUES (9, 'x', 'y', 'z')", &[]).await;
+        assert!(e.is_err(), "{module}: shadow tables are written by their module only");
+        assert_eq!(one(&mut client, "SELECT 1").await, Value::Integer(1));
+        client.execute("DROP TABLE docs", &[]).await.unwrap();
+    }
+    client.execute("CREATE VIRTUAL TABLE places USING rtree(id, x0, x1)", &[]).await.unwrap();
+    client.execute("INSERT INTO places VALUES (1, 0, 5), (2, 10, 20)", &[]).await.unwrap();
+    assert_eq!(one(&mut client, "SELECT id FROM places WHERE x1 < 6").await, Value::Integer(1));
+    let e = client.execute("CREATE VIRTUAL TABLE v USING json_each('[1]')", &[]).await.unwrap_err();
+    assert!(e.to_string().contains("not supported"), "{e}");
+    let e = raw(&dialer, &index_servers[0], "CREATE VIRTUAL TABLE v USING dbstat").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+
+    // Every index server answers afterwards.
+    for addr in &index_servers {
+        raw(&dialer, addr, "SELECT 1").await.unwrap_or_else(|e| panic!("{addr}: {e}"));
+    }
+    cluster.stop();
+}
