@@ -17,8 +17,44 @@ pub enum Value {
     Real(#[serde(with = "real_bits")] f64),
     /// UTF-8 text.
     Text(String),
-    /// Bytes.
-    Blob(Vec<u8>),
+    /// Bytes. Serialized as base64 text (a JSON array of numbers, which
+    /// older versions wrote, still reads).
+    Blob(#[serde(with = "blob_text")] Vec<u8>),
+}
+
+mod blob_text {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("base64 text or an array of bytes")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                STANDARD.decode(v).map_err(E::custom)
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(Bytes)
+    }
 }
 
 mod real_bits {
@@ -30,6 +66,23 @@ mod real_bits {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         u64::deserialize(d).map(f64::from_bits)
+    }
+}
+
+/// A batch of result rows is sent once its values reach this many bytes
+/// (or its row count is reached), so that a batch of large values stays
+/// well under every message limit on its way.
+pub const PART_BYTES: usize = 1 << 20;
+
+impl Value {
+    /// About how many bytes the value takes on the wire.
+    pub fn size(&self) -> usize {
+        match self {
+            Value::Null => 1,
+            Value::Integer(_) | Value::Real(_) => 8,
+            Value::Text(t) => t.len(),
+            Value::Blob(b) => b.len(),
+        }
     }
 }
 
@@ -155,6 +208,15 @@ mod tests {
         {
             assert_eq!(Value::from(pb::Value::from(v.clone())), v);
         }
+    }
+
+    #[test]
+    fn blobs_travel_as_base64_and_old_arrays_still_read() {
+        let blob = Value::Blob(vec![0, 1, 254, 255]);
+        let json = serde_json::to_string(&blob).unwrap();
+        assert_eq!(json, r#"{"Blob":"AAH+/w=="}"#);
+        assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), blob);
+        assert_eq!(serde_json::from_str::<Value>(r#"{"Blob":[0,1,254,255]}"#).unwrap(), blob);
     }
 
     #[test]

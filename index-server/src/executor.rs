@@ -1095,13 +1095,15 @@ struct Batcher<'a> {
     out: &'a PartSender,
     columns: Option<Vec<pb::Column>>,
     batch: Vec<Vec<Value>>,
+    /// Bytes of values in `batch`.
+    bytes: usize,
     rows_per_batch: usize,
 }
 
 impl<'a> Batcher<'a> {
     /// A batcher sending `columns` first (none for a result without columns).
     fn new(out: &'a PartSender, columns: Vec<pb::Column>, rows_per_batch: usize) -> Batcher<'a> {
-        Batcher { out, columns: (!columns.is_empty()).then_some(columns), batch: Vec::new(), rows_per_batch }
+        Batcher { out, columns: (!columns.is_empty()).then_some(columns), batch: Vec::new(), bytes: 0, rows_per_batch }
     }
 
     async fn send_columns(&mut self) -> Result<()> {
@@ -1112,8 +1114,10 @@ impl<'a> Batcher<'a> {
     }
 
     async fn push(&mut self, row: Vec<Value>) -> Result<()> {
+        self.bytes += row.iter().map(Value::size).sum::<usize>();
         self.batch.push(row);
-        if self.batch.len() >= self.rows_per_batch {
+        if self.batch.len() >= self.rows_per_batch || self.bytes >= value::PART_BYTES {
+            self.bytes = 0;
             self.send_columns().await?;
             send(self.out, rows_part(std::mem::take(&mut self.batch))).await?;
         }

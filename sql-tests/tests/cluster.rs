@@ -649,3 +649,58 @@ async fn a_create_that_cannot_reach_every_shard_is_dropped_from_the_others() {
     let rs = client.execute("SELECT count(*), count(DISTINCT v) FROM t1", &[]).await.unwrap();
     assert_eq!(rs.rows[0].values(), &[Value::Integer(40), Value::Integer(40)][..]);
 }
+
+/// A row of `mib` MiB whose blob is drawn from the statement's seed (16
+/// bytes less: SQLite's length limit bounds the whole record).
+async fn insert_large(client: &mut Client, id: i64, mib: i64) -> drsdb_client::Result<drsdb_client::ResultSet> {
+    client.execute("INSERT OR REPLACE INTO large VALUES (?1, randomblob(?2 * 1048576 - 16))", params![id, mib]).await
+}
+
+/// What each large row is: id, length, and its first and last bytes.
+const LARGE_ROWS: &str = "SELECT id, length(b), hex(substr(b, 1, 32)), hex(substr(b, -32)) FROM large ORDER BY id";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_8_and_16_mib_replicate_and_survive_a_leader_kill_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { shards: Some(1), ..Options::default() };
+    let mut cluster = start(dir.path(), options.clone()).await;
+    let mut client = cluster.client().await.unwrap();
+    client.execute("CREATE TABLE large(id INTEGER PRIMARY KEY, b BLOB)", &[]).await.unwrap();
+    for (id, mib) in [(1, 1), (8, 8), (16, 16)] {
+        let started = Instant::now();
+        insert_large(&mut client, id, mib).await.unwrap_or_else(|e| panic!("{mib} MiB: {e}"));
+        println!("a {mib} MiB row replicated in {:?}", started.elapsed());
+    }
+    let before = client.execute(LARGE_ROWS, &[]).await.unwrap().rows;
+    assert_eq!(before.len(), 3);
+    assert_eq!(before[2].get::<i64>(1).unwrap(), (16 << 20) - 16);
+
+    let leader = eventually!("a data leader", data_leader(&mut client).await);
+    cluster.kill(&format!("storage-{leader}")).unwrap();
+    // Writes of large rows resume under a new leader.
+    let resumed = eventually!("a 16 MiB write under a new leader", insert_large(&mut client, 17, 16).await.ok());
+    assert_eq!(resumed.summary.rows_affected, 1);
+    cluster.start_server(&format!("storage-{leader}")).unwrap();
+    let new_leader = eventually!("a new data leader", data_leader(&mut client).await.filter(|l| *l != leader));
+    eventually!("the restarted replica to catch up", {
+        let (mine, theirs) = (applied(&mut client, leader).await, applied(&mut client, new_leader).await);
+        mine.zip(theirs).filter(|(m, t)| m >= t)
+    });
+    drop(client);
+    cluster.stop();
+    drop(cluster);
+
+    let cluster = start(dir.path(), options).await;
+    let mut client = cluster.client().await.unwrap();
+    let after = client.execute(LARGE_ROWS, &[]).await.unwrap().rows;
+    assert_eq!(&after[..3], &before[..], "the large rows came back whole after a full restart");
+    assert_eq!(after.len(), 4);
+    // A whole 16 MiB value reaches the client.
+    let blob: Vec<u8> = client.execute("SELECT b FROM large WHERE id = 16", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(blob.len(), (16 << 20) - 16);
+    drop(client);
+    drop(cluster);
+    let replicas = replica_rows(dir.path(), "SELECT id, b FROM large ORDER BY id");
+    assert_eq!(replicas[0].len(), 4);
+    assert!(replicas[0] == replicas[1] && replicas[1] == replicas[2], "the replicas hold the same rows");
+}

@@ -164,10 +164,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let rows: Vec<(i64, Vec<u8>)> =
-            entries.into_iter().map(|e| Ok((e.log_id.index as i64, encode(&e)?))).collect::<io::Result<_>>()?;
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let result = self
             .with(move |c| {
+                // Encoded here, off the async threads: entries can be large.
+                let rows: Vec<(i64, Vec<u8>)> =
+                    entries.iter().map(|e| Ok((e.log_id.index as i64, encode(e)?))).collect::<io::Result<_>>()?;
                 let tx = c.transaction().map_err(to_io)?;
                 {
                     let mut stmt =

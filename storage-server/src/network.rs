@@ -20,10 +20,20 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
 use crate::state_machine::SnapshotData;
-use crate::types::{SnapshotMeta, TypeConfig, Vote};
+use crate::types::{LogId, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest gRPC message between storage servers (a batch of log entries).
 pub const MAX_RAFT_MESSAGE: usize = 256 << 20;
+/// An AppendEntries message over this size carries only a prefix of its
+/// entries (at least one); the follower acknowledges that prefix and the
+/// rest follows in the next messages. (One entry holds at most a batch of
+/// statements of `MAX_BATCH_BYTES`, which stays under `MAX_RAFT_MESSAGE`.)
+const APPEND_BYTES: usize = 32 << 20;
+/// The slowest transfer a message is given time for, on top of openraft's
+/// deadline (which is sized for heartbeats): a message of large entries
+/// gets a deadline that grows with its size instead of timing out on
+/// every attempt.
+const MIN_TRANSFER_BYTES_PER_SEC: f64 = (2 << 20) as f64;
 /// Size of one snapshot chunk.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 
@@ -111,17 +121,36 @@ fn remote<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, RPCError<Ty
     r.map_err(|e| RPCError::Unreachable(Unreachable::from_string(format!("peer failed: {e}"))))
 }
 
+/// openraft's deadline for a message, stretched by its size.
+fn deadline(option: &RPCOption, bytes: usize) -> std::time::Duration {
+    option.hard_ttl() + std::time::Duration::from_secs_f64(bytes as f64 / MIN_TRANSFER_BYTES_PER_SEC)
+}
+
+/// `rpc` encoded, cut to a prefix of its entries that fits
+/// `APPEND_BYTES` (at least one entry); the last entry sent when cut.
+fn encode_append(mut rpc: AppendEntriesRequest<TypeConfig>) -> (Vec<u8>, Option<LogId>) {
+    let mut cut = None;
+    loop {
+        let payload = serde_json::to_vec(&rpc).expect("raft messages serialize");
+        if payload.len() <= APPEND_BYTES || rpc.entries.len() <= 1 {
+            return (payload, cut);
+        }
+        rpc.entries.truncate(rpc.entries.len() / 2);
+        cut = rpc.entries.last().map(|e| e.log_id);
+    }
+}
+
 impl PeerClient {
-    async fn unary<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
+    async fn unary<Resp: for<'de> Deserialize<'de>>(
         &mut self,
-        req: &Req,
+        payload: Vec<u8>,
         option: &RPCOption,
         vote: bool,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        let payload = serde_json::to_vec(req).expect("raft messages serialize");
+        let timeout = deadline(option, payload.len());
         let mut client = self.peers.client(&self.addr)?;
         let mut request = tonic::Request::new(pb::RaftMessage { group: self.group.0, payload });
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(timeout);
         let reply = if vote { client.vote(request).await } else { client.append_entries(request).await };
         remote(&reply.map_err(status_error)?.into_inner().payload)
     }
@@ -135,7 +164,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, false).await
+        // Off the async threads: a message of large entries takes a while.
+        let (payload, cut) = tokio::task::spawn_blocking(move || encode_append(rpc))
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        match (self.unary(payload, &option, false).await?, cut) {
+            (AppendEntriesResponse::Success, Some(last)) => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),
+            (response, _) => Ok(response),
+        }
     }
 
     async fn vote(
@@ -143,7 +179,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, true).await
+        self.unary(serde_json::to_vec(&rpc).expect("raft messages serialize"), &option, true).await
     }
 
     async fn full_snapshot(

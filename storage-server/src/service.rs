@@ -15,7 +15,8 @@ use drsdb_common::config::Member;
 use drsdb_common::error::catch_panic;
 use drsdb_common::ticket::TicketKey;
 use drsdb_common::tls;
-use drsdb_common::{Error, GroupId, NodeId};
+use drsdb_common::value::PART_BYTES;
+use drsdb_common::{Error, GroupId, NodeId, Value};
 use drsdb_proto as pb;
 use openraft::async_runtime::WatchReceiver;
 use tokio_stream::wrappers::ReceiverStream;
@@ -97,6 +98,7 @@ impl Node {
         tokio::task::spawn_blocking(move || {
             let _finished = finished;
             let mut rows = Vec::with_capacity(ROWS_PER_PART);
+            let mut bytes = 0;
             // A panic (a bug) ends this read with an error, not the process.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 db.run(
@@ -107,8 +109,10 @@ impl Node {
                         let _ = tx.blocking_send(Ok(columns_part(columns)));
                     },
                     |row| {
+                        bytes += row.iter().map(Value::size).sum::<usize>();
                         rows.push(pb::Row { values: row.into_iter().map(Into::into).collect() });
-                        if rows.len() == ROWS_PER_PART {
+                        if rows.len() == ROWS_PER_PART || bytes >= PART_BYTES {
+                            bytes = 0;
                             let batch = std::mem::replace(&mut rows, Vec::with_capacity(ROWS_PER_PART));
                             return tx
                                 .blocking_send(Ok(part(pb::result_part::Part::Rows(pb::Rows { rows: batch }))))
@@ -165,7 +169,9 @@ impl pb::storage_server::Storage for StorageService {
         self.0.servers_only(&request)?;
         let req = request.into_inner();
         let group = self.0.group(req.group)?;
-        let command: Command = command::decode(&req.command)?;
+        let command: Command = tokio::task::spawn_blocking(move || command::decode(&req.command))
+            .await
+            .map_err(|e| Status::internal(format!("decoding a command: {e}")))??;
         let result = catch_panic(group.write(command)).await?;
         Ok(Response::new(pb::WriteResponse { result: command::encode(&result) }))
     }
@@ -225,6 +231,14 @@ fn decode_raft<T: for<'de> serde::Deserialize<'de>>(payload: &[u8]) -> Result<T,
     serde_json::from_slice(payload).map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
 }
 
+/// [`decode_raft`] on the blocking pool (a message of large entries takes
+/// a while to decode, which must not hold up heartbeats).
+async fn decode_large<T: for<'de> serde::Deserialize<'de> + Send + 'static>(payload: Vec<u8>) -> Result<T, Status> {
+    tokio::task::spawn_blocking(move || decode_raft(&payload))
+        .await
+        .map_err(|e| Status::internal(format!("decoding a raft message: {e}")))?
+}
+
 fn reply<T: serde::Serialize>(group: u64, value: &T) -> Response<pb::RaftMessage> {
     Response::new(pb::RaftMessage { group, payload: serde_json::to_vec(value).expect("raft replies serialize") })
 }
@@ -235,7 +249,7 @@ impl pb::raft_server::Raft for RaftService {
         self.0.servers_only(&request)?;
         let msg = request.into_inner();
         let group = self.0.group(msg.group)?;
-        let r = group.raft.append_entries(decode_raft(&msg.payload)?).await;
+        let r = group.raft.append_entries(decode_large(msg.payload).await?).await;
         Ok(reply(msg.group, &r))
     }
 
