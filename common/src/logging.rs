@@ -48,6 +48,14 @@ pub fn listen(addr: std::net::SocketAddr) -> Result<std::net::TcpListener> {
     std::net::TcpListener::bind(addr).map_err(|e| Error::io(format!("cannot listen on {addr}: {e}")))
 }
 
+/// Makes every file and directory this process creates private to its
+/// user (0600 and 0700): data, logs, certificates and configs hold what
+/// no other local user should read.
+pub fn private_files() {
+    use nix::sys::stat::{umask, Mode};
+    umask(Mode::from_bits_truncate(0o077));
+}
+
 /// Runs a server process: installs logging with `log` and runs
 /// `serve(listener, shutdown)` on a new runtime until SIGTERM or SIGINT.
 pub fn run_server<F, Fut>(log: &str, listener: std::net::TcpListener, serve: F) -> Result<()>
@@ -55,6 +63,7 @@ where
     F: FnOnce(tokio::net::TcpListener, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    private_files();
     init(log)?;
     let runtime = server_runtime()?;
     listener.set_nonblocking(true)?;

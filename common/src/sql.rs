@@ -26,7 +26,7 @@ pub enum Kind {
     Write,
     /// Changes the schema (`CREATE`, `DROP`, `ALTER`, `REINDEX`, `ANALYZE`).
     Ddl,
-    /// `BEGIN` / `START TRANSACTION`.
+    /// `BEGIN`.
     Begin,
     /// `COMMIT` / `END`.
     Commit,
@@ -348,6 +348,36 @@ fn split(script: &str) -> Result<(Vec<String>, bool)> {
     Ok((statements, complete))
 }
 
+/// Returns `kind` if `tokens` are transaction control as SQLite's grammar
+/// has it: `BEGIN [DEFERRED | IMMEDIATE | EXCLUSIVE]`, `COMMIT`, `END`
+/// or `ROLLBACK`, each followed by nothing, `TRANSACTION` or
+/// `TRANSACTION name`. Anything else is a syntax error, as in SQLite.
+fn check_transaction_control(tokens: &[TokenWithSpan], kind: Kind) -> Result<Kind> {
+    let words: Vec<&Token> = tokens.iter().map(|t| &t.token).filter(|t| !is_trivia(t)).collect();
+    let mut rest = words.get(1..).unwrap_or_default();
+    if kind == Kind::Begin
+        && matches!(
+            rest.first().and_then(|t| keyword(t)),
+            Some(Keyword::DEFERRED | Keyword::IMMEDIATE | Keyword::EXCLUSIVE)
+        )
+    {
+        rest = &rest[1..];
+    }
+    if rest.last() == Some(&&Token::SemiColon) {
+        rest = &rest[..rest.len() - 1];
+    }
+    let unexpected = match rest {
+        [] => None,
+        [t] | [t, Token::Word(_)] if keyword(t) == Some(Keyword::TRANSACTION) => None,
+        [t, ..] if keyword(t) == Some(Keyword::TRANSACTION) => rest.get(2).or(rest.get(1)),
+        [t, ..] => Some(t),
+    };
+    match unexpected {
+        None => Ok(kind),
+        Some(t) => Err(Error::invalid(format!("near \"{t}\": syntax error"))),
+    }
+}
+
 /// Classifies one statement by its leading keywords.
 pub fn classify(sql: &str) -> Result<Kind> {
     let tokens = tokenize(sql)?;
@@ -370,14 +400,14 @@ pub fn classify(sql: &str) -> Result<Kind> {
                 Kind::Read
             }
         }
-        Some(Keyword::BEGIN | Keyword::START) => Kind::Begin,
-        Some(Keyword::COMMIT | Keyword::END) => Kind::Commit,
+        Some(Keyword::BEGIN) => check_transaction_control(&tokens, Kind::Begin)?,
+        Some(Keyword::COMMIT | Keyword::END) => check_transaction_control(&tokens, Kind::Commit)?,
         Some(Keyword::ROLLBACK) => {
             let to = tokens.iter().any(|t| keyword(&t.token) == Some(Keyword::TO));
             if to {
                 Kind::Write
             } else {
-                Kind::Rollback
+                check_transaction_control(&tokens, Kind::Rollback)?
             }
         }
         Some(Keyword::CREATE | Keyword::DROP | Keyword::ALTER | Keyword::REINDEX | Keyword::ANALYZE) => Kind::Ddl,
@@ -622,6 +652,14 @@ mod tests {
     }
 
     #[test]
+    fn trailing_junk_after_transaction_control_is_a_syntax_error() {
+        for sql in ["BEGIN garbage", "COMMIT garbage", "ROLLBACK garbage", "END TRANSACTION t x", "BEGIN IMMEDIATE x"] {
+            let e = classify(sql).unwrap_err();
+            assert!(e.to_string().contains("syntax error"), "{sql}: {e}");
+        }
+    }
+
+    #[test]
     fn virtual_tables_are_recognized() {
         assert_eq!(
             virtual_table("create virtual table if not exists main.\"Docs\" using FTS5(a, tokenize = 'porter')"),
@@ -674,6 +712,10 @@ mod tests {
             ("END TRANSACTION", Kind::Commit),
             ("ROLLBACK", Kind::Rollback),
             ("ROLLBACK TO sp", Kind::Write),
+            ("BEGIN IMMEDIATE TRANSACTION t1", Kind::Begin),
+            ("begin deferred", Kind::Begin),
+            ("COMMIT TRANSACTION", Kind::Commit),
+            ("ROLLBACK -- why\n", Kind::Rollback),
             ("SHOW GROUPS", Kind::Show),
         ] {
             assert_eq!(classify(sql).unwrap(), kind, "{sql}");

@@ -33,6 +33,9 @@ fn hostile() -> Vec<(String, &'static str)> {
         (chain(50_000, " OR "), "too large"),
         (format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000)), "too large"),
         (vec!["SELECT 1"; 50_000].join(" UNION ALL "), "compound SELECT"),
+        ("BEGIN garbage".into(), "syntax error"),
+        ("COMMIT garbage".into(), "syntax error"),
+        ("ROLLBACK garbage".into(), "syntax error"),
     ]
 }
 
@@ -62,12 +65,13 @@ async fn hostile_statements_get_clear_errors_and_every_index_server_lives_on() {
     let index_servers = cluster.layout().index.clone();
 
     for (sql, expected) in hostile() {
-        let e = client.execute(&sql, &[]).await.expect_err(&sql[..40]);
-        assert!(matches!(&e, Error::InvalidInput(m) if m.contains(expected)), "{}: {e}", &sql[..40]);
+        let shown = &sql[..sql.len().min(40)];
+        let e = client.execute(&sql, &[]).await.expect_err(shown);
+        assert!(matches!(&e, Error::InvalidInput(m) if m.contains(expected)), "{shown}: {e}");
         for addr in &index_servers {
-            let status = raw(&dialer, addr, &sql).await.expect_err(&sql[..40]);
-            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{}: {status}", &sql[..40]);
-            assert!(status.message().contains(expected), "{}: {status}", &sql[..40]);
+            let status = raw(&dialer, addr, &sql).await.expect_err(shown);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{shown}: {status}");
+            assert!(status.message().contains(expected), "{shown}: {status}");
         }
     }
     // Within SQLite's limits, the same shapes get SQLite's answers.
@@ -97,6 +101,17 @@ async fn hostile_statements_get_clear_errors_and_every_index_server_lives_on() {
     assert!(e.to_string().contains("not supported"), "{e}");
     let e = raw(&dialer, &index_servers[0], "CREATE VIRTUAL TABLE v USING dbstat").await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+
+    // Data files and directories are their owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let storage = dir.path().join("storage-1");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&storage), 0o700);
+    for entry in std::fs::read_dir(storage.join("groups").join("1")).unwrap() {
+        let path = entry.unwrap().path();
+        let expected = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&path), expected, "{}", path.display());
+    }
 
     // Every index server answers afterwards.
     for addr in &index_servers {

@@ -23,6 +23,8 @@ use crate::service::{Node, RaftService, StorageService};
 
 /// How often leaders check whether a group's preferred leader is back.
 const HAND_OVER_PERIOD: Duration = Duration::from_secs(5);
+/// The data directory is its owner's only.
+const DATA_DIR_MODE: u32 = 0o700;
 /// The file in the data directory that records the shard count the cluster
 /// was created with.
 const SHARDS_FILE: &str = "shards";
@@ -66,6 +68,10 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
     for dir in [&groups_dir, &scratch_dir] {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
     }
+    // Private, also when an older version made it readable to all.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(DATA_DIR_MODE))
+        .map_err(|e| Error::io(format!("cannot restrict {}: {e}", config.data_dir.display())))?;
     let shards = config.shard_count();
     check_shard_count(&config.data_dir, shards)?;
     let tickets = if config.ticket_key.exists() {

@@ -147,6 +147,7 @@ impl ConnectArgs {
 }
 
 fn main() -> ExitCode {
+    drsdb_common::logging::private_files();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Local(args)) => local::run(args),
