@@ -21,6 +21,8 @@ pub const DEFAULT_INDEX_LISTEN: &str = "127.0.0.1:7001";
 pub const MAX_TICKET_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 /// Default path of the cluster's ticket key.
 pub const DEFAULT_TICKET_KEY: &str = "certs/ticket.key";
+/// Default statement timeout of index and storage servers (milliseconds).
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 120_000;
 
 /// Reads a TOML config file; a missing file is an error that names it.
 pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -170,6 +172,10 @@ pub struct StorageConfig {
     pub max_batch: usize,
     /// An explicit transaction idle for this long is rolled back.
     pub txn_idle_timeout_ms: u64,
+    /// A read running on this server longer than this is stopped.
+    /// Replicated statements are bounded by their budget of SQLite steps
+    /// instead, which every replica counts alike.
+    pub statement_timeout_ms: u64,
     /// TLS.
     pub tls: TlsConfig,
     /// The cluster's ticket key (`drsdb certs` makes it), shared with the
@@ -191,6 +197,7 @@ impl Default for StorageConfig {
             log: "info".into(),
             max_batch: 256,
             txn_idle_timeout_ms: 30_000,
+            statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
             tls: TlsConfig::default(),
             ticket_key: DEFAULT_TICKET_KEY.into(),
             raft: RaftConfig::default(),
@@ -243,6 +250,11 @@ impl StorageConfig {
     pub fn txn_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.txn_idle_timeout_ms)
     }
+
+    /// [`StorageConfig::statement_timeout_ms`] as a duration.
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.statement_timeout_ms)
+    }
 }
 
 /// An index server's configuration.
@@ -260,6 +272,11 @@ pub struct IndexConfig {
     pub announce_interval_ms: u64,
     /// Most rows in one streamed batch to the client.
     pub rows_per_batch: usize,
+    /// A statement still at work here after this long is stopped with an
+    /// error, and its reads on the storage servers with it. (A write
+    /// stopped this way may still be applied: the error says so.) A read
+    /// whose client goes away is stopped at once.
+    pub statement_timeout_ms: u64,
     /// Log filter, as for storage servers.
     pub log: String,
     /// Direct streaming: a query whose answer is the concatenation or
@@ -286,6 +303,7 @@ impl Default for IndexConfig {
             storage_seeds: vec![DEFAULT_STORAGE_LISTEN.into()],
             announce_interval_ms: 2_000,
             rows_per_batch: 256,
+            statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
             log: "info".into(),
             direct_streaming: true,
             ticket_ttl_ms: 30_000,
@@ -301,8 +319,10 @@ impl IndexConfig {
         if self.storage_seeds.is_empty() {
             return Err(Error::invalid("storage_seeds is empty; name at least one storage server"));
         }
-        if self.rows_per_batch == 0 || self.announce_interval_ms == 0 {
-            return Err(Error::invalid("rows_per_batch and announce_interval_ms must be positive"));
+        if self.rows_per_batch == 0 || self.announce_interval_ms == 0 || self.statement_timeout_ms == 0 {
+            return Err(Error::invalid(
+                "rows_per_batch, announce_interval_ms and statement_timeout_ms must be positive",
+            ));
         }
         if !(1..=MAX_TICKET_TTL_MS).contains(&self.ticket_ttl_ms) {
             return Err(Error::invalid(format!("ticket_ttl_ms must be between 1 and {MAX_TICKET_TTL_MS}")));

@@ -74,6 +74,36 @@ mod real_bits {
 /// well under every message limit on its way.
 pub const PART_BYTES: usize = 1 << 20;
 
+/// Result rows gathered for sending: full at a number of rows or at
+/// [`PART_BYTES`] bytes of values, whichever comes first. The one rule
+/// every tier batches rows by.
+#[derive(Debug)]
+pub struct Batch {
+    rows: Vec<Vec<Value>>,
+    bytes: usize,
+    max_rows: usize,
+}
+
+impl Batch {
+    /// An empty batch of at most `max_rows` rows.
+    pub fn new(max_rows: usize) -> Batch {
+        Batch { rows: Vec::new(), bytes: 0, max_rows: max_rows.max(1) }
+    }
+
+    /// Adds a row; returns the batch's rows when that filled it.
+    pub fn push(&mut self, row: Vec<Value>) -> Option<Vec<Vec<Value>>> {
+        self.bytes += row.iter().map(Value::size).sum::<usize>();
+        self.rows.push(row);
+        (self.rows.len() >= self.max_rows || self.bytes >= PART_BYTES).then(|| self.take())
+    }
+
+    /// Takes the rows gathered so far (the last, partial batch).
+    pub fn take(&mut self) -> Vec<Vec<Value>> {
+        self.bytes = 0;
+        std::mem::take(&mut self.rows)
+    }
+}
+
 impl Value {
     /// About how many bytes the value takes on the wire.
     pub fn size(&self) -> usize {
@@ -84,6 +114,11 @@ impl Value {
             Value::Blob(b) => b.len(),
         }
     }
+}
+
+/// Rows as a protobuf result batch.
+pub fn to_rows(rows: Vec<Vec<Value>>) -> pb::Rows {
+    pb::Rows { rows: rows.into_iter().map(|r| pb::Row { values: r.into_iter().map(Into::into).collect() }).collect() }
 }
 
 /// The rows of a result batch as values.
@@ -208,6 +243,16 @@ mod tests {
         {
             assert_eq!(Value::from(pb::Value::from(v.clone())), v);
         }
+    }
+
+    #[test]
+    fn batches_fill_by_rows_or_bytes() {
+        let mut batch = Batch::new(3);
+        assert!(batch.push(vec![Value::Integer(1)]).is_none());
+        assert!(batch.push(vec![Value::Integer(2)]).is_none());
+        assert_eq!(batch.push(vec![Value::Integer(3)]).map(|r| r.len()), Some(3));
+        assert_eq!(batch.push(vec![Value::Blob(vec![0; PART_BYTES])]).map(|r| r.len()), Some(1));
+        assert!(batch.take().is_empty());
     }
 
     #[test]

@@ -3,15 +3,16 @@
 //! stream the result back.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use drsdb_common::order::{self, Collation};
 use drsdb_common::sql::{self, Kind};
 use drsdb_common::ticket::TicketKey;
-use drsdb_common::{shard, value, Error, GroupId, Result, TxnId, Value};
+use drsdb_common::value::{self, Batch};
+use drsdb_common::{shard, Error, GroupId, Result, TxnId, Value};
 use drsdb_proto as pb;
-use drsdb_storage::{Column, Command, CommandResult, Db, Statement, StatementResult};
+use drsdb_storage::{Column, Command, CommandResult, Db, Limits, Statement, StatementResult};
 use futures::future::join_all;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -72,9 +73,19 @@ async fn send(out: &PartSender, p: pb::ResultPart) -> Result<()> {
     out.send(Ok(p)).await.map_err(|_| Error::unavailable("client went away"))
 }
 
+/// Sets its flag when dropped: work running elsewhere (a blocking task)
+/// that watches the flag stops with the future that owns this.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn rows_part(rows: Vec<Vec<Value>>) -> pb::ResultPart {
-    let rows = rows.into_iter().map(|r| pb::Row { values: r.into_iter().map(Into::into).collect() }).collect();
-    part(pb::result_part::Part::Rows(pb::Rows { rows }))
+    part(pb::result_part::Part::Rows(value::to_rows(rows)))
 }
 
 fn columns_part(columns: &[Column]) -> pb::ResultPart {
@@ -352,24 +363,24 @@ impl Executor {
         let out = out.clone();
         let done_txn = txn.cloned();
         let rows_per_batch = self.rows_per_batch;
+        // Dropped with this future (statement timeout, client gone): the
+        // query stops.
+        let cancel = CancelOnDrop::default();
+        let limits = Limits { cancel: Some(cancel.0.clone()), deadline: None };
         let result = tokio::task::spawn_blocking(move || {
-            let mut batch = Vec::new();
+            let mut batch = Batch::new(rows_per_batch);
+            let send_rows = |rows| out.blocking_send(Ok(rows_part(rows))).is_ok();
             let r = db.run(
                 &statement,
-                None,
+                limits,
                 |columns| {
                     let _ = out.blocking_send(Ok(columns_part(columns)));
                 },
-                |row| {
-                    batch.push(row);
-                    if batch.len() == rows_per_batch {
-                        return out.blocking_send(Ok(rows_part(std::mem::take(&mut batch)))).is_ok();
-                    }
-                    true
-                },
+                |row| batch.push(row).is_none_or(send_rows),
             );
-            if !batch.is_empty() {
-                let _ = out.blocking_send(Ok(rows_part(batch)));
+            let rest = batch.take();
+            if !rest.is_empty() {
+                send_rows(rest);
             }
             r.map(|_| {
                 let _ = out.blocking_send(Ok(done(0, 0, done_txn.as_ref())));
@@ -1094,16 +1105,13 @@ impl ShardRows {
 struct Batcher<'a> {
     out: &'a PartSender,
     columns: Option<Vec<pb::Column>>,
-    batch: Vec<Vec<Value>>,
-    /// Bytes of values in `batch`.
-    bytes: usize,
-    rows_per_batch: usize,
+    batch: Batch,
 }
 
 impl<'a> Batcher<'a> {
     /// A batcher sending `columns` first (none for a result without columns).
     fn new(out: &'a PartSender, columns: Vec<pb::Column>, rows_per_batch: usize) -> Batcher<'a> {
-        Batcher { out, columns: (!columns.is_empty()).then_some(columns), batch: Vec::new(), bytes: 0, rows_per_batch }
+        Batcher { out, columns: (!columns.is_empty()).then_some(columns), batch: Batch::new(rows_per_batch) }
     }
 
     async fn send_columns(&mut self) -> Result<()> {
@@ -1114,20 +1122,18 @@ impl<'a> Batcher<'a> {
     }
 
     async fn push(&mut self, row: Vec<Value>) -> Result<()> {
-        self.bytes += row.iter().map(Value::size).sum::<usize>();
-        self.batch.push(row);
-        if self.batch.len() >= self.rows_per_batch || self.bytes >= value::PART_BYTES {
-            self.bytes = 0;
+        if let Some(rows) = self.batch.push(row) {
             self.send_columns().await?;
-            send(self.out, rows_part(std::mem::take(&mut self.batch))).await?;
+            send(self.out, rows_part(rows)).await?;
         }
         Ok(())
     }
 
     async fn finish(mut self, done_part: pb::ResultPart) -> Result<()> {
         self.send_columns().await?;
-        if !self.batch.is_empty() {
-            send(self.out, rows_part(std::mem::take(&mut self.batch))).await?;
+        let rest = self.batch.take();
+        if !rest.is_empty() {
+            send(self.out, rows_part(rest)).await?;
         }
         send(self.out, done_part).await
     }

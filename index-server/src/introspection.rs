@@ -1,6 +1,7 @@
 //! `SHOW …` statements: the cluster as rows.
 //!
-//! - `SHOW NODES`: storage servers, their addresses and whether they answer.
+//! - `SHOW NODES`: storage servers, their addresses, whether they answer,
+//!   and how many reads each is running.
 //! - `SHOW GROUPS`: every replica of every group: role, leader, term, last
 //!   log index, applied index, snapshot index, voters.
 //! - `SHOW INDEX SERVERS`: index servers that announced themselves recently.
@@ -40,14 +41,15 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
             let _ = ex.cluster.refresh().await;
             let mut rows = Vec::new();
             for (id, addr) in ex.cluster.addresses() {
-                let up = ex.cluster.status_of(&addr).await.is_ok();
+                let status = ex.cluster.status_of(&addr).await.ok();
                 rows.push(vec![
                     Value::Integer(id as i64),
                     Value::Text(addr),
-                    Value::Text(if up { "up" } else { "down" }.into()),
+                    Value::Text(if status.is_some() { "up" } else { "down" }.into()),
+                    status.map(|s| s.running_reads as i64).into(),
                 ]);
             }
-            (columns(&["node", "address", "state"]), rows)
+            (columns(&["node", "address", "state", "running_reads"]), rows)
         }
         ["GROUPS"] => {
             let _ = ex.cluster.refresh().await;

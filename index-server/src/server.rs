@@ -106,7 +106,13 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
     }
     tracing::info!(%addr, "index server listening");
     let served = builder
-        .add_service(pb::sql_server::SqlServer::new(SqlService(executor)).max_decoding_message_size(MAX_REQUEST))
+        .add_service(
+            pb::sql_server::SqlServer::new(SqlService {
+                executor,
+                statement_timeout: Duration::from_millis(config.statement_timeout_ms),
+            })
+            .max_decoding_message_size(MAX_REQUEST),
+        )
         .serve_with_incoming_shutdown(tls::incoming(listener), shutdown)
         .await;
     maintenance.abort();

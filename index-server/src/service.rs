@@ -3,6 +3,10 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+
+use drsdb_common::error::catch_panic;
+use drsdb_common::Error;
 
 use drsdb_common::sql::{self, Kind};
 use drsdb_proto as pb;
@@ -17,9 +21,27 @@ use crate::metrics::Metrics;
 const PARTS_AHEAD: usize = 8;
 
 /// The client-facing service.
-pub struct SqlService(pub Arc<Executor>);
+pub struct SqlService {
+    /// Runs the statements.
+    pub executor: Arc<Executor>,
+    /// A statement still at work after this long is stopped.
+    pub statement_timeout: Duration,
+}
 
 type PartStream = Pin<Box<dyn Stream<Item = Result<pb::ResultPart, Status>> + Send + 'static>>;
+
+/// The error of a statement stopped by the statement timeout.
+fn timed_out(kind: Option<Kind>, after: Duration) -> Error {
+    match kind {
+        Some(Kind::Read | Kind::Show) => Error::invalid(format!(
+            "statement stopped: it ran longer than statement_timeout_ms ({after:?}); narrow it, or raise the timeout"
+        )),
+        _ => Error::unavailable(format!(
+            "the statement did not finish within statement_timeout_ms ({after:?}); its outcome is unknown (it may \
+             have been applied, on some shards only): check before running it again"
+        )),
+    }
+}
 
 #[tonic::async_trait]
 impl pb::sql_server::Sql for SqlService {
@@ -28,13 +50,22 @@ impl pb::sql_server::Sql for SqlService {
     async fn execute(&self, request: Request<pb::ExecuteRequest>) -> Result<Response<PartStream>, Status> {
         let req = request.into_inner();
         tracing::debug!(sql = %req.sql, txn = %req.txn_id, "execute");
-        Metrics::add(&self.0.metrics.statements, 1);
-        let counted = sql::classify(&req.sql).is_ok_and(|k| k != Kind::Show);
+        Metrics::add(&self.executor.metrics.statements, 1);
+        let kind = sql::classify(&req.sql).ok();
+        let counted = kind.is_some_and(|k| k != Kind::Show);
         let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
-        let executor = self.0.clone();
-        let metrics = self.0.clone();
+        let executor = self.executor.clone();
+        let metrics = self.executor.clone();
+        let timeout = self.statement_timeout;
         tokio::spawn(async move {
-            if let Err(e) = drsdb_common::error::catch_panic(executor.execute(req, &tx)).await {
+            let work = tokio::time::timeout(timeout, catch_panic(executor.execute(req, &tx)));
+            let outcome = tokio::select! {
+                done = work => done.unwrap_or_else(|_| Err(timed_out(kind, timeout))),
+                // A read whose client went away stops here: dropping it
+                // cancels its reads on the storage servers.
+                _ = tx.closed(), if kind == Some(Kind::Read) => return,
+            };
+            if let Err(e) = outcome {
                 let _ = tx.send(Err(Status::from(e))).await;
             }
         });
@@ -53,7 +84,7 @@ impl pb::sql_server::Sql for SqlService {
         _request: Request<pb::IndexServersRequest>,
     ) -> Result<Response<pb::IndexServersResponse>, Status> {
         tracing::debug!("index servers");
-        let addrs = crate::server::live_index_servers(&self.0.cluster).await?;
+        let addrs = crate::server::live_index_servers(&self.executor.cluster).await?;
         Ok(Response::new(pb::IndexServersResponse { addrs }))
     }
 }

@@ -119,3 +119,54 @@ async fn hostile_statements_get_clear_errors_and_every_index_server_lives_on() {
     }
     cluster.stop();
 }
+
+/// Reads running on the storage servers, per `SHOW NODES`.
+async fn running_reads(client: &mut Client) -> i64 {
+    let rs = client.execute("SHOW NODES", &[]).await.unwrap();
+    rs.rows.iter().map(|r| r.get::<Option<i64>>(3).unwrap().unwrap_or(0)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_queries_leave_room_for_others_and_stop_when_their_clients_go() {
+    const RUNAWAYS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { shards: Some(2), ..Options::default() };
+    let mut cluster = LocalCluster::start(&exe(), dir.path(), &options).expect("cluster starts");
+    cluster.wait_ready(READY).await.expect("cluster ready");
+    let mut client = cluster.client().await.unwrap();
+    client.execute("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)", &[]).await.unwrap();
+    client.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')", &[]).await.unwrap();
+
+    // Queries that never end on their own and send nothing back.
+    let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let mut runaways = Vec::new();
+    for _ in 0..RUNAWAYS {
+        let mut c = cluster.client().await.unwrap();
+        runaways.push(tokio::spawn(async move { c.execute(endless, &[]).await }));
+    }
+    let deadline = std::time::Instant::now() + READY;
+    while running_reads(&mut client).await < RUNAWAYS as i64 {
+        assert!(std::time::Instant::now() < deadline, "the runaway queries did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A new client's point select is answered meanwhile.
+    let mut newcomer = cluster.client().await.unwrap();
+    let started = std::time::Instant::now();
+    let v = tokio::time::timeout(READY, newcomer.execute("SELECT v FROM t WHERE k = 2", &[])).await;
+    let v = v.expect("the point select is answered").unwrap();
+    assert_eq!(v.rows[0].values(), &[Value::Text("two".into())]);
+    println!("point select beside {RUNAWAYS} runaway queries: {:?}", started.elapsed());
+
+    // Their clients give up: the storage servers stop the work.
+    for r in &runaways {
+        r.abort();
+    }
+    let gone = std::time::Instant::now();
+    let timeout = Duration::from_millis(drsdb_common::config::DEFAULT_STATEMENT_TIMEOUT_MS);
+    while running_reads(&mut client).await > 0 {
+        assert!(gone.elapsed() < timeout, "runaway reads still running {:?} after their clients left", gone.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("the storage servers stopped the runaway reads {:?} after their clients left", gone.elapsed());
+    cluster.stop();
+}

@@ -61,5 +61,5 @@ mod types;
 
 pub use command::{decode, encode, Column, Command, CommandResult, Outcome, Statement, StatementResult};
 pub use server::serve;
-pub use sqlite::{Db, Failure};
+pub use sqlite::{Db, Failure, Limits};
 pub use state_machine::REQUEST_MEMORY_MS;

@@ -111,6 +111,8 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
         scratch_dir,
         tickets,
         tls: !config.tls.insecure,
+        statement_timeout: config.statement_timeout(),
+        running_reads: Default::default(),
     });
     let balancer = tokio::spawn(hand_over_leaders(preferred));
 

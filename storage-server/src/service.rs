@@ -8,15 +8,15 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use drsdb_common::config::Member;
 use drsdb_common::error::catch_panic;
 use drsdb_common::ticket::TicketKey;
 use drsdb_common::tls;
-use drsdb_common::value::PART_BYTES;
-use drsdb_common::{Error, GroupId, NodeId, Value};
+use drsdb_common::value::{self, Batch};
+use drsdb_common::{Error, GroupId, NodeId};
 use drsdb_proto as pb;
 use openraft::async_runtime::WatchReceiver;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::command::{self, Column, Command, Statement};
 use crate::group::Group;
 use crate::network::SnapshotHeader;
-use crate::sqlite::Failure;
+use crate::sqlite::{Failure, Limits};
 use crate::state_machine::SnapshotData;
 
 /// Rows per streamed batch from a storage server.
@@ -52,6 +52,26 @@ pub struct Node {
     /// Whether this server runs TLS (without it no peer is authenticated,
     /// so every call is open).
     pub tls: bool,
+    /// A read running longer than this is stopped.
+    pub statement_timeout: std::time::Duration,
+    /// Reads running now.
+    pub running_reads: Arc<AtomicUsize>,
+}
+
+/// Counts a running read until dropped.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(count: &Arc<AtomicUsize>) -> Running {
+        count.fetch_add(1, Ordering::Relaxed);
+        Running(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Node {
@@ -95,31 +115,25 @@ impl Node {
                 _ = query_done => {}
             }
         });
+        let running = Running::start(&self.running_reads);
+        let limits =
+            Limits { cancel: Some(cancel), deadline: Some(std::time::Instant::now() + self.statement_timeout) };
         tokio::task::spawn_blocking(move || {
             let _finished = finished;
-            let mut rows = Vec::with_capacity(ROWS_PER_PART);
-            let mut bytes = 0;
+            let _running = running;
+            let mut batch = Batch::new(ROWS_PER_PART);
+            let send_rows =
+                |rows| tx.blocking_send(Ok(part(pb::result_part::Part::Rows(value::to_rows(rows))))).is_ok();
             // A panic (a bug) ends this read with an error, not the process.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 db.run(
                     &statement,
-                    Some(cancel),
+                    limits,
                     |columns| {
                         // A gone reader shows up when the first rows are sent.
                         let _ = tx.blocking_send(Ok(columns_part(columns)));
                     },
-                    |row| {
-                        bytes += row.iter().map(Value::size).sum::<usize>();
-                        rows.push(pb::Row { values: row.into_iter().map(Into::into).collect() });
-                        if rows.len() == ROWS_PER_PART || bytes >= PART_BYTES {
-                            bytes = 0;
-                            let batch = std::mem::replace(&mut rows, Vec::with_capacity(ROWS_PER_PART));
-                            return tx
-                                .blocking_send(Ok(part(pb::result_part::Part::Rows(pb::Rows { rows: batch }))))
-                                .is_ok();
-                        }
-                        true
-                    },
+                    |row| batch.push(row).is_none_or(send_rows),
                 )
             }));
             let last = match result {
@@ -129,8 +143,9 @@ impl Node {
                         .into(),
                 ))),
                 Ok(Ok(r)) => {
-                    if !rows.is_empty() {
-                        let _ = tx.blocking_send(Ok(part(pb::result_part::Part::Rows(pb::Rows { rows }))));
+                    let rest = batch.take();
+                    if !rest.is_empty() {
+                        send_rows(rest);
                     }
                     Ok(part(pb::result_part::Part::Done(pb::Done {
                         rows_affected: r.rows_affected,
@@ -220,7 +235,13 @@ impl pb::storage_server::Storage for StorageService {
             .collect();
         groups.sort_by_key(|g| g.group);
         let nodes = self.0.members.iter().map(|m| pb::NodeAddr { id: m.id, addr: m.addr.clone() }).collect();
-        Ok(Response::new(pb::StatusResponse { node: self.0.id.0, groups, nodes, shards: self.0.shards as u32 }))
+        Ok(Response::new(pb::StatusResponse {
+            node: self.0.id.0,
+            groups,
+            nodes,
+            shards: self.0.shards as u32,
+            running_reads: self.0.running_reads.load(Ordering::Relaxed) as u32,
+        }))
     }
 }
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drsdb_common::{Error, Value};
 use rand_chacha::rand_core::{Rng, SeedableRng};
@@ -61,8 +61,29 @@ struct Env {
     last_ulid: Option<u128>,
     /// Budget checks left for the running statement.
     checks_left: u64,
-    /// Set from another thread to stop the running statement.
-    cancel: Option<Arc<AtomicBool>>,
+    /// What else may stop the running statement.
+    limits: Limits,
+    /// Why the running statement was stopped, once it was.
+    stopped: Option<Stop>,
+}
+
+/// What may stop a read before its step budget runs out. Replicated
+/// statements take neither: they must end the same way on every replica,
+/// so only their (deterministic) step budget bounds them.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Set from another thread to stop the statement (its reader left).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// The statement stops once this instant has passed.
+    pub deadline: Option<Instant>,
+}
+
+/// Why a statement was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Budget,
+    Cancelled,
+    Deadline,
 }
 
 /// A connection plus the switches drsdb flips around each statement.
@@ -114,10 +135,24 @@ impl From<rusqlite::Error> for Failure {
                  drsdb's own _drsdb tables); use a regular table or view instead",
                 statement_message(&e)
             ))),
-            Some(ErrorCode::OperationInterrupted) => Failure::Statement(Error::invalid(format!(
-                "statement interrupted: cancelled, or over the budget of {MAX_STATEMENT_STEPS} SQLite steps"
-            ))),
+            Some(ErrorCode::OperationInterrupted) => Failure::Statement(Stop::Budget.error()),
             _ => Failure::Statement(Error::invalid(statement_message(&e))),
+        }
+    }
+}
+
+impl Stop {
+    fn error(self) -> Error {
+        match self {
+            Stop::Budget => Error::invalid(format!(
+                "statement stopped: over the budget of {MAX_STATEMENT_STEPS} SQLite steps (about a minute of work); \
+                 narrow it, or split it into smaller statements"
+            )),
+            Stop::Cancelled => Error::invalid("statement cancelled: its reader went away"),
+            Stop::Deadline => Error::invalid(
+                "statement stopped: it ran longer than the storage server's statement_timeout_ms; narrow it, or \
+                 raise the timeout",
+            ),
         }
     }
 }
@@ -190,7 +225,8 @@ impl Db {
             now_ms: 0,
             last_ulid: None,
             checks_left: 0,
-            cancel: None,
+            limits: Limits::default(),
+            stopped: None,
         }));
         register_functions(&conn, &env)?;
         let budget = env.clone();
@@ -199,7 +235,16 @@ impl Db {
             Some(move || {
                 let mut env = budget.lock().expect("env lock");
                 env.checks_left = env.checks_left.saturating_sub(1);
-                env.checks_left == 0 || env.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+                env.stopped = if env.checks_left == 0 {
+                    Some(Stop::Budget)
+                } else if env.limits.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    Some(Stop::Cancelled)
+                } else if env.limits.deadline.is_some_and(|d| Instant::now() >= d) {
+                    Some(Stop::Deadline)
+                } else {
+                    None
+                };
+                env.stopped.is_some()
             }),
         )?;
         let phase = Arc::new(AtomicU8::new(Phase::User as u8));
@@ -246,12 +291,12 @@ impl Db {
     }
 
     /// Runs one user statement, handing each row to `on_row` (return false
-    /// to stop reading). Setting `cancel` from another thread stops it.
-    /// Returns the columns and the change counts.
+    /// to stop reading), within `limits`. Returns the columns and the
+    /// change counts.
     pub fn run(
         &self,
         stmt: &Statement,
-        cancel: Option<Arc<AtomicBool>>,
+        limits: Limits,
         mut on_columns: impl FnMut(&[Column]),
         mut on_row: impl FnMut(Vec<Value>) -> bool,
     ) -> Result<StatementResult, Failure> {
@@ -268,8 +313,26 @@ impl Db {
             env.now_ms = stmt.now_ms;
             env.last_ulid = None;
             env.checks_left = self.max_steps / STEPS_PER_CHECK as u64;
-            env.cancel = cancel;
+            env.limits = limits;
+            env.stopped = None;
         }
+        self.run_prepared(stmt, &mut on_columns, &mut on_row).map_err(|e| match (e, self.stopped()) {
+            (Failure::Statement(_), Some(stop)) => Failure::Statement(stop.error()),
+            (e, _) => e,
+        })
+    }
+
+    /// Why the last statement was interrupted, if it was.
+    fn stopped(&self) -> Option<Stop> {
+        self.env.lock().expect("env lock").stopped
+    }
+
+    fn run_prepared(
+        &self,
+        stmt: &Statement,
+        on_columns: &mut impl FnMut(&[Column]),
+        on_row: &mut impl FnMut(Vec<Value>) -> bool,
+    ) -> Result<StatementResult, Failure> {
         let _clock = clock::pin(stmt.now_ms);
         let before = self.conn.total_changes();
         let mut prepared = self.conn.prepare(&stmt.sql)?;
@@ -314,7 +377,7 @@ impl Db {
         let mut rows = Vec::new();
         let mut result = self.run(
             stmt,
-            None,
+            Limits::default(),
             |_| {},
             |r| {
                 rows.push(r);
@@ -505,8 +568,22 @@ mod tests {
             ))
             .unwrap_err();
         let Failure::Statement(e) = e else { panic!("{e:?}") };
-        assert!(e.to_string().contains("interrupted"), "{e}");
+        assert!(e.to_string().contains("budget"), "{e}");
         db.internal(|c| c.execute_batch("CREATE TABLE after(x)")).unwrap();
+    }
+
+    #[test]
+    fn reads_stop_at_their_deadline_or_when_cancelled() {
+        let db = Db::open_writer(Path::new(":memory:")).unwrap();
+        let endless = stmt("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", 0);
+        let stopped = |limits| match db.run(&endless, limits, |_| {}, |_| true) {
+            Err(Failure::Statement(e)) => e.to_string(),
+            other => panic!("{other:?}"),
+        };
+        let deadline = Some(Instant::now() + Duration::from_millis(50));
+        assert!(stopped(Limits { cancel: None, deadline }).contains("statement_timeout_ms"));
+        let cancel = Arc::new(AtomicBool::new(true));
+        assert!(stopped(Limits { cancel: Some(cancel), deadline: None }).contains("cancelled"));
     }
 
     #[test]
