@@ -281,12 +281,13 @@ impl Client {
     /// One attempt on rotation entry `i`. `Err(Ok(e))`: the server failed
     /// and another may be tried; `Err(Err(e))`: the statement's final error.
     ///
-    /// Another server is tried only when this one never got the statement
-    /// (it could not be reached) or answered that it cannot serve now (no
-    /// leader, shutting down). When the connection broke while this server
-    /// held the statement, or it gave no answer in time, the statement is
-    /// not sent on: it may be what brought this server down, and it would
-    /// bring down the next one too.
+    /// Another server is tried only when this one cannot have started on
+    /// the statement: it could not be reached, or the call failed before
+    /// any answer began (reads and deduplicated writes only), or it
+    /// answered that it cannot serve now (no leader, shutting down). When
+    /// the connection broke after the answer began, or no answer came in
+    /// time, the statement is not sent on: it may be what brought this
+    /// server down, and it would bring down the next one too.
     async fn try_server(
         &mut self,
         i: usize,
@@ -294,15 +295,18 @@ impl Client {
         idempotent: bool,
     ) -> std::result::Result<RowStream, Result<Error>> {
         let server = &mut self.rotation[i];
+        // The flag: whether the answer had begun when the call failed.
         let first_answer = async {
-            let response = server.client.execute(req.clone()).await?;
-            RowStream::start(response.into_inner()).await
+            match server.client.execute(req.clone()).await {
+                Ok(response) => RowStream::start(response.into_inner()).await.map_err(|f| (true, f)),
+                Err(status) => Err((false, Failure::from(status))),
+            }
         };
-        let status = match tokio::time::timeout(FIRST_ANSWER_TIMEOUT, first_answer).await {
+        let (began, status) = match tokio::time::timeout(FIRST_ANSWER_TIMEOUT, first_answer).await {
             Ok(Ok(rows)) => return Ok(rows),
-            Ok(Err(Failure::Answered(e @ Error::Unavailable(_)))) if idempotent => return Err(Ok(e)),
-            Ok(Err(Failure::Answered(e))) => return Err(Err(e)),
-            Ok(Err(Failure::Broken(status))) => status,
+            Ok(Err((_, Failure::Answered(e @ Error::Unavailable(_))))) if idempotent => return Err(Ok(e)),
+            Ok(Err((_, Failure::Answered(e)))) => return Err(Err(e)),
+            Ok(Err((began, Failure::Broken(status)))) => (began, status),
             Err(_) => {
                 return Err(Err(Error::unavailable(format!(
                     "{} gave no answer within {FIRST_ANSWER_TIMEOUT:?}; the statement was not sent to another index \
@@ -312,17 +316,12 @@ impl Client {
                 ))))
             }
         };
-        if drsdb_common::error::never_arrived(&status) {
+        if drsdb_common::error::never_arrived(&status) || (idempotent && !began) {
             return Err(Ok(Error::from(status)));
         }
-        match Error::from(status) {
-            Error::Unavailable(m) => Err(Err(Error::unavailable(format!(
-                "the connection to index server {} broke while it held the statement ({m}); the statement was not \
-                 sent to another index server (it may be what brought this one down); if it writes, its outcome \
-                 is unknown: check before running it again",
-                server.addr
-            )))),
-            e => Err(Err(e)),
+        match began {
+            true => Err(Err(Failure::Broken(status).into_error())),
+            false => Err(Err(Error::from(status))),
         }
     }
 

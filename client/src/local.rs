@@ -54,6 +54,8 @@ pub struct Options {
     pub raft: config::RaftConfig,
     /// Idle transactions are rolled back after this long.
     pub txn_idle_timeout_ms: u64,
+    /// Transactions are rolled back after being open this long.
+    pub txn_max_duration_ms: u64,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             log: storage.log,
             raft: storage.raft,
             txn_idle_timeout_ms: storage.txn_idle_timeout_ms,
+            txn_max_duration_ms: storage.txn_max_duration_ms,
         }
     }
 }
@@ -180,6 +183,7 @@ impl LocalCluster {
                 ticket_key: ticket_key.clone(),
                 raft: options.raft.clone(),
                 txn_idle_timeout_ms: options.txn_idle_timeout_ms,
+                txn_max_duration_ms: options.txn_max_duration_ms,
                 ..StorageConfig::default()
             };
             let name = format!("storage-{}", m.id);

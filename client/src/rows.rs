@@ -42,10 +42,22 @@ impl From<tonic::Status> for Failure {
 }
 
 impl Failure {
+    /// The error for the caller. A connection that broke while the server
+    /// ran the statement leaves its outcome unknown: the statement is not
+    /// sent again (it may be what brought the server down).
     pub(crate) fn into_error(self) -> Error {
+        use tonic::Code;
         match self {
             Failure::Answered(e) => e,
-            Failure::Broken(status) => Error::from(status),
+            Failure::Broken(status) => match status.code() {
+                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled => Error::unavailable(format!(
+                    "the connection broke while the server ran the statement ({}); the statement was not sent \
+                     again (it may be what brought the server down); if it writes, its outcome is unknown: check \
+                     before running it again",
+                    status.message()
+                )),
+                _ => Error::from(status),
+            },
         }
     }
 }

@@ -172,6 +172,9 @@ pub struct StorageConfig {
     pub max_batch: usize,
     /// An explicit transaction idle for this long is rolled back.
     pub txn_idle_timeout_ms: u64,
+    /// An explicit transaction open for this long is rolled back, however
+    /// busy: it holds its shards, and other writers wait behind it.
+    pub txn_max_duration_ms: u64,
     /// A read running on this server longer than this is stopped.
     /// Replicated statements are bounded by their budget of SQLite steps
     /// instead, which every replica counts alike.
@@ -197,6 +200,7 @@ impl Default for StorageConfig {
             log: "info".into(),
             max_batch: 256,
             txn_idle_timeout_ms: 30_000,
+            txn_max_duration_ms: 300_000,
             statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
             tls: TlsConfig::default(),
             ticket_key: DEFAULT_TICKET_KEY.into(),
@@ -249,6 +253,11 @@ impl StorageConfig {
     /// The idle timeout of explicit transactions.
     pub fn txn_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.txn_idle_timeout_ms)
+    }
+
+    /// [`StorageConfig::txn_max_duration_ms`] as a duration.
+    pub fn txn_max_duration(&self) -> Duration {
+        Duration::from_millis(self.txn_max_duration_ms)
     }
 
     /// [`StorageConfig::statement_timeout_ms`] as a duration.

@@ -356,7 +356,7 @@ async fn clients_without_a_valid_certificate_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_are_atomic_isolated_and_time_out() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { txn_idle_timeout_ms: 2_000, ..Options::default() };
+    let options = Options { txn_idle_timeout_ms: 2_000, txn_max_duration_ms: 5_000, ..Options::default() };
     let cluster = start(dir.path(), options).await;
     let mut a = cluster.client().await.unwrap();
     let mut b = cluster.client().await.unwrap();
@@ -404,6 +404,19 @@ async fn transactions_are_atomic_isolated_and_time_out() {
     assert_eq!(n, 3, "the abandoned DELETE was rolled back");
     let e = a.execute("COMMIT", &[]).await.unwrap_err();
     assert!(e.to_string().contains("not open"), "{e}");
+
+    // A busy transaction is rolled back once it has been open too long.
+    a.execute("BEGIN", &[]).await.unwrap();
+    let began = Instant::now();
+    let e = loop {
+        match a.execute("UPDATE acct SET bal = bal + 1 WHERE id = 1", &[]).await {
+            Ok(_) => assert!(began.elapsed() < READY, "the busy transaction was never rolled back"),
+            Err(e) => break e,
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(e.to_string().contains("txn_max_duration_ms"), "{e}");
+    assert!(began.elapsed() >= Duration::from_secs(5), "rolled back after {:?}", began.elapsed());
 }
 
 /// Schema changes made through one index server reach statements planned

@@ -168,5 +168,17 @@ async fn runaway_queries_leave_room_for_others_and_stop_when_their_clients_go() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("the storage servers stopped the runaway reads {:?} after their clients left", gone.elapsed());
+
+    // An index server that dies while it runs a statement: the driver
+    // does not send that statement on to the next server.
+    let mut victim = cluster.client().await.unwrap();
+    let running = tokio::spawn(async move { victim.execute(endless, &[]).await });
+    while running_reads(&mut client).await < 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.kill("index-1").unwrap();
+    cluster.kill("index-2").unwrap();
+    let e = running.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("was not sent again"), "{e}");
     cluster.stop();
 }

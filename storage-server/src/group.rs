@@ -127,7 +127,7 @@ impl Group {
         let (stop, stopped) = watch::channel(false);
         let proposer = Proposer { id, raft: raft.clone(), shared };
         tokio::spawn(batcher(proposer.clone(), queue, config.max_batch));
-        tokio::spawn(reaper(proposer.clone(), config.txn_idle_timeout(), stopped));
+        tokio::spawn(reaper(proposer.clone(), config.txn_idle_timeout(), config.txn_max_duration(), stopped));
         Ok(Arc::new(Group { id, raft, proposer, writes, stop }))
     }
 
@@ -320,20 +320,30 @@ async fn batcher(group: Proposer, mut queue: mpsc::Receiver<PendingWrite>, max_b
     }
 }
 
-/// On the leader, rolls back a transaction that has been idle too long.
-async fn reaper(group: Proposer, idle: Duration, mut stopped: watch::Receiver<bool>) {
+/// On the leader, rolls back a transaction that has been idle longer than
+/// `idle` or open longer than `longest`.
+async fn reaper(group: Proposer, idle: Duration, longest: Duration, mut stopped: watch::Receiver<bool>) {
     let holder = group.shared.holder();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(REAPER_PERIOD) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
-        let stale = holder.borrow().clone().filter(|h| h.last_activity.elapsed() > idle);
-        if let Some(h) = stale {
+        let stale = holder.borrow().clone().and_then(|h| {
+            let why = if h.last_activity.elapsed() > idle {
+                "idle longer than txn_idle_timeout_ms"
+            } else if h.started.elapsed() > longest {
+                "open longer than txn_max_duration_ms"
+            } else {
+                return None;
+            };
+            Some((h, why))
+        });
+        if let Some((h, why)) = stale {
             if group.raft.is_leader() {
-                tracing::info!(group = %group.id, txn = %h.txn, "rolling back idle transaction");
+                tracing::info!(group = %group.id, txn = %h.txn, "rolling back a transaction {why}");
                 if let Err(e) = group.raft.client_write(Command::Rollback(h.txn.clone())).await {
-                    tracing::warn!(group = %group.id, "cannot roll back idle transaction: {e}");
+                    tracing::warn!(group = %group.id, "cannot roll back a transaction {why}: {e}");
                 }
             }
         }

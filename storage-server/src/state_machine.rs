@@ -66,6 +66,9 @@ pub struct Holder {
     /// When this replica last applied one of its commands (local clock;
     /// the leader uses it to roll back idle transactions).
     pub last_activity: Instant,
+    /// When this replica applied its BEGIN (local clock; the leader rolls
+    /// back transactions that run too long).
+    pub started: Instant,
 }
 
 /// A group's state machine. Clones share the same database.
@@ -297,7 +300,9 @@ impl Inner {
     }
 
     fn set_holder(&self, shared: &Shared) {
-        let holder = self.txn.clone().map(|txn| Holder { txn, last_activity: Instant::now() });
+        let now = Instant::now();
+        let started = shared.holder.borrow().as_ref().filter(|h| Some(&h.txn) == self.txn.as_ref()).map(|h| h.started);
+        let holder = self.txn.clone().map(|txn| Holder { txn, last_activity: now, started: started.unwrap_or(now) });
         shared.holder.send_replace(holder);
     }
 
@@ -537,7 +542,8 @@ impl Inner {
 
 fn not_open(txn: &TxnId) -> Error {
     Error::Retryable(format!(
-        "transaction {txn} is not open (it was rolled back, perhaps after sitting idle); start again with BEGIN"
+        "transaction {txn} is not open (it was rolled back: perhaps it sat idle longer than txn_idle_timeout_ms, or \
+         ran longer than txn_max_duration_ms); start again with BEGIN"
     ))
 }
 
