@@ -56,6 +56,8 @@ pub struct Options {
     pub txn_idle_timeout_ms: u64,
     /// Transactions are rolled back after being open this long.
     pub txn_max_duration_ms: u64,
+    /// Limits on the connections every server accepts.
+    pub connections: config::ConnectionLimits,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             raft: storage.raft,
             txn_idle_timeout_ms: storage.txn_idle_timeout_ms,
             txn_max_duration_ms: storage.txn_max_duration_ms,
+            connections: storage.connections,
         }
     }
 }
@@ -184,6 +187,7 @@ impl LocalCluster {
                 raft: options.raft.clone(),
                 txn_idle_timeout_ms: options.txn_idle_timeout_ms,
                 txn_max_duration_ms: options.txn_max_duration_ms,
+                connections: options.connections.clone(),
                 ..StorageConfig::default()
             };
             let name = format!("storage-{}", m.id);
@@ -205,6 +209,7 @@ impl LocalCluster {
                 log: options.log.clone(),
                 tls: node_tls.clone(),
                 ticket_key: ticket_key.clone(),
+                connections: options.connections.clone(),
                 ..IndexConfig::default()
             };
             let name = format!("index-{}", i + 1);

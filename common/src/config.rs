@@ -147,6 +147,48 @@ impl Default for RaftConfig {
     }
 }
 
+/// Limits on the connections a server accepts (`connections`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// Most connections open at once; further ones wait in the listen
+    /// queue until one closes.
+    pub max_connections: usize,
+    /// A connection that has not finished its TLS handshake after this
+    /// long is closed (milliseconds).
+    pub handshake_timeout_ms: u64,
+    /// A connection with no traffic for this long is closed (clients
+    /// reconnect by themselves). Must exceed the statement timeout.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self { max_connections: 1024, handshake_timeout_ms: 10_000, idle_timeout_ms: 300_000 }
+    }
+}
+
+impl ConnectionLimits {
+    /// [`ConnectionLimits::handshake_timeout_ms`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// Checks the limits against the server's statement timeout.
+    fn validate(&self, statement_timeout_ms: u64) -> Result<()> {
+        if self.max_connections == 0 || self.handshake_timeout_ms == 0 {
+            return Err(Error::invalid("connections: max_connections and handshake_timeout_ms must be positive"));
+        }
+        if self.idle_timeout_ms <= statement_timeout_ms {
+            return Err(Error::invalid(
+                "connections.idle_timeout_ms must exceed statement_timeout_ms (a statement may work that long \
+                 before its first row)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A storage server's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -187,6 +229,8 @@ pub struct StorageConfig {
     pub ticket_key: PathBuf,
     /// Raft tuning.
     pub raft: RaftConfig,
+    /// Limits on the connections this server accepts.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for StorageConfig {
@@ -205,6 +249,7 @@ impl Default for StorageConfig {
             tls: TlsConfig::default(),
             ticket_key: DEFAULT_TICKET_KEY.into(),
             raft: RaftConfig::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -236,7 +281,7 @@ impl StorageConfig {
         if !(1..=crate::shard::MAX_SHARDS).contains(&self.shard_count()) {
             return Err(Error::invalid(format!("shards must be between 1 and {}", crate::shard::MAX_SHARDS)));
         }
-        Ok(())
+        self.connections.validate(self.statement_timeout_ms)
     }
 
     /// The number of data shards (the configured value or the default for
@@ -302,6 +347,8 @@ pub struct IndexConfig {
     pub ticket_key: PathBuf,
     /// TLS.
     pub tls: TlsConfig,
+    /// Limits on the connections this server accepts.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for IndexConfig {
@@ -318,6 +365,7 @@ impl Default for IndexConfig {
             ticket_ttl_ms: 30_000,
             ticket_key: DEFAULT_TICKET_KEY.into(),
             tls: TlsConfig::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -336,7 +384,7 @@ impl IndexConfig {
         if !(1..=MAX_TICKET_TTL_MS).contains(&self.ticket_ttl_ms) {
             return Err(Error::invalid(format!("ticket_ttl_ms must be between 1 and {MAX_TICKET_TTL_MS}")));
         }
-        Ok(())
+        self.connections.validate(self.statement_timeout_ms)
     }
 }
 

@@ -1,10 +1,11 @@
 //! What more than one tier of drsdb shares: the error type and its gRPC
-//! mapping, ids, SQL values, configuration, TLS and tickets, and lexical
-//! SQL helpers.
+//! mapping, ids, SQL values, configuration, TLS and tickets, the limits on
+//! servers' connections, and lexical SQL helpers.
 //!
 //! Nothing here does I/O beyond reading config and certificate files.
 
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod ids;
 pub mod logging;

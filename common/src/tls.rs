@@ -150,16 +150,16 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     })
 }
 
-/// Server-side TLS requiring client certificates signed by the CA; `None`
-/// in insecure mode.
-pub fn server_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>> {
+/// Server-side TLS requiring client certificates signed by the CA, and a
+/// handshake finished within `handshake_timeout`; `None` in insecure mode.
+pub fn server_config(tls: &TlsConfig, handshake_timeout: Duration) -> Result<Option<ServerTlsConfig>> {
     if tls.insecure {
         tracing::warn!("TLS is off (insecure = true): traffic is plaintext and peers are not authenticated");
         return Ok(None);
     }
     let identity = Identity::from_pem(read(&tls.cert, "certificate")?, read(&tls.key, "key")?);
     let ca = Certificate::from_pem(read(&tls.ca, "CA certificate")?);
-    Ok(Some(ServerTlsConfig::new().identity(identity).client_ca_root(ca)))
+    Ok(Some(ServerTlsConfig::new().identity(identity).client_ca_root(ca).timeout(handshake_timeout)))
 }
 
 /// True when the PEM file at `path` holds a certificate for servers.
@@ -191,12 +191,6 @@ pub fn require_server_peer<T>(request: &tonic::Request<T>, tls: bool) -> std::re
              server",
         )),
     }
-}
-
-/// The connections a server accepts on `listener`, with Nagle's algorithm
-/// off: requests and replies are small and latency-bound.
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// How a process dials others: TLS material loaded once.
@@ -270,7 +264,7 @@ mod tests {
         let first = std::fs::read(dir.join(files::NODE)).unwrap();
         generate(&dir, &[]).unwrap();
         assert_eq!(first, std::fs::read(dir.join(files::NODE)).unwrap());
-        server_config(&node_config_in(&dir)).unwrap().unwrap();
+        server_config(&node_config_in(&dir), Duration::from_secs(1)).unwrap().unwrap();
         Dialer::new(&client_config_in(&dir)).unwrap();
         let der =
             |name: &str| x509_parser::pem::parse_x509_pem(&std::fs::read(dir.join(name)).unwrap()).unwrap().1.contents;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drsdb_common::config::IndexConfig;
+use drsdb_common::connections;
 use drsdb_common::sql;
 use drsdb_common::ticket::TicketKey;
 use drsdb_common::tls::{self, Dialer};
@@ -101,7 +102,7 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
     let maintenance = tokio::spawn(maintain(executor.clone(), advertise, interval));
     let leaders = tokio::spawn(follow_leaders(executor.clone(), interval));
     let mut builder = Server::builder();
-    if let Some(tls) = tls::server_config(&config.tls)? {
+    if let Some(tls) = tls::server_config(&config.tls, config.connections.handshake_timeout())? {
         builder = builder.tls_config(tls).map_err(|e| Error::invalid(format!("TLS: {e}")))?;
     }
     tracing::info!(%addr, "index server listening");
@@ -113,7 +114,7 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
             })
             .max_decoding_message_size(MAX_REQUEST),
         )
-        .serve_with_incoming_shutdown(tls::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(connections::incoming(listener, &config.connections), shutdown)
         .await;
     maintenance.abort();
     leaders.abort();

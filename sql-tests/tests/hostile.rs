@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use drsdb_client::local::{LocalCluster, Options};
 use drsdb_client::{Client, Error, Value};
+use drsdb_common::config::ConnectionLimits;
 use drsdb_common::tls::Dialer;
 use drsdb_proto as pb;
 
@@ -180,5 +181,38 @@ async fn runaway_queries_leave_room_for_others_and_stop_when_their_clients_go() 
     cluster.kill("index-2").unwrap();
     let e = running.await.unwrap().unwrap_err();
     assert!(e.to_string().contains("was not sent again"), "{e}");
+    cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_cannot_exhaust_a_server() {
+    const SOCKETS: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let connections = ConnectionLimits { max_connections: 32, handshake_timeout_ms: 1_000, ..Default::default() };
+    let options = Options { shards: Some(1), connections, ..Options::default() };
+    let mut cluster = LocalCluster::start(&exe(), dir.path(), &options).expect("cluster starts");
+    cluster.wait_ready(READY).await.expect("cluster ready");
+    // Raw sockets that never start TLS, on every server.
+    let layout = cluster.layout().clone();
+    let addrs: Vec<String> =
+        layout.index.iter().cloned().chain(layout.storage.iter().map(|m| m.addr.clone())).collect();
+    let mut sockets = Vec::new();
+    for addr in &addrs {
+        for _ in 0..SOCKETS {
+            sockets.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+    }
+    // The cluster still answers a new client.
+    let started = std::time::Instant::now();
+    let mut client = tokio::time::timeout(READY, cluster.client()).await.expect("a client connects").unwrap();
+    assert_eq!(one(&mut client, "SELECT 1").await, Value::Integer(1));
+    println!("answered beside {} idle sockets after {:?}", sockets.len(), started.elapsed());
+    // Every idle socket is closed by its server.
+    for mut s in sockets {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(READY, s.read(&mut buf)).await.expect("the server closes an idle socket");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    }
     cluster.stop();
 }

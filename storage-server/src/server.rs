@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drsdb_common::config::StorageConfig;
+use drsdb_common::connections;
 use drsdb_common::shard::{self, Placement};
 use drsdb_common::ticket::TicketKey;
 use drsdb_common::tls::{self, Dialer};
@@ -117,7 +118,7 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
     let balancer = tokio::spawn(hand_over_leaders(preferred));
 
     let mut builder = Server::builder();
-    if let Some(tls) = tls::server_config(&config.tls)? {
+    if let Some(tls) = tls::server_config(&config.tls, config.connections.handshake_timeout())? {
         builder = builder.tls_config(tls).map_err(|e| Error::invalid(format!("TLS: {e}")))?;
     }
     let addr = listener.local_addr().map_err(Error::from)?;
@@ -132,7 +133,7 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE),
         )
-        .serve_with_incoming_shutdown(tls::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(connections::incoming(listener, &config.connections), shutdown)
         .await;
     balancer.abort();
     for group in node.groups.values() {
