@@ -143,7 +143,8 @@ impl FromValue for Vec<u8> {
     const NAME: &'static str = "blob";
     fn from_value(v: &Value) -> Option<Self> {
         match v {
-            Value::Blob(b) => Some(b.clone()),
+            // Text that is not UTF-8 reads as its bytes.
+            Value::Blob(b) | Value::RawText(b) => Some(b.clone()),
             _ => None,
         }
     }

@@ -38,15 +38,22 @@ impl Collation {
         }
     }
 
-    /// Compares two texts.
-    pub fn compare(self, a: &str, b: &str) -> Ordering {
+    /// Compares two texts, by their bytes as SQLite does (they need not
+    /// be valid UTF-8).
+    pub fn compare(self, a: &[u8], b: &[u8]) -> Ordering {
+        self.fold(a).cmp(&self.fold(b))
+    }
+
+    /// What the collation compares of a text: its bytes, with ASCII
+    /// letters in lower case (NOCASE) or trailing spaces dropped (RTRIM).
+    pub fn fold<'a>(self, text: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
         match self {
-            Collation::Binary => a.as_bytes().cmp(b.as_bytes()),
-            Collation::NoCase => {
-                let fold = |s: &str| s.bytes().map(|c| c.to_ascii_lowercase()).collect::<Vec<u8>>();
-                fold(a).cmp(&fold(b))
+            Collation::Binary => text.into(),
+            Collation::NoCase => text.to_ascii_lowercase().into(),
+            Collation::RTrim => {
+                let end = text.iter().rposition(|&c| c != b' ').map_or(0, |i| i + 1);
+                text[..end].into()
             }
-            Collation::RTrim => a.trim_end_matches(' ').as_bytes().cmp(b.trim_end_matches(' ').as_bytes()),
         }
     }
 }
@@ -58,7 +65,7 @@ pub fn compare(a: &Value, b: &Value, collation: Collation) -> Ordering {
         match v {
             Null => 0,
             Integer(_) | Real(_) => 1,
-            Text(_) => 2,
+            Text(_) | RawText(_) => 2,
             Blob(_) => 3,
         }
     }
@@ -67,9 +74,11 @@ pub fn compare(a: &Value, b: &Value, collation: Collation) -> Ordering {
         (Real(x), Real(y)) => x.partial_cmp(y).unwrap_or(Ordering::Equal),
         (Integer(i), Real(r)) => integer_real(*i, *r),
         (Real(r), Integer(i)) => integer_real(*i, *r).reverse(),
-        (Text(x), Text(y)) => collation.compare(x, y),
         (Blob(x), Blob(y)) => x.cmp(y),
-        _ => class(a).cmp(&class(b)),
+        _ => match (a.text_bytes(), b.text_bytes()) {
+            (Some(x), Some(y)) => collation.compare(x, y),
+            _ => class(a).cmp(&class(b)),
+        },
     }
 }
 
@@ -203,11 +212,11 @@ mod tests {
 
     #[test]
     fn collations_compare_text() {
-        assert_eq!(Collation::NoCase.compare("abc", "ABC"), Ordering::Equal);
-        assert_eq!(Collation::NoCase.compare("ab", "ABC"), Ordering::Less);
-        assert_eq!(Collation::Binary.compare("B", "a"), Ordering::Less);
-        assert_eq!(Collation::NoCase.compare("B", "a"), Ordering::Greater);
-        assert_eq!(Collation::RTrim.compare("x  ", "x"), Ordering::Equal);
+        assert_eq!(Collation::NoCase.compare(b"abc", b"ABC"), Ordering::Equal);
+        assert_eq!(Collation::NoCase.compare(b"ab", b"ABC"), Ordering::Less);
+        assert_eq!(Collation::Binary.compare(b"B", b"a"), Ordering::Less);
+        assert_eq!(Collation::NoCase.compare(b"B", b"a"), Ordering::Greater);
+        assert_eq!(Collation::RTrim.compare(b"x  ", b"x"), Ordering::Equal);
         assert_eq!(Collation::from_name("\"nocase\""), Collation::NoCase);
     }
 

@@ -107,15 +107,11 @@ pub fn key_hash(key: &[(Value, Collation)]) -> u64 {
                     bytes.extend_from_slice(&r.to_bits().to_le_bytes());
                 }
             }
-            Value::Text(t) => {
+            Value::Text(_) | Value::RawText(_) => {
+                let folded = collation.fold(value.text_bytes().expect("a text value"));
                 bytes.push(3);
-                let folded = match collation {
-                    Collation::Binary => t.clone(),
-                    Collation::NoCase => t.to_ascii_lowercase(),
-                    Collation::RTrim => t.trim_end_matches(' ').to_string(),
-                };
                 bytes.extend_from_slice(&(folded.len() as u64).to_le_bytes());
-                bytes.extend_from_slice(folded.as_bytes());
+                bytes.extend_from_slice(&folded);
             }
             Value::Blob(b) => {
                 bytes.push(4);

@@ -17,6 +17,10 @@ pub enum Value {
     Real(#[serde(with = "real_bits")] f64),
     /// UTF-8 text.
     Text(String),
+    /// Text whose bytes are not valid UTF-8 (SQLite keeps text as it was
+    /// given, `CAST(x'ff' AS TEXT)` say): it travels and compares as text,
+    /// byte for byte.
+    RawText(#[serde(with = "blob_text")] Vec<u8>),
     /// Bytes. Serialized as base64 text (a JSON array of numbers, which
     /// older versions wrote, still reads).
     Blob(#[serde(with = "blob_text")] Vec<u8>),
@@ -111,7 +115,16 @@ impl Value {
             Value::Null => 1,
             Value::Integer(_) | Value::Real(_) => 8,
             Value::Text(t) => t.len(),
-            Value::Blob(b) => b.len(),
+            Value::RawText(b) | Value::Blob(b) => b.len(),
+        }
+    }
+
+    /// The bytes of a text value (valid UTF-8 or not); `None` for others.
+    pub fn text_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Value::Text(t) => Some(t.as_bytes()),
+            Value::RawText(b) => Some(b),
+            _ => None,
         }
     }
 }
@@ -134,6 +147,7 @@ impl From<pb::Value> for Value {
             Some(Kind::Integer(i)) => Value::Integer(i),
             Some(Kind::Real(r)) => Value::Real(r),
             Some(Kind::Text(t)) => Value::Text(t),
+            Some(Kind::RawText(b)) => Value::RawText(b),
             Some(Kind::Blob(b)) => Value::Blob(b),
         }
     }
@@ -147,6 +161,7 @@ impl From<Value> for pb::Value {
             Value::Integer(i) => Some(Kind::Integer(i)),
             Value::Real(r) => Some(Kind::Real(r)),
             Value::Text(t) => Some(Kind::Text(t)),
+            Value::RawText(b) => Some(Kind::RawText(b)),
             Value::Blob(b) => Some(Kind::Blob(b)),
         };
         pb::Value { kind }
@@ -160,8 +175,11 @@ impl From<rusqlite::types::ValueRef<'_>> for Value {
             ValueRef::Null => Value::Null,
             ValueRef::Integer(i) => Value::Integer(i),
             ValueRef::Real(r) => Value::Real(r),
-            // SQLite may hold invalid UTF-8 in a TEXT value; keep it readable.
-            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Text(t) => match std::str::from_utf8(t) {
+                Ok(t) => Value::Text(t.to_string()),
+                // SQLite may hold invalid UTF-8 in a TEXT value: kept as is.
+                Err(_) => Value::RawText(t.to_vec()),
+            },
             ValueRef::Blob(b) => Value::Blob(b.to_vec()),
         }
     }
@@ -175,6 +193,7 @@ impl rusqlite::ToSql for Value {
             Value::Integer(i) => ValueRef::Integer(*i),
             Value::Real(r) => ValueRef::Real(*r),
             Value::Text(t) => ValueRef::Text(t.as_bytes()),
+            Value::RawText(b) => ValueRef::Text(b),
             Value::Blob(b) => ValueRef::Blob(b),
         }))
     }
@@ -204,6 +223,7 @@ impl std::fmt::Display for Value {
             Value::Integer(i) => write!(f, "{i}"),
             Value::Real(r) => write!(f, "{}", format_real(*r)),
             Value::Text(t) => f.write_str(t),
+            Value::RawText(b) => f.write_str(&String::from_utf8_lossy(b)),
             Value::Blob(b) => {
                 f.write_str("x'")?;
                 for byte in b {
@@ -253,6 +273,20 @@ mod tests {
         assert_eq!(batch.push(vec![Value::Integer(3)]).map(|r| r.len()), Some(3));
         assert_eq!(batch.push(vec![Value::Blob(vec![0; PART_BYTES])]).map(|r| r.len()), Some(1));
         assert!(batch.take().is_empty());
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_keeps_its_bytes() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let v: Value =
+            conn.query_row("SELECT CAST(x'61ff62' AS TEXT)", [], |r| Ok(Value::from(r.get_ref(0)?))).unwrap();
+        assert_eq!(v, Value::RawText(vec![0x61, 0xff, 0x62]));
+        assert_eq!(Value::from(pb::Value::from(v.clone())), v);
+        let back: Value = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+        let (kind, bytes): (String, Vec<u8>) =
+            conn.query_row("SELECT typeof(?1), CAST(?1 AS BLOB)", [&v], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((kind.as_str(), bytes), ("text", vec![0x61, 0xff, 0x62]));
     }
 
     #[test]

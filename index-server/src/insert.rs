@@ -182,7 +182,7 @@ pub fn split(
             chunk.clear();
         };
         for i in indexes {
-            let size: usize = rows[i].iter().map(value_size).sum();
+            let size: usize = rows[i].iter().map(Value::size).sum();
             if !chunk.is_empty()
                 && ((chunk.len() + 1) * names.len() > MAX_PARAMS_PER_STATEMENT
                     || bytes + size > MAX_BYTES_PER_STATEMENT)
@@ -196,12 +196,4 @@ pub fn split(
         flush(&mut chunk, &mut parts);
     }
     Ok(parts)
-}
-
-fn value_size(v: &Value) -> usize {
-    match v {
-        Value::Text(t) => t.len(),
-        Value::Blob(b) => b.len(),
-        _ => 8,
-    }
 }

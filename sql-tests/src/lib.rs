@@ -60,7 +60,7 @@ impl Formatter {
                 let text = match v {
                     Value::Text(t) => t.clone().into_bytes(),
                     Value::Integer(i) => i.to_string().into_bytes(),
-                    Value::Blob(b) => b.clone(),
+                    Value::Blob(b) | Value::RawText(b) => b.clone(),
                     _ => match self.cast("SELECT CAST(?1 AS TEXT)", v) {
                         V::Text(t) => t.into_bytes(),
                         other => format!("{other:?}").into_bytes(),

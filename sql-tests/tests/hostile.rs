@@ -79,6 +79,25 @@ async fn hostile_statements_get_clear_errors_and_every_index_server_lives_on() {
     assert_eq!(one(&mut client, &chain(900, "+")).await, Value::Integer(900));
     assert_eq!(one(&mut client, &chain(900, " || ")).await, Value::Text("1".repeat(900)));
 
+    // Text that is not UTF-8 comes back byte for byte, stored on a shard
+    // or computed, relayed, merged or streamed directly.
+    client.execute("CREATE TABLE texts(k TEXT PRIMARY KEY, v)", &[]).await.unwrap();
+    client
+        .execute("INSERT INTO texts VALUES (CAST(x'6bff' AS TEXT), CAST(x'61ff62' AS TEXT)), ('a', 'b')", &[])
+        .await
+        .unwrap();
+    let raw_text = |bytes: &[u8]| Value::RawText(bytes.to_vec());
+    for sql in [
+        "SELECT k, v FROM texts WHERE k <> 'a'",
+        "SELECT k, v FROM texts ORDER BY k DESC LIMIT 1",
+        "SELECT k, v FROM texts WHERE k = CAST(x'6bff' AS TEXT)",
+        "SELECT CAST(x'6bff' AS TEXT), CAST(x'61ff62' AS TEXT)",
+    ] {
+        let rs = client.execute(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(rs.rows[0].values(), &[raw_text(b"k\xff"), raw_text(b"a\xffb")], "{sql}");
+    }
+    assert_eq!(one(&mut client, "SELECT hex(min(v)) FROM texts").await, Value::Text("61FF62".into()));
+
     // Virtual tables: full-text search works, replicated to every shard;
     // modules that are not replicated are refused before they run.
     for module in ["fts5", "fts4", "fts3"] {

@@ -48,16 +48,7 @@ struct PendingWrite {
 
 /// Roughly how many bytes a statement adds to an entry.
 fn approximate_size(s: &Statement) -> usize {
-    use drsdb_common::Value;
-    s.sql.len()
-        + s.params
-            .iter()
-            .map(|v| match v {
-                Value::Text(t) => t.len(),
-                Value::Blob(b) => b.len(),
-                _ => 8,
-            })
-            .sum::<usize>()
+    s.sql.len() + s.params.iter().map(drsdb_common::Value::size).sum::<usize>()
 }
 
 /// Proposes commands to one group's log (the parts of a [`Group`] that
