@@ -3,7 +3,8 @@
 //! - `SHOW NODES`: storage servers, their addresses, whether they answer,
 //!   and how many reads each is running.
 //! - `SHOW GROUPS`: every replica of every group: role, leader, term, last
-//!   log index, applied index, snapshot index, voters.
+//!   log index, applied index, snapshot index, voters, and on leaders each
+//!   follower's replicated index with the last failure sending to it.
 //! - `SHOW INDEX SERVERS`: index servers that announced themselves recently.
 //! - `SHOW TABLES`: tables and views of the catalog, and how each is spread.
 //! - `SHOW SHARDS`: the shard map: each shard's group, the first hash of its
@@ -69,6 +70,7 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
                                 Value::Integer(g.applied_index as i64),
                                 Value::Integer(g.snapshot_index as i64),
                                 Value::Text(voters),
+                                Value::Text(g.replication),
                             ]);
                         }
                     }
@@ -76,6 +78,7 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
                         Value::Null,
                         Value::Integer(id as i64),
                         Value::Text("unreachable".into()),
+                        Value::Null,
                         Value::Null,
                         Value::Null,
                         Value::Null,
@@ -96,6 +99,7 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
                     "applied_index",
                     "snapshot_index",
                     "voters",
+                    "replication",
                 ]),
                 rows,
             )

@@ -46,16 +46,33 @@ pub struct SnapshotHeader {
     pub meta: SnapshotMeta,
 }
 
-/// Channels to peer storage servers, by address.
+/// Channels to peer storage servers, by address, and the last failure
+/// of each group's messages to each of them.
 pub struct Peers {
     dialer: Dialer,
     channels: Mutex<HashMap<String, Channel>>,
+    /// (group, address) → why its last message there failed; cleared by
+    /// the next message that gets through.
+    failures: Mutex<HashMap<(GroupId, String), String>>,
 }
 
 impl Peers {
     /// A pool that dials with `dialer`.
     pub fn new(dialer: Dialer) -> Arc<Peers> {
-        Arc::new(Peers { dialer, channels: Mutex::new(HashMap::new()) })
+        Arc::new(Peers { dialer, channels: Mutex::new(HashMap::new()), failures: Mutex::new(HashMap::new()) })
+    }
+
+    /// Why the last message of `group` to `addr` failed, if it did.
+    pub fn failure(&self, group: GroupId, addr: &str) -> Option<String> {
+        self.failures.lock().expect("failures lock").get(&(group, addr.to_string())).cloned()
+    }
+
+    fn record(&self, group: GroupId, addr: &str, outcome: Result<(), String>) {
+        let mut failures = self.failures.lock().expect("failures lock");
+        match outcome {
+            Ok(()) => failures.remove(&(group, addr.to_string())),
+            Err(why) => failures.insert((group, addr.to_string()), why),
+        };
     }
 
     /// The (lazily connecting) channel to `addr`.
@@ -152,6 +169,11 @@ impl PeerClient {
         let mut request = tonic::Request::new(pb::RaftMessage { group: self.group.0, payload });
         request.set_timeout(timeout);
         let reply = if vote { client.vote(request).await } else { client.append_entries(request).await };
+        let outcome = reply.as_ref().map(|_| ()).map_err(|e| format!("{}: {}", e.code(), e.message()));
+        if let Err(why) = &outcome {
+            tracing::debug!(group = %self.group, peer = %self.addr, ?timeout, "raft message failed: {why}");
+        }
+        self.peers.record(self.group, &self.addr, outcome);
         remote(&reply.map_err(status_error)?.into_inner().payload)
     }
 }

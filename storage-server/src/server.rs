@@ -114,6 +114,7 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
         tls: !config.tls.insecure,
         statement_timeout: config.statement_timeout(),
         running_reads: Default::default(),
+        peers,
     });
     let balancer = tokio::spawn(hand_over_leaders(preferred));
 

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::command::{self, Column, Command, Statement};
 use crate::group::Group;
-use crate::network::SnapshotHeader;
+use crate::network::{Peers, SnapshotHeader};
 use crate::sqlite::{Failure, Limits};
 use crate::state_machine::SnapshotData;
 
@@ -56,6 +56,8 @@ pub struct Node {
     pub statement_timeout: std::time::Duration,
     /// Reads running now.
     pub running_reads: Arc<AtomicUsize>,
+    /// Connections to the other storage servers, with the last failures.
+    pub peers: Arc<Peers>,
 }
 
 /// Counts a running read until dropped.
@@ -79,6 +81,25 @@ impl Node {
         self.groups
             .get(&GroupId(id))
             .ok_or_else(|| Status::from(Error::invalid(format!("group {id} is not hosted on node {}", self.id))))
+    }
+
+    /// On the leader of `group`, each follower's replicated index and the
+    /// last failure sending to it.
+    fn replication(&self, group: &Group, metrics: &openraft::RaftMetrics<crate::types::TypeConfig>) -> String {
+        let Some(followers) = &metrics.replication else { return String::new() };
+        let shown: Vec<String> = followers
+            .iter()
+            .filter(|(node, _)| **node != self.id.0)
+            .map(|(node, matched)| {
+                let index = matched.as_ref().map_or(0, |l| l.index);
+                let addr = self.members.iter().find(|m| m.id == *node).map(|m| m.addr.as_str());
+                match addr.and_then(|a| self.peers.failure(group.id, a)) {
+                    Some(why) => format!("{node}:{index} ({why})"),
+                    None => format!("{node}:{index}"),
+                }
+            })
+            .collect();
+        shown.join(", ")
     }
 
     /// Refuses a call from a client (only servers may make it).
@@ -230,6 +251,7 @@ impl pb::storage_server::Storage for StorageService {
                     voters: m.membership_config.membership().voter_ids().collect(),
                     snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
                     size_bytes: g.size_bytes(),
+                    replication: self.0.replication(g, &m),
                 }
             })
             .collect();
