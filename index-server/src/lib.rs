@@ -8,7 +8,12 @@
 //! ## The life of a query
 //! 1. The client's driver has already parsed the statement (syntax errors
 //!    never leave the client) and sends its text, parameters and any open
-//!    transaction id to `Sql.Execute` (`service`).
+//!    transaction id to `Sql.Execute` (`service`). The service runs it in
+//!    its own task, stopped by the statement timeout or, for a read, as
+//!    soon as the client goes away; a panic there becomes an error answer.
+//!    The statement is held to its limits first (`sql::check_size`: length,
+//!    operator chains, compound SELECTs) in one pass over its tokens, and
+//!    every syntax tree is built by `sql::parse`, which checks them too.
 //! 2. The executor (`executor`) classifies it by its leading keywords
 //!    (read, write, DDL, transaction control, SHOW) and fixes what SQLite
 //!    would otherwise take from the machine: the instant every clock

@@ -24,10 +24,11 @@
 //!   transaction stays open across them on every replica. Batches that
 //!   reach the log meanwhile are answered `Busy` and re-proposed once the
 //!   group is free. The leader rolls back a transaction idle for longer than
-//!   `txn_idle_timeout_ms`.
+//!   `txn_idle_timeout_ms` or open longer than `txn_max_duration_ms`.
 //! - **Reads**: `Storage.Read` on the leader waits for a ReadIndex barrier
 //!   (linearizable), then streams rows from a pooled read-only connection,
-//!   which sees committed data only; a reader that goes away cancels it.
+//!   which sees committed data only; a reader that goes away cancels it,
+//!   and `statement_timeout_ms` bounds it.
 //!   Clients read too, but only through `Storage.ReadFragment`: the same
 //!   read, carried by a ticket an index server signed with the cluster's
 //!   ticket key (direct streaming); every other call requires a server
