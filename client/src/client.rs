@@ -316,12 +316,13 @@ impl Client {
                 ))))
             }
         };
-        if drsdb_common::error::never_arrived(&status) || (idempotent && !began) {
-            return Err(Ok(Error::from(status)));
+        if began {
+            return Err(Err(Failure::Broken(status).into_error()));
         }
-        match began {
-            true => Err(Err(Failure::Broken(status).into_error())),
-            false => Err(Err(Error::from(status))),
+        let safe = idempotent || drsdb_common::error::never_arrived(&status);
+        match Error::from(status) {
+            e @ Error::Unavailable(_) if safe => Err(Ok(e)),
+            e => Err(Err(e)),
         }
     }
 
