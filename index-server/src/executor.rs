@@ -801,6 +801,10 @@ impl Executor {
             Ok(r.rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
         };
         let parts = insert::split(&table, &ins, rows, shards, &self.rowids, statement.now_ms, &defaults)?;
+        if parts.is_empty() {
+            // An INSERT … SELECT whose query found no rows changes nothing.
+            return Ok(StatementResult { columns: Vec::new(), rows: Vec::new(), rows_affected: 0, last_insert_rowid: 0 });
+        }
         let results = join_all(parts.iter().enumerate().map(|(i, p)| {
             let s = Statement {
                 sql: p.sql.clone(),
