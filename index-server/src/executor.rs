@@ -803,7 +803,12 @@ impl Executor {
         let parts = insert::split(&table, &ins, rows, shards, &self.rowids, statement.now_ms, &defaults)?;
         if parts.is_empty() {
             // An INSERT … SELECT whose query found no rows changes nothing.
-            return Ok(StatementResult { columns: Vec::new(), rows: Vec::new(), rows_affected: 0, last_insert_rowid: 0 });
+            return Ok(StatementResult {
+                columns: Vec::new(),
+                rows: Vec::new(),
+                rows_affected: 0,
+                last_insert_rowid: 0,
+            });
         }
         let results = join_all(parts.iter().enumerate().map(|(i, p)| {
             let s = Statement {
