@@ -26,8 +26,11 @@ pub fn clock_seed() -> u64 {
 /// same sequence on every machine, which is what replaying a run needs.
 pub struct Rng(u64);
 
-/// SplitMix64's increment (the golden ratio in 64 bits).
+/// SplitMix64's increment (the golden ratio in 64 bits) and the
+/// multipliers of its output mix.
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+const MIX_1: u64 = 0xBF58_476D_1CE4_E5B9;
+const MIX_2: u64 = 0x94D0_49BB_1331_11EB;
 
 impl Rng {
     /// A generator started from `seed`.
@@ -38,7 +41,7 @@ impl Rng {
     /// The generator of case `case` of a run seeded `seed`: each case can be
     /// regenerated alone.
     pub fn for_case(seed: u64, case: u64) -> Rng {
-        let mut mixer = Rng(seed ^ case.wrapping_mul(GOLDEN).rotate_left(17));
+        let mut mixer = Rng(seed ^ case.wrapping_mul(MIX_1));
         Rng(mixer.next_u64())
     }
 
@@ -46,8 +49,8 @@ impl Rng {
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(GOLDEN);
         let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z = (z ^ (z >> 30)).wrapping_mul(MIX_1);
+        z = (z ^ (z >> 27)).wrapping_mul(MIX_2);
         z ^ (z >> 31)
     }
 

@@ -51,7 +51,7 @@ const TXN_SAVEPOINT: &str = "fz_txn";
 const SHOWN_ROWS: usize = 6;
 /// Partial writes shown in full (all are counted).
 const SHOWN_PARTIAL: u64 = 5;
-/// Unexpected errors shown in full (all are counted).
+/// Transient errors shown in full (all are counted).
 const SHOWN_ODD: u64 = 10;
 
 /// How drsdb answered a write whose effect is compared.
@@ -104,6 +104,7 @@ struct Run {
     /// Transient errors of drsdb where SQLite answered (unavailable,
     /// retryable): allowed, shown as notes.
     odd_errors: u64,
+    /// Print every statement and both answers.
     verbose: bool,
     /// Refused writes that left changes on some shards.
     partial: u64,
