@@ -20,6 +20,22 @@ use drsdb_client::{Client, Value};
 use drsdb_common::Error;
 use sqllogictest::{Condition, DBOutput, DefaultColumnType, QueryExpect, Record};
 
+/// When this process was started as one of a local cluster's servers (the
+/// harness binaries start their clusters' servers as copies of
+/// themselves, with a hidden subcommand), runs that server and returns
+/// its exit code; `None` for any other command line.
+pub fn serve_if_server() -> Option<std::process::ExitCode> {
+    let argv: Vec<String> = std::env::args().collect();
+    let served = drsdb_client::local::serve_from_args(&argv)?;
+    Some(match served {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    })
+}
+
 /// The engine name tests are run as.
 pub const ENGINE: &str = "sqlite";
 /// The reference harness hashes results with more values than this.

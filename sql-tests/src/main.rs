@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use drsdb_client::local::{self, LocalCluster, Options};
+use drsdb_client::local::{LocalCluster, Options};
 
 /// How long the cluster may take to start.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
@@ -34,16 +34,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // The cluster's servers are this binary, started with a hidden subcommand.
-    let argv: Vec<String> = std::env::args().collect();
-    if let Some(served) = local::serve_from_args(&argv) {
-        return match served {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(served) = drsdb_sql_tests::serve_if_server() {
+        return served;
     }
     match run(Args::parse()) {
         Ok(true) => ExitCode::SUCCESS,

@@ -107,7 +107,6 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use drsdb_client::local;
 
 #[path = "../fuzz/mod.rs"]
 mod fuzz;
@@ -130,16 +129,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // The cluster's servers are this binary, started with a hidden subcommand.
-    let argv: Vec<String> = std::env::args().collect();
-    if let Some(served) = local::serve_from_args(&argv) {
-        return match served {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(served) = drsdb_sql_tests::serve_if_server() {
+        return served;
     }
     let result = match Args::parse().command {
         Command::Parse(args) => fuzz::parse::run(args),

@@ -13,7 +13,7 @@ use drsdb_common::tls::{self, Dialer};
 use drsdb_common::value;
 use drsdb_proto as pb;
 
-use super::Cell;
+use super::{Cell, Findings, Kind};
 
 /// How long a started cluster may take to answer.
 const READY_DEADLINE: Duration = Duration::from_secs(90);
@@ -189,11 +189,16 @@ impl Target {
         anyhow::bail!("no storage server answered `{sql}` on group {group}: {last}")
     }
 
-    /// Stops the cluster if this harness started it, and compares the
-    /// replicas of every group; `None` when the cluster was not ours. The
-    /// directory is kept (and its path printed) when `keep` is set.
-    pub fn finish(mut self, keep: bool) -> anyhow::Result<Option<Vec<String>>> {
-        let Some(mut cluster) = self.cluster.take() else { return Ok(None) };
+    /// Stops the cluster if this harness started it and compares the
+    /// replicas of every group, reporting each difference as a divergence;
+    /// returns what to say of the replicas in the summary. The directory is
+    /// kept (and its path printed) when `keep` is set or there were
+    /// findings before.
+    pub fn finish(mut self, keep: bool, findings: &mut Findings) -> anyhow::Result<String> {
+        let keep = keep || findings.total() > 0;
+        let Some(mut cluster) = self.cluster.take() else {
+            return Ok("replicas not compared (the cluster was not started here)".to_string());
+        };
         cluster.stop();
         drop(cluster);
         let differences = compare_replicas(&self.dir);
@@ -202,7 +207,14 @@ impl Target {
                 println!("cluster directory kept: {}", temp.keep().display());
             }
         }
-        differences.map(Some)
+        let differences = differences?;
+        for d in &differences {
+            findings.report(Kind::Divergence, &format!("replicas differ: {d}"));
+        }
+        Ok(match differences.len() {
+            0 => "replicas identical".to_string(),
+            n => format!("replicas differ in {n} groups"),
+        })
     }
 }
 

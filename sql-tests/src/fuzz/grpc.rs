@@ -253,6 +253,18 @@ struct Field {
     payload: std::ops::Range<usize>,
 }
 
+/// Message `b` with the contents of its length-delimited field `f`
+/// replaced by `content` (the field's key kept, its length rewritten).
+fn with_payload(b: &[u8], f: &Field, content: &[u8]) -> Vec<u8> {
+    let mut rebuilt = b[..f.range.start].to_vec();
+    let mut pos = f.range.start;
+    write_varint(&mut rebuilt, read_varint(b, &mut pos).unwrap_or(0));
+    write_varint(&mut rebuilt, content.len() as u64);
+    rebuilt.extend_from_slice(content);
+    rebuilt.extend_from_slice(&b[f.range.end..]);
+    rebuilt
+}
+
 fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
@@ -424,13 +436,7 @@ fn mutate_once(rng: &mut Rng, b: &[u8]) -> Vec<u8> {
         9 if !delimited.is_empty() => {
             let f = *rng.pick(&delimited);
             let inner = mutate_once(rng, &b[f.payload.clone()]);
-            let mut rebuilt = out[..f.range.start].to_vec();
-            let mut pos = f.range.start;
-            write_varint(&mut rebuilt, read_varint(b, &mut pos).unwrap_or(0));
-            write_varint(&mut rebuilt, inner.len() as u64);
-            rebuilt.extend_from_slice(&inner);
-            rebuilt.extend_from_slice(&b[f.range.end..]);
-            out = rebuilt;
+            out = with_payload(b, f, &inner);
         }
         // Drop a field.
         10 if !parsed.is_empty() => {
@@ -477,13 +483,7 @@ fn mutate_once(rng: &mut Rng, b: &[u8]) -> Vec<u8> {
                 4 => "SELECT ".repeat(1 + rng.below(10_000)).into_bytes(),
                 _ => rng.some_bytes(64),
             };
-            let mut rebuilt = out[..f.range.start].to_vec();
-            let mut pos = f.range.start;
-            write_varint(&mut rebuilt, read_varint(b, &mut pos).unwrap_or(0));
-            write_varint(&mut rebuilt, content.len() as u64);
-            rebuilt.extend_from_slice(&content);
-            rebuilt.extend_from_slice(&b[f.range.end..]);
-            out = rebuilt;
+            out = with_payload(b, f, &content);
         }
         _ => {
             let n = 1 + rng.below(8);
@@ -802,17 +802,7 @@ async fn run_async(args: Args) -> anyhow::Result<bool> {
         }
     }
     let elapsed = started.elapsed();
-    let keep = args.keep || findings.total() > 0;
-    let replicas = match target.finish(keep)? {
-        None => "replicas not compared (the cluster was not started here)".to_string(),
-        Some(d) if d.is_empty() => "replicas identical".to_string(),
-        Some(differences) => {
-            for d in &differences {
-                findings.report(Kind::Divergence, &format!("replicas differ: {d}"));
-            }
-            format!("replicas differ in {} groups", differences.len())
-        }
-    };
+    let replicas = target.finish(args.keep, &mut findings)?;
     let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c} {n}")).collect();
     let methods: Vec<String> = per_method.iter().map(|(m, n)| format!("{m:?} {n}")).collect();
     println!("fuzz grpc: answers: {}", codes.join(", "));

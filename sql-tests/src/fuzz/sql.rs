@@ -189,17 +189,7 @@ async fn run_async(args: Args) -> anyhow::Result<bool> {
     }
     let elapsed = started.elapsed();
     let Run { target, findings: mut f, compared, both_failed, refused, odd_errors, partial, .. } = run;
-    let keep = args.keep || f.total() > 0;
-    let replicas = match target.finish(keep)? {
-        None => "replicas not compared (the cluster was not started here)".to_string(),
-        Some(differences) if differences.is_empty() => "replicas identical".to_string(),
-        Some(differences) => {
-            for d in &differences {
-                f.report(Kind::Divergence, &format!("replicas differ: {d}"));
-            }
-            format!("replicas differ in {} groups", differences.len())
-        }
-    };
+    let replicas = target.finish(args.keep, &mut f)?;
     println!(
         "fuzz sql: {done} statements in {elapsed:.1?}, {:.1} statements/s; {compared} answered by both and compared, \
          {both_failed} refused by both, {refused} refused by drsdb only (allowed; {odd_errors} of them with transient \
