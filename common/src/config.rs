@@ -23,6 +23,11 @@ pub const MAX_TICKET_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 pub const DEFAULT_TICKET_KEY: &str = "certs/ticket.key";
 /// Default statement timeout of index and storage servers (milliseconds).
 pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 120_000;
+/// Default memory budget of one statement (MiB), [`IndexConfig::statement_memory_mb`].
+pub const DEFAULT_STATEMENT_MEMORY_MB: u64 = 256;
+/// Smallest memory budget a statement may have (MiB): enough for a row
+/// holding a value of the largest size, with SQLite's copies of it.
+pub const MIN_STATEMENT_MEMORY_MB: u64 = 4 * (crate::sql::MAX_VALUE_BYTES as u64 >> 20);
 
 /// Reads a TOML config file; a missing file is an error that names it.
 pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -331,6 +336,13 @@ pub struct IndexConfig {
     /// stopped this way may still be applied: the error says so.) A read
     /// whose client goes away is stopped at once.
     pub statement_timeout_ms: u64,
+    /// Most memory one statement may take (MiB), counted in SQLite's large
+    /// heap blocks (values, sort and JSON buffers, rows being built), on
+    /// this server's scratch databases and on the storage servers it sends
+    /// the statement to, writes and reads alike. A statement over it fails
+    /// with an error that names this setting. At least
+    /// [`MIN_STATEMENT_MEMORY_MB`].
+    pub statement_memory_mb: u64,
     /// Log filter, as for storage servers.
     pub log: String,
     /// Direct streaming: a query whose answer is the concatenation or
@@ -360,6 +372,7 @@ impl Default for IndexConfig {
             announce_interval_ms: 2_000,
             rows_per_batch: 256,
             statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+            statement_memory_mb: DEFAULT_STATEMENT_MEMORY_MB,
             log: "info".into(),
             direct_streaming: true,
             ticket_ttl_ms: 30_000,
@@ -380,6 +393,12 @@ impl IndexConfig {
             return Err(Error::invalid(
                 "rows_per_batch, announce_interval_ms and statement_timeout_ms must be positive",
             ));
+        }
+        if self.statement_memory_mb < MIN_STATEMENT_MEMORY_MB {
+            return Err(Error::invalid(format!(
+                "statement_memory_mb must be at least {MIN_STATEMENT_MEMORY_MB} (a row may hold a value of {} MiB)",
+                crate::sql::MAX_VALUE_BYTES >> 20
+            )));
         }
         if !(1..=MAX_TICKET_TTL_MS).contains(&self.ticket_ttl_ms) {
             return Err(Error::invalid(format!("ticket_ttl_ms must be between 1 and {MAX_TICKET_TTL_MS}")));

@@ -39,6 +39,8 @@ pub struct Executor {
     /// The number of data shards; 0 until read from the meta group.
     shards: AtomicUsize,
     rows_per_batch: usize,
+    /// Every statement's memory budget in bytes (`statement_memory_mb`).
+    statement_memory: u64,
     rowids: RowidGenerator,
     /// Signs direct-streaming tickets; `None`: every row is relayed.
     tickets: Option<Tickets>,
@@ -124,12 +126,19 @@ fn explained(sql: &str) -> Option<&str> {
 impl Executor {
     /// An executor over `cluster`; with `tickets`, results that are a
     /// concatenation or merge of shard results go to clients as fragments.
-    pub fn new(cluster: Arc<Cluster>, rows_per_batch: usize, tickets: Option<Tickets>, address: String) -> Executor {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        rows_per_batch: usize,
+        statement_memory: u64,
+        tickets: Option<Tickets>,
+        address: String,
+    ) -> Executor {
         Executor {
             cluster,
             catalog: RwLock::new(Arc::new(Catalog::default())),
             shards: AtomicUsize::new(0),
             rows_per_batch,
+            statement_memory,
             rowids: RowidGenerator::new(rand::random()),
             tickets,
             metrics: Metrics::default(),
@@ -207,6 +216,7 @@ impl Executor {
             now_ms: chrono::Utc::now().timestamp_millis(),
             request_id: (!req.request_id.is_empty()).then_some(req.request_id),
             schema_version: None,
+            memory_limit: Some(self.statement_memory),
         };
         if kind == Kind::Show {
             return introspection::show(self, &statement.sql, out, self.rows_per_batch).await;
@@ -819,6 +829,7 @@ impl Executor {
                 now_ms: statement.now_ms,
                 request_id: statement.request_id.as_ref().map(|r| format!("{r}#{i}")),
                 schema_version: statement.schema_version,
+                memory_limit: statement.memory_limit,
             };
             self.apply(p.group, s, txn)
         }))
@@ -987,7 +998,7 @@ const SCATTER_COLLECT_BUFFER: usize = 16;
 
 /// A read of the index server's own, with no parameters or randomness.
 fn own_read(sql: String) -> Statement {
-    Statement { sql, params: vec![], seed: 0, now_ms: 0, request_id: None, schema_version: None }
+    Statement { sql, params: vec![], seed: 0, now_ms: 0, request_id: None, schema_version: None, memory_limit: None }
 }
 
 /// `statement` with other SQL, bound to the parameters that SQL names.
@@ -1165,6 +1176,7 @@ fn read_request(group: GroupId, statement: Statement) -> pb::ReadRequest {
         seed: statement.seed,
         now_ms: statement.now_ms,
         schema_version: statement.schema_version,
+        memory_limit: statement.memory_limit,
     }
 }
 

@@ -39,6 +39,7 @@ fn statement(sql: &str, params: Vec<Value>) -> Statement {
         now_ms: chrono::Utc::now().timestamp_millis(),
         request_id: None,
         schema_version: None,
+        memory_limit: None,
     }
 }
 
@@ -65,6 +66,7 @@ pub async fn query(cluster: &Cluster, group: GroupId, sql: &str, params: Vec<Val
         seed: 0,
         now_ms: 0,
         schema_version: None,
+        memory_limit: None,
     };
     cluster.read_rows(req).await
 }

@@ -12,8 +12,9 @@
 //!   OFFSET + LIMIT; the index server (or, streaming directly, the client) merges the sorted streams, skips
 //!   OFFSET rows and stops at LIMIT ([`Combine::Merge`]);
 //! - with aggregates, GROUP BY or DISTINCT, every shard computes partial
-//!   aggregates per group (COUNT and SUM add up, MIN of MINs, AVG from
-//!   TOTAL and COUNT); the index server loads them into a scratch SQLite
+//!   aggregates per group (COUNTs add up, MIN of MINs; SUM, TOTAL and
+//!   AVG return their summation state, which folds as SQLite sums in one
+//!   pass: `drsdb_storage`'s `sum` module); the index server loads them into a scratch SQLite
 //!   table whose columns carry the collation and declared type of what
 //!   they hold, and a final query there combines the groups and applies
 //!   HAVING, DISTINCT, ORDER BY and LIMIT ([`Combine::Final`]).
@@ -774,10 +775,11 @@ impl VisitorMut for Rewriter<'_> {
                 }
                 let combo = match name {
                     "count" => self.partial("count", arg.as_ref()).map(|p| format!("sum({p})")),
-                    "sum" | "total" | "min" | "max" => self.partial(name, arg.as_ref()).map(|p| format!("{name}({p})")),
-                    "avg" => self.partial("total", arg.as_ref()).and_then(|total| {
-                        let count = self.partial("count", arg.as_ref())?;
-                        Some(format!("total({total}) / sum({count})"))
+                    "min" | "max" => self.partial(name, arg.as_ref()).map(|p| format!("{name}({p})")),
+                    // Shards return their whole summation state, folded
+                    // here as SQLite sums in one pass.
+                    "sum" | "total" | "avg" => drsdb_storage::sum_finisher(name).and_then(|finisher| {
+                        self.partial(drsdb_storage::SUM_STATE, arg.as_ref()).map(|p| format!("{finisher}({p})"))
                     }),
                     _ => None,
                 };
@@ -1169,12 +1171,12 @@ mod tests {
             .expect("splits");
         assert_eq!(
             s.shard_sql,
-            r#"SELECT b AS "_g0", count(*) AS "_p0", total(a) AS "_p1", count(a) AS "_p2", max(a) AS "_p3" FROM t GROUP BY 1"#
+            r#"SELECT b AS "_g0", count(*) AS "_p0", _drsdb_sum_state(a) AS "_p1", max(a) AS "_p2" FROM t GROUP BY 1"#
         );
         let Combine::Final { columns, sql, .. } = s.combine else { panic!("not combined") };
         assert_eq!(
             sql,
-            r#"SELECT _g0 AS "b", _a0 AS "count( * )", _a1 AS "m" FROM (SELECT _c0 AS _g0, sum(_c1) AS _a0, total(_c2) / sum(_c3) AS _a1, max(_c4) AS _a2 FROM partial GROUP BY _g0) WHERE _a2 > 1 ORDER BY m"#
+            r#"SELECT _g0 AS "b", _a0 AS "count( * )", _a1 AS "m" FROM (SELECT _c0 AS _g0, sum(_c1) AS _a0, _drsdb_avg(_c2) AS _a1, max(_c3) AS _a2 FROM partial GROUP BY _g0) WHERE _a2 > 1 ORDER BY m"#
         );
         assert_eq!(columns[0].collation, Collation::NoCase);
     }

@@ -86,6 +86,9 @@ async fn follow_leaders(executor: Arc<Executor>, interval: Duration) {
 /// Runs an index server on `listener` until `shutdown` completes.
 pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
+    if !drsdb_storage::start_sqlite() {
+        tracing::error!("SQLite was in use before this server started: statement_memory_mb is not enforced here");
+    }
     let _ = ANNOUNCE_MS.set(config.announce_interval_ms as i64);
     let addr = listener.local_addr().map_err(Error::from)?;
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
@@ -97,7 +100,13 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
         true => Some(Tickets { key: TicketKey::load(&config.ticket_key)?, ttl_ms: config.ticket_ttl_ms as i64 }),
         false => None,
     };
-    let executor = Arc::new(Executor::new(cluster, config.rows_per_batch, tickets, advertise.clone()));
+    let executor = Arc::new(Executor::new(
+        cluster,
+        config.rows_per_batch,
+        config.statement_memory_mb << 20,
+        tickets,
+        advertise.clone(),
+    ));
     let interval = Duration::from_millis(config.announce_interval_ms);
     let maintenance = tokio::spawn(maintain(executor.clone(), advertise, interval));
     let leaders = tokio::spawn(follow_leaders(executor.clone(), interval));

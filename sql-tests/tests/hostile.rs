@@ -98,6 +98,16 @@ async fn hostile_statements_get_clear_errors_and_every_index_server_lives_on() {
     }
     assert_eq!(one(&mut client, "SELECT hex(min(v)) FROM texts").await, Value::Text("61FF62".into()));
 
+    // Memory: a statement is held to statement_memory_mb (default 256 MiB),
+    // reads and writes alike; a write fails the same way on every replica.
+    let blobs = vec!["randomblob(16000000)"; 20].join(", ");
+    for sql in [format!("SELECT {blobs} FROM texts"), format!("INSERT INTO texts VALUES ('m', 'n') RETURNING {blobs}")]
+    {
+        let e = client.execute(&sql, &[]).await.expect_err("over the memory budget");
+        assert!(matches!(&e, Error::InvalidInput(m) if m.contains("statement_memory_mb")), "{e}");
+    }
+    assert_eq!(one(&mut client, "SELECT count(*) FROM texts WHERE k = 'm'").await, Value::Integer(0));
+
     // Virtual tables: full-text search works, replicated to every shard;
     // modules that are not replicated are refused before they run.
     for module in ["fts5", "fts4", "fts3"] {

@@ -70,8 +70,11 @@ unsafe extern "C" fn current_time(vfs: *mut ffi::sqlite3_vfs, out: *mut f64) -> 
     rc
 }
 
-/// Registers the VFS (once per process).
+/// Registers the VFS (once per process), after installing the heap
+/// budgets (which must come before SQLite starts, as registering does).
+/// Every SQLite connection of the process is opened after this.
 pub fn register() {
+    crate::heap::install();
     REGISTER.call_once(|| {
         // SAFETY: sqlite3_vfs_find(NULL) returns the default VFS, which lives
         // as long as the process. We copy its method table, replace the two

@@ -8,7 +8,11 @@
 //! statement's instant, which SQLite's clock returns through our VFS
 //! (`clock`), and the seed of `random()`, `randomblob()` and `ulid()`
 //! (`sqlite`). A statement also has a budget of SQLite steps, counted the
-//! same on every replica, so a runaway statement fails everywhere alike.
+//! same on every replica, so a runaway statement fails everywhere alike,
+//! and a memory budget (`heap`) counted in the large heap blocks SQLite
+//! allocates, which are the same on every replica too. `sum` lets SUM,
+//! TOTAL and AVG be computed per shard and folded exactly as SQLite sums
+//! in one pass.
 //!
 //! ## Data flow
 //! - **Writes**: an index server calls `Storage.Write` on the group's
@@ -52,15 +56,18 @@ mod command;
 #[cfg(test)]
 mod conformance;
 mod group;
+mod heap;
 mod log_store;
 mod network;
 mod server;
 mod service;
 mod sqlite;
 mod state_machine;
+mod sum;
 mod types;
 
 pub use command::{decode, encode, Column, Command, CommandResult, Outcome, Statement, StatementResult};
 pub use server::serve;
-pub use sqlite::{Db, Failure, Limits};
+pub use sqlite::{start as start_sqlite, Db, Failure, Limits, DEFAULT_STATEMENT_MEMORY};
 pub use state_machine::REQUEST_MEMORY_MS;
+pub use sum::{finisher as sum_finisher, STATE as SUM_STATE};

@@ -46,6 +46,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
 impl LogStore {
     /// Opens or creates the log file.
     pub fn open(path: &Path) -> io::Result<LogStore> {
+        crate::clock::register();
         let conn = Connection::open(path).map_err(to_io)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(to_io)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(to_io)?;

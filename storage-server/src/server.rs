@@ -64,6 +64,9 @@ async fn hand_over_leaders(preferred: Vec<(Arc<Group>, NodeId)>) {
 /// stops its groups cleanly.
 pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
+    if !crate::sqlite::start() {
+        tracing::error!("SQLite was in use before this server started: statement memory budgets are not enforced here");
+    }
     let groups_dir = config.data_dir.join("groups");
     let scratch_dir = config.data_dir.join("scratch");
     for dir in [&groups_dir, &scratch_dir] {

@@ -121,6 +121,7 @@ impl Node {
             now_ms: req.now_ms,
             request_id: None,
             schema_version: req.schema_version,
+            memory_limit: req.memory_limit,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
         // When the reader goes away (the client cancelled), stop the query

@@ -15,8 +15,8 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::clock;
 use crate::command::{Column, Statement, StatementResult};
+use crate::{clock, heap, sum};
 
 /// Prefix of drsdb's own tables inside a group's database; user SQL may
 /// not name them.
@@ -37,6 +37,19 @@ pub const MAX_STATEMENT_STEPS: u64 = 5_000_000_000;
 /// on every connection): larger values fail the statement, the same way
 /// on every replica, instead of exhausting memory on all of them.
 pub const MAX_VALUE_BYTES: i32 = drsdb_common::sql::MAX_VALUE_BYTES as i32;
+
+/// A statement's memory budget when it names none
+/// ([`Statement::memory_limit`]).
+pub const DEFAULT_STATEMENT_MEMORY: u64 = drsdb_common::config::DEFAULT_STATEMENT_MEMORY_MB << 20;
+
+/// Prepares SQLite for drsdb (once per process; servers call it before
+/// anything else touches SQLite): installs the per-statement heap budgets
+/// and the clock VFS. Returns false when SQLite had already started, so
+/// that memory budgets are not enforced in this process.
+pub fn start() -> bool {
+    clock::register();
+    heap::install()
+}
 
 /// SQLite functions whose values depend on the connection's history, which
 /// differs between replicas (a replica that restarted has a fresh
@@ -316,7 +329,15 @@ impl Db {
             env.limits = limits;
             env.stopped = None;
         }
+        let memory = stmt.memory_limit.unwrap_or(DEFAULT_STATEMENT_MEMORY);
+        let _budget = heap::budget(memory);
         self.run_prepared(stmt, &mut on_columns, &mut on_row).map_err(|e| match (e, self.stopped()) {
+            // SQLite reports the refused allocation as out of memory.
+            _ if heap::exceeded() => Failure::Statement(Error::invalid(format!(
+                "statement stopped: it needed more than its {} MiB of memory (statement_memory_mb); narrow it, or \
+                 raise the setting",
+                memory >> 20
+            ))),
             (Failure::Statement(_), Some(stop)) => Failure::Statement(stop.error()),
             (e, _) => e,
         })
@@ -488,6 +509,7 @@ fn verdict(ctx: &AuthContext<'_>) -> Authorization {
 /// `random()`, `randomblob(n)` and `ulid()`, drawn from the statement's
 /// seed so that every replica computes the same values.
 fn register_functions(conn: &Connection, env: &Arc<Mutex<Env>>) -> rusqlite::Result<()> {
+    sum::register(conn)?;
     let flags = FunctionFlags::SQLITE_UTF8;
     let e = env.clone();
     conn.create_scalar_function("random", 0, flags, move |_| Ok(e.lock().expect("env lock").rng.next_u64() as i64))?;
@@ -537,6 +559,7 @@ mod tests {
             now_ms: 1_700_000_000_000,
             request_id: None,
             schema_version: None,
+            memory_limit: None,
         }
     }
 

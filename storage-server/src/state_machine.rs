@@ -686,7 +686,15 @@ mod tests {
     }
 
     fn stmt(sql: &str) -> Statement {
-        Statement { sql: sql.into(), params: vec![], seed: 1, now_ms: 0, request_id: None, schema_version: None }
+        Statement {
+            sql: sql.into(),
+            params: vec![],
+            seed: 1,
+            now_ms: 0,
+            request_id: None,
+            schema_version: None,
+            memory_limit: None,
+        }
     }
 
     fn apply(sm: &StateMachine, index: u64, command: Command) -> CommandResult {

@@ -601,6 +601,7 @@ impl Material {
                 seed: rng.next_u64(),
                 now_ms: rng.range(0, 1 << 45),
                 schema_version: rng.chance(30).then(|| rng.next_u64() as i64),
+                memory_limit: rng.chance(30).then(|| rng.next_u64() >> rng.below(64)),
             }
             .encode_to_vec(),
             Method::ReadFragment => match self.tickets.is_empty() || rng.chance(20) {
