@@ -357,6 +357,11 @@ impl Db {
         let _clock = clock::pin(stmt.now_ms);
         let before = self.conn.total_changes();
         let mut prepared = self.conn.prepare(&stmt.sql)?;
+        if !prepared.readonly() && self.conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(Failure::Statement(Error::invalid(
+                "this is a read-only connection (Storage.Read); writes go through Storage.Write",
+            )));
+        }
         let expected = prepared.parameter_count();
         if expected != stmt.params.len() {
             return Err(Failure::Statement(Error::invalid(format!(
@@ -621,6 +626,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(db.run_collect(&planned(version)).unwrap().rows_affected, 1);
+    }
+
+    #[test]
+    fn a_reader_refuses_writes_as_the_caller_s_mistake() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let writer = Db::open_writer(&path).unwrap();
+        writer.run_collect(&stmt("CREATE TABLE t(a)", 0)).unwrap();
+        let reader = Db::open_reader(&path).unwrap();
+        match reader.run_collect(&stmt("INSERT INTO t VALUES (1)", 0)) {
+            Err(Failure::Statement(e)) => assert!(e.to_string().contains("Storage.Write"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(reader.run_collect(&stmt("SELECT count(*) FROM t", 0)).unwrap().rows, [[Value::Integer(0)]]);
     }
 
     #[test]
