@@ -386,20 +386,13 @@ pub fn classify(sql: &str) -> Result<Kind> {
     let first = words.first().copied().flatten();
     Ok(match first {
         Some(Keyword::SELECT | Keyword::VALUES | Keyword::EXPLAIN) => Kind::Read,
-        Some(Keyword::WITH) => {
-            // WITH … INSERT/UPDATE/DELETE writes; WITH … SELECT reads.
-            let writes = tokens.iter().any(|t| {
-                matches!(
-                    keyword(&t.token),
-                    Some(Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::REPLACE)
-                )
-            });
-            if writes {
-                Kind::Write
-            } else {
-                Kind::Read
-            }
-        }
+        Some(Keyword::WITH) => match main_verb(&tokens) {
+            // WITH … SELECT/VALUES reads (whatever functions it calls);
+            // WITH … INSERT/UPDATE/DELETE/REPLACE writes. Without a verb
+            // the statement is malformed: planning reports it.
+            Some(Keyword::SELECT | Keyword::VALUES) | None => Kind::Read,
+            Some(_) => Kind::Write,
+        },
         Some(Keyword::BEGIN) => check_transaction_control(&tokens, Kind::Begin)?,
         Some(Keyword::COMMIT | Keyword::END) => check_transaction_control(&tokens, Kind::Commit)?,
         Some(Keyword::ROLLBACK) => {
@@ -414,6 +407,31 @@ pub fn classify(sql: &str) -> Result<Kind> {
         Some(Keyword::SHOW) => Kind::Show,
         _ => Kind::Write,
     })
+}
+
+/// The verb of a `WITH` statement's main statement: the first word after
+/// a closing parenthesis at depth 0 (the end of the last common table
+/// expression's body), so that neither a CTE's body nor a CTE named like a verb
+/// (`WITH replace AS …`) nor a function (`replace(…)`) is taken for it.
+fn main_verb(tokens: &[TokenWithSpan]) -> Option<Keyword> {
+    let mut depth = 0usize;
+    let mut after_close = false;
+    for t in tokens.iter().filter(|t| !is_trivia(&t.token)) {
+        match &t.token {
+            Token::LParen => {
+                depth += 1;
+                after_close = false;
+            }
+            Token::RParen => {
+                depth = depth.saturating_sub(1);
+                after_close = depth == 0;
+            }
+            // (`AS` follows a CTE's column list, not its body.)
+            Token::Word(w) if depth == 0 && after_close && w.keyword != Keyword::AS => return Some(w.keyword),
+            _ => after_close = false,
+        }
+    }
+    None
 }
 
 /// Writes every placeholder as `?N`, numbered the way SQLite numbers
@@ -705,6 +723,11 @@ mod tests {
             ("select 1", Kind::Read),
             ("WITH x AS (SELECT 1) SELECT * FROM x", Kind::Read),
             ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", Kind::Write),
+            ("WITH x(a) AS (SELECT 'ab') SELECT replace(a, 'a', 'c') FROM x", Kind::Read),
+            ("WITH replace AS (SELECT 1), y AS MATERIALIZED (SELECT 2) SELECT * FROM replace", Kind::Read),
+            ("WITH RECURSIVE x AS (SELECT 1) REPLACE INTO t SELECT * FROM x", Kind::Write),
+            ("WITH x AS (SELECT 1), y(b) AS (VALUES (2)) DELETE FROM t WHERE a IN x", Kind::Write),
+            ("WITH x AS (SELECT 1) VALUES (1)", Kind::Read),
             ("INSERT INTO t VALUES(1)", Kind::Write),
             ("REPLACE INTO t VALUES(1)", Kind::Write),
             ("create table t(a)", Kind::Ddl),

@@ -426,6 +426,15 @@ impl<'a> Scope<'a> {
             Expr::Function(f) => {
                 args(f).into_iter().flatten().find(|a| has_collate(a)).map_or(Collation::Binary, |a| self.collation(a))
             }
+            // As SQLite: the operand's explicit collation, else that of the
+            // first of WHEN, THEN, …, ELSE with one (even a WHEN's).
+            Expr::Case { operand, conditions, else_result, .. } => operand
+                .as_deref()
+                .into_iter()
+                .chain(conditions.iter().flat_map(|c| [&c.condition, &c.result]))
+                .chain(else_result.as_deref())
+                .find(|p| has_collate(p))
+                .map_or(Collation::Binary, |p| self.collation(p)),
             _ => Collation::Binary,
         }
     }

@@ -291,8 +291,7 @@ fn difference(case: &Case, d: &ResultSet, s: &Answer) -> Option<String> {
             show_rows(&theirs[first.unwrap_or(0).min(theirs.len())..]),
         ));
     }
-    // (Not `sql::classify`: it takes a read naming `replace()` in a WITH
-    // for a write, and SQLite's count is stale after a read.)
+    // (By the verb: SQLite's count is stale after a read.)
     let verb = case.drsdb.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
     let writes = ["INSERT", "UPDATE", "DELETE", "REPLACE"].contains(&verb.as_str());
     if writes && d.summary.rows_affected != s.affected {
