@@ -37,7 +37,7 @@ pub struct Statement {
     pub schema_version: Option<i64>,
     /// Most memory, in bytes, the statement's large heap blocks may hold
     /// at once (see `heap`); `None` means
-    /// [`crate::DEFAULT_STATEMENT_MEMORY`]. Carried in the log, so every
+    /// [`crate::sqlite::DEFAULT_STATEMENT_MEMORY`]. Carried in the log, so every
     /// replica holds a write to the same budget and fails it alike.
     #[serde(default)]
     pub memory_limit: Option<u64>,

@@ -46,15 +46,15 @@ thread_local! {
 }
 
 /// SQLite's default memory methods, which ours wrap.
-struct Default(ffi::sqlite3_mem_methods);
+struct DefaultMethods(ffi::sqlite3_mem_methods);
 
 // SAFETY: the table is a set of function pointers and SQLite's own
 // `pAppData` (null for the default allocator), read-only once stored.
-unsafe impl Sync for Default {}
-unsafe impl Send for Default {}
+unsafe impl Sync for DefaultMethods {}
+unsafe impl Send for DefaultMethods {}
 
 /// The default methods, stored before ours can be called.
-static DEFAULT: OnceLock<Default> = OnceLock::new();
+static DEFAULT: OnceLock<DefaultMethods> = OnceLock::new();
 /// Whether ours are installed.
 static INSTALLED: OnceLock<bool> = OnceLock::new();
 
@@ -76,7 +76,7 @@ pub fn install() -> bool {
                 || default.xFree.is_none()
                 || default.xRealloc.is_none()
                 || default.xSize.is_none()
-                || DEFAULT.set(Default(default)).is_err()
+                || DEFAULT.set(DefaultMethods(default)).is_err()
             {
                 return false;
             }
@@ -104,7 +104,11 @@ unsafe fn counted(p: *mut c_void) -> i64 {
         return 0;
     }
     // SAFETY: per the contract.
-    let size = i64::from(unsafe { (methods().xSize.expect("checked at install"))(p) });
+    counted_size(i64::from(unsafe { (methods().xSize.expect("checked at install"))(p) }))
+}
+
+/// The bytes a block of `size` counts for: all of them or none.
+fn counted_size(size: i64) -> i64 {
     if size >= COUNTED_BLOCK_BYTES {
         size
     } else {
@@ -133,12 +137,7 @@ fn charge(bytes: i64) {
 /// The size class the default allocator gives a request of `n` bytes, as
 /// far as counting is concerned (SQLite rounds to 8).
 fn requested(n: c_int) -> i64 {
-    let n = (i64::from(n) + 7) & !7;
-    if n >= COUNTED_BLOCK_BYTES {
-        n
-    } else {
-        0
-    }
+    counted_size((i64::from(n) + 7) & !7)
 }
 
 unsafe extern "C" fn counted_malloc(n: c_int) -> *mut c_void {

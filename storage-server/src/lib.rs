@@ -68,6 +68,6 @@ mod types;
 
 pub use command::{decode, encode, Column, Command, CommandResult, Outcome, Statement, StatementResult};
 pub use server::serve;
-pub use sqlite::{start as start_sqlite, Db, Failure, Limits, DEFAULT_STATEMENT_MEMORY};
+pub use sqlite::{start as start_sqlite, Db, Failure, Limits};
 pub use state_machine::REQUEST_MEMORY_MS;
 pub use sum::{finisher as sum_finisher, STATE as SUM_STATE};

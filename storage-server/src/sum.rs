@@ -44,6 +44,17 @@ const LOW_PART: i64 = 16_384;
 /// Bytes of an encoded state.
 const ENCODED_BYTES: usize = 34;
 
+/// An integer as SQLite adds it in floating point: a large one as its high
+/// part and the low bits split off it (so that none is lost).
+fn parts(i: i64) -> (f64, Option<f64>) {
+    if i <= -EXACT_DOUBLE_LIMIT || i >= EXACT_DOUBLE_LIMIT {
+        let low = i % LOW_PART;
+        ((i - low) as f64, Some(low as f64))
+    } else {
+        (i as f64, None)
+    }
+}
+
 /// SQLite's `SumCtx`: a summation in progress. (`repr(C)` and all-zero
 /// valid: SQLite allocates it zeroed for the shard-side aggregate.)
 #[repr(C)]
@@ -72,26 +83,18 @@ impl Sum {
     }
 
     fn step_int(&mut self, i: i64) {
-        if i <= -EXACT_DOUBLE_LIMIT || i >= EXACT_DOUBLE_LIMIT {
-            let low = i % LOW_PART;
-            self.step((i - low) as f64);
-            self.step(low as f64);
-        } else {
-            self.step(i as f64);
+        let (high, low) = parts(i);
+        self.step(high);
+        if let Some(low) = low {
+            self.step(low);
         }
     }
 
     /// Switches to floating point, starting from the integer sum.
     fn go_approx(&mut self) {
-        let i = self.i_sum;
-        if i <= -EXACT_DOUBLE_LIMIT || i >= EXACT_DOUBLE_LIMIT {
-            let low = i % LOW_PART;
-            self.r_sum = (i - low) as f64;
-            self.r_err = low as f64;
-        } else {
-            self.r_sum = i as f64;
-            self.r_err = 0.0;
-        }
+        let (high, low) = parts(self.i_sum);
+        self.r_sum = high;
+        self.r_err = low.unwrap_or(0.0);
         self.approx = true;
     }
 
