@@ -353,9 +353,18 @@ impl LocalCluster {
             self.check_alive()?;
             let mut last = None;
             for addr in &self.layout.index {
+                // Ready: it answers, and it lists every index server (they
+                // announce themselves in the meta group, which clients read).
+                let expected = self.layout.index.len();
                 let answer = async {
                     let mut c = Client::connect(std::slice::from_ref(addr), &self.client_tls).await?;
-                    c.execute("SELECT 1", &[]).await
+                    c.execute("SELECT 1", &[]).await?;
+                    match c.servers().len() {
+                        n if n < expected => {
+                            Err(drsdb_common::Error::unavailable(format!("it lists {n} of {expected} index servers")))
+                        }
+                        _ => Ok(()),
+                    }
                 };
                 if let Err(e) = answer.await {
                     last = Some(format!("{addr}: {e}"));
