@@ -1,4 +1,4 @@
-//! Compiles `proto/drsdb.proto` with a vendored protoc, so that building
+//! Compiles the `.proto` files with a vendored protoc, so that building
 //! drsdb never needs a system protobuf compiler.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // SAFETY: build scripts are single-threaded.
         unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
     }
-    println!("cargo:rerun-if-changed=proto/drsdb.proto");
-    tonic_prost_build::configure().compile_protos(&["proto/drsdb.proto"], &["proto"])?;
+    let files = ["proto/results.proto", "proto/drsdb.proto", "proto/storage.proto", "proto/raft.proto"];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    tonic_prost_build::configure().compile_protos(&files, &["proto"])?;
     Ok(())
 }

@@ -184,7 +184,7 @@ impl Client {
         let resendable = self.txn.is_none() && !kind.is_transaction_control();
         let request_id = req.request_id.clone();
         let result = match self.send(req.clone(), resendable).await {
-            Ok(mut rows) if rows.fragments.is_some() => match rows.open_fragments(&self.storage).await {
+            Ok(mut rows) if rows.has_fragments() => match rows.open_fragments(&self.storage).await {
                 Ok(()) => Ok(rows),
                 // Only reads outside transactions come as fragments, so
                 // running it again is safe; relayed, the index server also
@@ -202,7 +202,7 @@ impl Client {
         };
         match kind {
             Kind::Begin => match &result {
-                Ok(rs) => self.txn = rs.done.as_ref().map(|d| d.txn_id.clone()).filter(|t| !t.is_empty()),
+                Ok(rs) => self.txn = rs.txn_id(),
                 // The transaction (named by the request id) may have begun:
                 // end it rather than leave it holding its group.
                 Err(e) if e.is_transient() => self.abandon(request_id).await,

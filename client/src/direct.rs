@@ -14,6 +14,9 @@
 //!   row under SQLite's order (`drsdb_common::order`) goes next, without
 //!   those columns, after `offset` rows are skipped, up to `limit`.
 //!
+//! Both are `drsdb_common::stream::Combined`, the merge the index server
+//! uses when it relays rows.
+//!
 //! Neither the index server nor this process holds the whole result:
 //! memory is bounded by the parts in flight per fragment.
 //!
@@ -22,15 +25,17 @@
 //! rounds. If a fragment cannot be opened at all the client asks an index
 //! server to run the query again and relay the rows (`Client`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drsdb_common::order::{self, SortKey};
+use drsdb_common::order::SortKey;
+use drsdb_common::stream::{Combined, PartReader};
 use drsdb_common::tls::{Channels, Dialer};
-use drsdb_common::{value, Error, Result, Value};
+use drsdb_common::{Error, Result};
 use drsdb_proto as pb;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::rows::{Column, Row};
@@ -116,7 +121,7 @@ impl StorageChannels {
 /// Reads one fragment into `tx`, part by part, until it ends, fails, or
 /// the consumer goes away (then at once, even while waiting on the
 /// storage server: dropping the stream cancels the read there).
-async fn pump(channels: StorageChannels, fragment: pb::Fragment, tx: mpsc::Sender<Result<pb::result_part::Part>>) {
+async fn pump(channels: StorageChannels, fragment: pb::Fragment, tx: mpsc::Sender<Result<pb::ResultPart>>) {
     let gone = tx.clone();
     tokio::select! {
         _ = gone.closed() => {}
@@ -124,7 +129,7 @@ async fn pump(channels: StorageChannels, fragment: pb::Fragment, tx: mpsc::Sende
     }
 }
 
-async fn forward(channels: StorageChannels, fragment: pb::Fragment, tx: mpsc::Sender<Result<pb::result_part::Part>>) {
+async fn forward(channels: StorageChannels, fragment: pb::Fragment, tx: mpsc::Sender<Result<pb::ResultPart>>) {
     let mut stream = match channels.open(&fragment).await {
         Ok(s) => s,
         Err(e) => {
@@ -134,133 +139,54 @@ async fn forward(channels: StorageChannels, fragment: pb::Fragment, tx: mpsc::Se
     };
     loop {
         let item = match stream.message().await {
-            Ok(Some(pb::ResultPart { part: Some(p) })) => Ok(p),
-            Ok(Some(pb::ResultPart { part: None })) => continue,
+            Ok(Some(p)) => Ok(p),
             Ok(None) => Err(Error::unavailable(format!("shard {} closed its result stream early", fragment.group))),
             Err(s) => Err(Error::from(s)),
         };
-        let end = !matches!(item, Ok(pb::result_part::Part::Columns(_) | pb::result_part::Part::Rows(_)));
+        let end = !matches!(
+            item,
+            Ok(pb::ResultPart {
+                part: None | Some(pb::result_part::Part::Columns(_) | pb::result_part::Part::Rows(_))
+            })
+        );
         if tx.send(item).await.is_err() || end {
             return;
         }
     }
 }
 
-/// One fragment as the consumer sees it: rows buffered from its task.
-struct Source {
-    parts: mpsc::Receiver<Result<pb::result_part::Part>>,
-    rows: VecDeque<Vec<Value>>,
-    done: bool,
-}
-
-impl Source {
-    /// The next row of this fragment, or `None` at its end.
-    async fn next(&mut self) -> Result<Option<Vec<Value>>> {
-        loop {
-            if let Some(r) = self.rows.pop_front() {
-                return Ok(Some(r));
-            }
-            if self.done {
-                return Ok(None);
-            }
-            match self.parts.recv().await {
-                Some(Ok(pb::result_part::Part::Rows(r))) => self.rows.extend(value::rows_from(r)),
-                Some(Ok(pb::result_part::Part::Done(_))) => self.done = true,
-                Some(Ok(_)) => return Err(Error::io("a shard sent an unexpected result part")),
-                Some(Err(e)) => return Err(e),
-                None => return Err(Error::unavailable("a shard's result stream ended early")),
-            }
-        }
-    }
-}
+/// One fragment as the consumer sees it: parts its task read ahead.
+type Source = PartReader<ReceiverStream<Result<pb::ResultPart>>>;
 
 /// A result read directly from the shards.
 pub(crate) struct Direct {
-    sources: Vec<Source>,
-    /// Concatenation: the fragment being read.
-    current: usize,
-    /// Merge: sort keys of the hidden leading columns (empty: concatenate).
-    keys: Vec<SortKey>,
-    /// Merge: each fragment's next row, once started.
-    heads: Option<Vec<Option<Vec<Value>>>>,
-    /// Rows still to skip.
-    skip: u64,
-    /// Rows still to return, if limited.
-    left: Option<u64>,
+    combined: Combined<ReceiverStream<Result<pb::ResultPart>>>,
 }
 
 impl Direct {
     /// Starts reading every fragment and waits for each one's columns;
     /// returns the result's columns (hidden sort keys removed) and the reader.
     pub(crate) async fn open(channels: &StorageChannels, f: pb::Fragments) -> Result<(Vec<Column>, Direct)> {
-        let mut sources = Vec::with_capacity(f.fragments.len());
+        let mut sources: Vec<Source> = Vec::with_capacity(f.fragments.len());
         for fragment in f.fragments {
             let (tx, rx) = mpsc::channel(PARTS_AHEAD);
             tokio::spawn(pump(channels.clone(), fragment, tx));
-            sources.push(Source { parts: rx, rows: VecDeque::new(), done: false });
+            sources.push(PartReader::new(ReceiverStream::new(rx)));
         }
         let mut columns = Vec::new();
         for s in &mut sources {
-            let first = tokio::time::timeout(FIRST_ANSWER_TIMEOUT, s.parts.recv())
+            let first = tokio::time::timeout(FIRST_ANSWER_TIMEOUT, s.columns())
                 .await
                 .map_err(|_| Error::unavailable(format!("a shard gave no answer within {FIRST_ANSWER_TIMEOUT:?}")))?;
-            match first {
-                Some(Ok(pb::result_part::Part::Columns(c))) => {
-                    columns = c.columns.into_iter().map(Column::from).collect()
-                }
-                Some(Ok(pb::result_part::Part::Done(_))) => s.done = true,
-                Some(Ok(_)) => return Err(Error::io("a shard sent rows before its columns")),
-                Some(Err(e)) => return Err(e),
-                None => return Err(Error::unavailable("a shard's result stream ended early")),
-            }
+            columns = first?.into_iter().map(Column::from).collect();
         }
         let keys: Vec<SortKey> = f.keys.iter().map(SortKey::from).collect();
         columns.drain(..keys.len().min(columns.len()));
-        let direct = Direct { sources, current: 0, keys, heads: None, skip: f.offset, left: f.limit };
-        Ok((columns, direct))
+        Ok((columns, Direct { combined: Combined::merge(sources, keys, f.offset, f.limit) }))
     }
 
     /// The next row of the combined result, or `None` at its end.
     pub(crate) async fn next(&mut self) -> Result<Option<Row>> {
-        loop {
-            if self.left == Some(0) {
-                // Let the storage servers stop reading.
-                self.sources.clear();
-                return Ok(None);
-            }
-            let Some(values) = self.next_combined().await? else { return Ok(None) };
-            if self.skip > 0 {
-                self.skip -= 1;
-                continue;
-            }
-            if let Some(left) = &mut self.left {
-                *left -= 1;
-            }
-            return Ok(Some(Row::new(values)));
-        }
-    }
-
-    async fn next_combined(&mut self) -> Result<Option<Vec<Value>>> {
-        if self.keys.is_empty() {
-            while let Some(source) = self.sources.get_mut(self.current) {
-                if let Some(row) = source.next().await? {
-                    return Ok(Some(row));
-                }
-                self.current += 1;
-            }
-            return Ok(None);
-        }
-        if self.heads.is_none() {
-            let mut heads = Vec::with_capacity(self.sources.len());
-            for s in &mut self.sources {
-                heads.push(s.next().await?);
-            }
-            self.heads = Some(heads);
-        }
-        let heads = self.heads.as_mut().expect("heads set above");
-        let Some(i) = order::next_head(&self.keys, heads) else { return Ok(None) };
-        let refill = self.sources[i].next().await?;
-        let row = std::mem::replace(&mut heads[i], refill).expect("the chosen head is a row");
-        Ok(Some(row.into_iter().skip(self.keys.len()).collect()))
+        Ok(self.combined.next().await?.map(Row::new))
     }
 }

@@ -25,16 +25,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The `drsdb` binary (feature `cli`, on by default) adds the shell,
-//! certificate generation, `drsdb local` and `drsdb bench`; the feature
-//! also provides [`local`], a whole cluster as child processes, which the
-//! binary and the test harness share. A program that only needs the driver
-//! turns default features off.
+//! This crate is the driver alone: it links neither server nor Raft. The
+//! `drsdb` binary (shell, certificates, `drsdb local`, `drsdb bench`) is
+//! the `drsdb-cli` package.
 
 mod client;
 mod direct;
-#[cfg(feature = "cli")]
-pub mod local;
 mod rows;
 mod syntax;
 

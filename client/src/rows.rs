@@ -1,8 +1,7 @@
 //! Results as the driver hands them out: typed rows, streamed.
 
-use std::collections::VecDeque;
-
-use drsdb_common::{value, Error, Result, Value};
+use drsdb_common::stream::PartReader;
+use drsdb_common::{Error, Result, Value};
 use drsdb_proto as pb;
 
 use crate::direct::{Direct, StorageChannels};
@@ -174,12 +173,11 @@ pub struct Summary {
 /// the storage servers directly (`direct`) when the index server handed
 /// out fragments.
 pub struct RowStream {
-    pub(crate) columns: Vec<Column>,
-    pub(crate) buffer: VecDeque<Row>,
-    pub(crate) stream: Option<tonic::Streaming<pb::ResultPart>>,
-    pub(crate) done: Option<pb::Done>,
+    columns: Vec<Column>,
+    /// The index server's answer (for fragments: the fragments, then `Done`).
+    answer: PartReader<tonic::Streaming<pb::ResultPart>>,
     /// Fragments the index server answered with, not opened yet.
-    pub(crate) fragments: Option<pb::Fragments>,
+    fragments: Option<pb::Fragments>,
     direct: Option<Direct>,
 }
 
@@ -187,20 +185,20 @@ impl RowStream {
     /// Reads parts until the columns are known, or fragments arrive, or
     /// the statement is done.
     pub(crate) async fn start(stream: tonic::Streaming<pb::ResultPart>) -> std::result::Result<RowStream, Failure> {
-        let mut rs = RowStream {
-            columns: Vec::new(),
-            buffer: VecDeque::new(),
-            stream: Some(stream),
-            done: None,
-            fragments: None,
-            direct: None,
-        };
-        rs.receive().await?;
-        if rs.fragments.is_some() {
+        let mut answer = PartReader::new(stream);
+        answer.start().await?;
+        let fragments = answer.take_fragments();
+        if fragments.is_some() {
             // Fragments come alone, then Done.
-            while rs.receive().await? {}
+            while answer.pull().await? {}
         }
-        Ok(rs)
+        let columns = answer.columns().await?.into_iter().map(Column::from).collect();
+        Ok(RowStream { columns, answer, fragments, direct: None })
+    }
+
+    /// True when the index server answered with fragments, not opened yet.
+    pub(crate) fn has_fragments(&self) -> bool {
+        self.fragments.is_some()
     }
 
     /// Opens the fragments the index server handed out; afterwards rows
@@ -218,43 +216,6 @@ impl RowStream {
         self.direct.is_some()
     }
 
-    /// Reads one part into the buffer; false when the stream has ended.
-    async fn fill(&mut self) -> Result<bool> {
-        self.receive().await.map_err(Failure::into_error)
-    }
-
-    async fn receive(&mut self) -> std::result::Result<bool, Failure> {
-        let Some(stream) = self.stream.as_mut() else { return Ok(false) };
-        match stream.message().await.map_err(Failure::from)? {
-            None => {
-                self.stream = None;
-                if self.done.is_none() {
-                    return Err(Failure::Broken(tonic::Status::unavailable(
-                        "the server closed the result stream early",
-                    )));
-                }
-                Ok(false)
-            }
-            Some(pb::ResultPart { part }) => {
-                match part {
-                    Some(pb::result_part::Part::Columns(c)) => {
-                        self.columns = c.columns.into_iter().map(Column::from).collect();
-                    }
-                    Some(pb::result_part::Part::Rows(r)) => {
-                        self.buffer.extend(value::rows_from(r).map(Row::new));
-                    }
-                    Some(pb::result_part::Part::Fragments(f)) => self.fragments = Some(f),
-                    Some(pb::result_part::Part::Done(d)) => {
-                        self.done = Some(d);
-                        self.stream = None;
-                    }
-                    None => {}
-                }
-                Ok(true)
-            }
-        }
-    }
-
     /// The result's columns (empty for statements without rows).
     pub fn columns(&self) -> &[Column] {
         &self.columns
@@ -268,14 +229,8 @@ impl RowStream {
         if self.fragments.is_some() {
             return Err(Error::io("the result's fragments were not opened (a bug in the driver)"));
         }
-        loop {
-            if let Some(r) = self.buffer.pop_front() {
-                return Ok(Some(r));
-            }
-            if !self.fill().await? {
-                return Ok(None);
-            }
-        }
+        let row = self.answer.next().await.map_err(|s| Failure::from(s).into_error())?;
+        Ok(row.map(Row::new))
     }
 
     /// Reads the rest of the rows into memory.
@@ -288,9 +243,14 @@ impl RowStream {
         Ok(ResultSet { columns: self.columns, rows, summary })
     }
 
+    /// The transaction open after the statement, if its `Done` names one.
+    pub(crate) fn txn_id(&self) -> Option<String> {
+        self.answer.done().map(|d| d.txn_id.clone()).filter(|t| !t.is_empty())
+    }
+
     /// How the statement ended; `None` until the stream is consumed.
     pub fn summary(&self) -> Option<Summary> {
-        self.done.as_ref().map(|d| Summary { rows_affected: d.rows_affected, last_insert_rowid: d.last_insert_rowid })
+        self.answer.done().map(|d| Summary { rows_affected: d.rows_affected, last_insert_rowid: d.last_insert_rowid })
     }
 }
 

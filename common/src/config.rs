@@ -38,6 +38,7 @@ pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 
 /// The command-line flags both server binaries take; each adds its own
 /// (`#[command(flatten)]`).
+#[cfg(feature = "server-flags")]
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerFlags {
     /// TOML config file (see deploy/); flags override it.
@@ -57,6 +58,7 @@ pub struct ServerFlags {
     pub insecure: bool,
 }
 
+#[cfg(feature = "server-flags")]
 impl ServerFlags {
     /// The config file named by `--config`, or the defaults.
     pub fn load<T: Default + for<'de> Deserialize<'de>>(&self) -> Result<T> {

@@ -1,5 +1,7 @@
 //! drsdb's one error type, grouped by what the caller should do about it,
-//! and the one place where it crosses the wire as a `tonic::Status`.
+//! and the one place where it crosses the wire: as a `tonic::Status`
+//! (a failed call) or as the `Error` message (a statement's outcome inside
+//! a write's result, and the outcome a group records for deduplication).
 //!
 //! | kind | caller should | gRPC code |
 //! | --- | --- | --- |
@@ -20,7 +22,7 @@ use crate::ids::{GroupId, NodeId};
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An error, classified by the action it asks of the caller.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The request cannot succeed as sent: malformed SQL, an unknown table,
     /// a constraint violation, a wrong type. Retrying it unchanged fails again.
@@ -182,6 +184,52 @@ impl From<Error> for tonic::Status {
     }
 }
 
+impl From<Error> for drsdb_proto::Error {
+    fn from(e: Error) -> Self {
+        use drsdb_proto::error::Kind;
+        let mut m = drsdb_proto::Error { message: e.to_string(), ..Default::default() };
+        let kind = match e {
+            Error::InvalidInput(msg) => (Kind::InvalidInput, msg),
+            Error::Retryable(msg) => (Kind::Retryable, msg),
+            Error::NotLeader { group, leader } => {
+                m.group = group.0;
+                m.leader = leader.map(|l| l.0);
+                (Kind::NotLeader, std::mem::take(&mut m.message))
+            }
+            Error::StaleSchema { version } => {
+                m.schema_version = version;
+                (Kind::StaleSchema, std::mem::take(&mut m.message))
+            }
+            Error::Unavailable(msg) => (Kind::Unavailable, msg),
+            Error::Corrupt(msg) => (Kind::Corrupt, msg),
+            Error::Io(msg) => (Kind::Io, msg),
+            Error::Internal(msg) => (Kind::Internal, msg),
+        };
+        m.set_kind(kind.0);
+        m.message = kind.1;
+        m
+    }
+}
+
+impl From<drsdb_proto::Error> for Error {
+    fn from(m: drsdb_proto::Error) -> Self {
+        use drsdb_proto::error::Kind;
+        match m.kind() {
+            Kind::InvalidInput => Error::InvalidInput(m.message),
+            Kind::Retryable => Error::Retryable(m.message),
+            Kind::NotLeader => Error::NotLeader { group: GroupId(m.group), leader: m.leader.map(NodeId) },
+            Kind::StaleSchema => Error::StaleSchema { version: m.schema_version },
+            Kind::Unavailable => Error::Unavailable(m.message),
+            Kind::Corrupt => Error::Corrupt(m.message),
+            Kind::Io => Error::Io(m.message),
+            Kind::Internal => Error::Internal(m.message),
+            Kind::Unspecified => {
+                Error::Internal(format!("an error of a kind this version does not know: {}", m.message))
+            }
+        }
+    }
+}
+
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
         use tonic::Code;
@@ -231,7 +279,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_kind_round_trips_through_status() {
+    fn every_kind_round_trips_through_status_and_message() {
         let errors = [
             Error::InvalidInput("no such table: t".into()),
             Error::Retryable("conflict".into()),
@@ -246,6 +294,7 @@ mod tests {
         for e in errors {
             let status: tonic::Status = e.clone().into();
             assert_eq!(Error::from(status), e);
+            assert_eq!(Error::from(drsdb_proto::Error::from(e.clone())), e);
         }
     }
 

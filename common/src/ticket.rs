@@ -116,7 +116,7 @@ mod tests {
     }
 
     fn read() -> pb::ReadRequest {
-        pb::ReadRequest { group: 3, sql: "SELECT * FROM t".into(), ..Default::default() }
+        pb::ReadRequest { group: 3, statement: Some(crate::command::Statement::new("SELECT * FROM t").into()) }
     }
 
     #[test]
@@ -133,7 +133,7 @@ mod tests {
         let other = TicketKey(hmac::Key::new(hmac::HMAC_SHA256, &[8; KEY_BYTES]));
         assert!(other.open(&t, 0).is_err());
         let mut forged = read();
-        forged.sql = "SELECT * FROM secrets".into();
+        forged.statement.as_mut().unwrap().sql = "SELECT * FROM secrets".into();
         t.body = pb::TicketBody { read: Some(forged), expires_ms: 1_000 }.encode_to_vec();
         let e = key().open(&t, 0).unwrap_err();
         assert!(e.to_string().contains("not valid"), "{e}");

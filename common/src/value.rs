@@ -1,76 +1,25 @@
 //! SQL values as they travel: SQLite's five storage classes, converted to
 //! and from protobuf and rusqlite in one place.
 
-use serde::{Deserialize, Serialize};
-
 use drsdb_proto as pb;
 
 /// One SQL value, as SQLite stores it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// SQL NULL.
     Null,
     /// A 64-bit signed integer.
     Integer(i64),
-    /// An IEEE 754 double. Serialized by its bits, so that infinities,
-    /// NaN and -0.0 survive any serde format.
-    Real(#[serde(with = "real_bits")] f64),
+    /// An IEEE 754 double.
+    Real(f64),
     /// UTF-8 text.
     Text(String),
     /// Text whose bytes are not valid UTF-8 (SQLite keeps text as it was
     /// given, `CAST(x'ff' AS TEXT)` say): it travels and compares as text,
     /// byte for byte.
-    RawText(#[serde(with = "blob_text")] Vec<u8>),
-    /// Bytes. Serialized as base64 text (a JSON array of numbers, which
-    /// older versions wrote, still reads).
-    Blob(#[serde(with = "blob_text")] Vec<u8>),
-}
-
-mod blob_text {
-    use base64::engine::general_purpose::STANDARD;
-    use base64::Engine;
-    use serde::de::{self, SeqAccess, Visitor};
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(v))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct Bytes;
-        impl<'de> Visitor<'de> for Bytes {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("base64 text or an array of bytes")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
-                STANDARD.decode(v).map_err(E::custom)
-            }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(b) = seq.next_element::<u8>()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_any(Bytes)
-    }
-}
-
-mod real_bits {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(v.to_bits())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        u64::deserialize(d).map(f64::from_bits)
-    }
+    RawText(Vec<u8>),
+    /// Bytes.
+    Blob(Vec<u8>),
 }
 
 /// A batch of result rows is sent once its values reach this many bytes
@@ -282,27 +231,15 @@ mod tests {
             conn.query_row("SELECT CAST(x'61ff62' AS TEXT)", [], |r| Ok(Value::from(r.get_ref(0)?))).unwrap();
         assert_eq!(v, Value::RawText(vec![0x61, 0xff, 0x62]));
         assert_eq!(Value::from(pb::Value::from(v.clone())), v);
-        let back: Value = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
-        assert_eq!(back, v);
         let (kind, bytes): (String, Vec<u8>) =
             conn.query_row("SELECT typeof(?1), CAST(?1 AS BLOB)", [&v], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert_eq!((kind.as_str(), bytes), ("text", vec![0x61, 0xff, 0x62]));
     }
 
     #[test]
-    fn blobs_travel_as_base64_and_old_arrays_still_read() {
-        let blob = Value::Blob(vec![0, 1, 254, 255]);
-        let json = serde_json::to_string(&blob).unwrap();
-        assert_eq!(json, r#"{"Blob":"AAH+/w=="}"#);
-        assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), blob);
-        assert_eq!(serde_json::from_str::<Value>(r#"{"Blob":[0,1,254,255]}"#).unwrap(), blob);
-    }
-
-    #[test]
-    fn every_double_survives_serde() {
+    fn every_double_survives_protobuf() {
         for r in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 0.1, f64::MAX] {
-            let json = serde_json::to_string(&Value::Real(r)).unwrap();
-            let Value::Real(back) = serde_json::from_str(&json).unwrap() else { panic!() };
+            let Value::Real(back) = Value::from(pb::Value::from(Value::Real(r))) else { panic!() };
             assert_eq!(back.to_bits(), r.to_bits());
         }
     }

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use drsdb_common::order::Collation;
 use drsdb_common::{Error, Result, Value};
-use drsdb_storage::Db;
+use drsdb_sqlite::Db;
 
 /// A schema object (table, index, view, trigger) of the data shards.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,11 +17,16 @@
 //!   (`metrics`): statements, rows it sent to clients, fragments it handed
 //!   out for direct streaming.
 
-use drsdb_common::{Error, Result, Value};
+use drsdb_common::command::Statement;
+use drsdb_common::sql::{self, Kind};
+use drsdb_common::{shard, Error, GroupId, Result, Value};
 use drsdb_proto as pb;
+use futures::future::join_all;
 
 use crate::catalog::{Distribution, Key};
 use crate::executor::{done, send_rows, Executor, PartSender};
+use crate::keys::Keys;
+use crate::planner;
 
 /// What `SHOW` accepts, for the error message.
 const USAGE: &str =
@@ -39,13 +44,12 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
     let named = sql.split_whitespace().nth(3).map(|w| w.trim_end_matches(';').trim_matches('"'));
     let (cols, rows): (Vec<pb::Column>, Vec<Vec<Value>>) = match words.as_slice() {
         ["NODES"] => {
-            let _ = ex.cluster.refresh().await;
             let mut rows = Vec::new();
-            for (id, addr) in ex.cluster.addresses() {
-                let status = ex.cluster.status_of(&addr).await.ok();
+            for server in ex.tier.status().await {
+                let status = server.status.ok();
                 rows.push(vec![
-                    Value::Integer(id as i64),
-                    Value::Text(addr),
+                    Value::Integer(server.id as i64),
+                    Value::Text(server.addr),
                     Value::Text(if status.is_some() { "up" } else { "down" }.into()),
                     status.map(|s| s.running_reads as i64).into(),
                 ]);
@@ -53,10 +57,10 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
             (columns(&["node", "address", "state", "running_reads"]), rows)
         }
         ["GROUPS"] => {
-            let _ = ex.cluster.refresh().await;
             let mut rows = Vec::new();
-            for (id, addr) in ex.cluster.addresses() {
-                match ex.cluster.status_of(&addr).await {
+            for server in ex.tier.status().await {
+                let id = server.id;
+                match server.status {
                     Ok(s) => {
                         for g in s.groups {
                             let voters = g.voters.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",");
@@ -106,16 +110,15 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
         }
         ["SHARDS"] => {
             // Each group's leader and database size, as its leader reports them.
-            let _ = ex.cluster.refresh().await;
             let mut leaders: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
-            for (_, addr) in ex.cluster.addresses() {
-                if let Ok(s) = ex.cluster.status_of(&addr).await {
+            for server in ex.tier.status().await {
+                if let Ok(s) = server.status {
                     for g in s.groups.iter().filter(|g| g.leader != 0 && g.leader == g.node) {
                         leaders.insert(g.group, (g.leader, g.size_bytes));
                     }
                 }
             }
-            let mut rows = crate::meta::shard_rows(&ex.cluster).await?;
+            let mut rows = crate::meta::shard_rows(ex.tier.as_ref()).await?;
             for r in &mut rows {
                 let led = match r.first() {
                     Some(Value::Integer(g)) => leaders.get(&(*g as u64)).copied(),
@@ -128,7 +131,7 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
         }
         ["SHARDS", "OF", _] => {
             let table = named.expect("a fourth word");
-            let rows = ex.rows_per_shard(table).await?;
+            let rows = rows_per_shard(ex, table).await?;
             let rows = rows.into_iter().map(|(g, n)| vec![Value::Integer(g.0 as i64), Value::Integer(n)]).collect();
             (columns(&["grp", "rows"]), rows)
         }
@@ -138,7 +141,7 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
             let upper = sql.to_ascii_uppercase();
             let after_table = upper.find(&table.to_ascii_uppercase()).map_or(0, |p| p + table.len());
             let at = after_table + upper[after_table..].find("KEY").expect("KEY was matched") + "KEY".len();
-            let group = ex.shard_of_key(table, sql[at..].trim().trim_end_matches(';')).await?;
+            let group = shard_of_key(ex, table, sql[at..].trim().trim_end_matches(';')).await?;
             (columns(&["grp"]), vec![vec![Value::Integer(group.0 as i64)]])
         }
         ["METRICS"] => {
@@ -153,7 +156,7 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
             (columns(&["index_server", "metric", "value"]), rows)
         }
         ["INDEX", "SERVERS"] => {
-            let addrs = crate::server::live_index_servers(&ex.cluster).await?;
+            let addrs = ex.live_index_servers().await?;
             (columns(&["address"]), addrs.into_iter().map(|a| vec![Value::Text(a)]).collect())
         }
         ["TABLES"] => {
@@ -189,4 +192,58 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
         _ => return Err(Error::invalid(format!("unknown SHOW statement; {USAGE}"))),
     };
     send_rows(out, cols, rows, rows_per_batch, done(0, 0, None)).await
+}
+
+/// How many rows of `table` each data shard holds (a reference
+/// table's copies each hold all of them).
+async fn rows_per_shard(ex: &Executor, table: &str) -> Result<Vec<(GroupId, i64)>> {
+    ex.ensure_known(&format!("SELECT * FROM {}", sql::quote_name(table)), Kind::Write).await?;
+    let groups = shard::shard_groups(ex.shard_count().await?);
+    let count = Statement::new(format!("SELECT count(*) FROM {}", sql::quote_name(table)));
+    let counted = join_all(groups.iter().map(|g| ex.fetch(*g, count.clone(), None))).await;
+    groups
+        .into_iter()
+        .zip(counted)
+        .map(|(g, rows)| match rows?.first().and_then(|r| r.first()) {
+            Some(Value::Integer(n)) => Ok((g, *n)),
+            other => Err(Error::io(format!("unexpected count from shard {g}: {other:?}"))),
+        })
+        .collect()
+}
+
+/// The shard that holds (or would hold) the row of `table` whose
+/// primary key is `key` (SQL values, comma-separated, in key order).
+async fn shard_of_key(ex: &Executor, table: &str, key: &str) -> Result<GroupId> {
+    ex.ensure_known(&format!("SELECT * FROM {}", sql::quote_name(table)), Kind::Write).await?;
+    let shards = ex.shard_count().await?;
+    let catalog = ex.catalog();
+    let t = catalog.table(table).ok_or_else(|| Error::invalid(format!("no such table: {table}")))?;
+    if !t.is_sharded() {
+        return Err(Error::invalid(format!("{table} is a reference table: every shard holds all its rows")));
+    }
+    if t.key_columns().is_none() {
+        return Err(Error::invalid(format!(
+            "{table} has no primary key: its rows are spread by the rowid the index server assigns"
+        )));
+    }
+    // Literal values only: the key is computed here, outside any budget.
+    let values = match sql::parse_one(&format!("SELECT {key}")).ok() {
+        Some(sqlparser::ast::Statement::Query(q)) => match q.body.as_ref() {
+            sqlparser::ast::SetExpr::Select(s) => s
+                .projection
+                .iter()
+                .map(|i| match i {
+                    sqlparser::ast::SelectItem::UnnamedExpr(e) if planner::is_literal(e) => Some(e.to_string()),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>(),
+            _ => None,
+        },
+        _ => None,
+    };
+    let values = values.ok_or_else(|| {
+        Error::invalid(format!("SHOW SHARD OF {table} KEY takes literal values (numbers, strings), comma-separated"))
+    })?;
+    let hash = Keys { params: &[] }.hash_exprs(t, &[values.join(", ")])?;
+    Ok(shard::shard_group(shard::shard_of(hash, shards)))
 }

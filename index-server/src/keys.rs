@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use drsdb_common::order::Collation;
 use drsdb_common::shard;
 use drsdb_common::{Error, Result, Value};
-use drsdb_storage::Db;
+use drsdb_sqlite::Db;
 
 use crate::catalog::Table;
 

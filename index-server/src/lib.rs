@@ -62,8 +62,8 @@
 //! are not.
 
 mod catalog;
-mod cluster;
 mod executor;
+mod grpc_tier;
 mod insert;
 mod introspection;
 mod keys;
@@ -74,4 +74,5 @@ mod pushdown;
 mod server;
 mod service;
 
+pub use executor::{Executor, PartSender};
 pub use server::serve;

@@ -5,13 +5,12 @@
 
 use std::collections::BTreeSet;
 
+use drsdb_common::command::{Command, CommandResult, Statement};
 use drsdb_common::shard::{self, Placement};
+use drsdb_common::tier::StorageTier;
 use drsdb_common::{Error, GroupId, NodeId, Result, Value};
-use drsdb_proto as pb;
-use drsdb_storage::{Command, CommandResult, Statement};
 
 use crate::catalog::{self, Catalog};
-use crate::cluster::Cluster;
 
 /// Tables of the meta group.
 const SCHEMA: &[&str] = &[
@@ -32,43 +31,26 @@ const CATALOG_ROW: i64 = 1;
 /// A statement for the meta group (meta statements use no random
 /// functions, so the seed is fixed).
 fn statement(sql: &str, params: Vec<Value>) -> Statement {
-    Statement {
-        sql: sql.into(),
-        params,
-        seed: 0,
-        now_ms: chrono::Utc::now().timestamp_millis(),
-        request_id: None,
-        schema_version: None,
-        memory_limit: None,
-    }
+    Statement { params, now_ms: chrono::Utc::now().timestamp_millis(), ..Statement::new(sql) }
 }
 
 /// Runs statements as one batch in the meta group; fails if any failed.
 /// Every meta write may repeat harmlessly (`IF NOT EXISTS`, `OR REPLACE`).
-async fn meta_write(cluster: &Cluster, statements: Vec<Statement>) -> Result<()> {
-    match cluster.write(GroupId::META, &Command::Batch(statements), true).await? {
+async fn meta_write(tier: &dyn StorageTier, statements: Vec<Statement>) -> Result<()> {
+    match tier.write(GroupId::META, Command::Batch(statements), true).await? {
         CommandResult::Batch(outcomes) => outcomes.into_iter().try_for_each(|o| o.map(|_| ())),
         other => Err(Error::io(format!("unexpected meta result {other:?}"))),
     }
 }
 
 /// Creates the meta tables if they do not exist.
-pub async fn ensure_schema(cluster: &Cluster) -> Result<()> {
-    meta_write(cluster, SCHEMA.iter().map(|s| statement(s, vec![])).collect()).await
+pub async fn ensure_schema(tier: &dyn StorageTier) -> Result<()> {
+    meta_write(tier, SCHEMA.iter().map(|s| statement(s, vec![])).collect()).await
 }
 
 /// Runs a read in `group` and collects its rows.
-pub async fn query(cluster: &Cluster, group: GroupId, sql: &str, params: Vec<Value>) -> Result<Vec<Vec<Value>>> {
-    let req = pb::ReadRequest {
-        group: group.0,
-        sql: sql.into(),
-        params: params.into_iter().map(Into::into).collect(),
-        seed: 0,
-        now_ms: 0,
-        schema_version: None,
-        memory_limit: None,
-    };
-    cluster.read_rows(req).await
+pub async fn query(tier: &dyn StorageTier, group: GroupId, sql: &str, params: Vec<Value>) -> Result<Vec<Vec<Value>>> {
+    tier.read_rows(group, Statement { params, ..Statement::new(sql) }).await
 }
 
 /// Index servers silent for this long are forgotten.
@@ -76,9 +58,9 @@ const FORGET_INDEX_SERVER_MS: i64 = 60 * 60 * 1000;
 
 /// Records that the index server at `addr` is alive now, and forgets those
 /// long silent.
-pub async fn announce(cluster: &Cluster, addr: &str, now_ms: i64) -> Result<()> {
+pub async fn announce(tier: &dyn StorageTier, addr: &str, now_ms: i64) -> Result<()> {
     meta_write(
-        cluster,
+        tier,
         vec![
             statement(
                 "INSERT OR REPLACE INTO index_servers(addr, last_seen_ms) VALUES (?1, ?2)",
@@ -94,9 +76,9 @@ pub async fn announce(cluster: &Cluster, addr: &str, now_ms: i64) -> Result<()> 
 }
 
 /// Index servers seen since `since_ms`.
-pub async fn live_index_servers(cluster: &Cluster, since_ms: i64) -> Result<Vec<String>> {
+pub async fn live_index_servers(tier: &dyn StorageTier, since_ms: i64) -> Result<Vec<String>> {
     let rows = query(
-        cluster,
+        tier,
         GroupId::META,
         "SELECT addr FROM index_servers WHERE last_seen_ms >= ?1 ORDER BY addr",
         vec![since_ms.into()],
@@ -113,7 +95,7 @@ pub async fn live_index_servers(cluster: &Cluster, since_ms: i64) -> Result<Vec<
 
 /// Records the shard map for a cluster of `nodes` with `shards` data
 /// shards, unless one is recorded already (the first one written stays).
-pub async fn ensure_shard_map(cluster: &Cluster, nodes: &[NodeId], shards: usize) -> Result<()> {
+pub async fn ensure_shard_map(tier: &dyn StorageTier, nodes: &[NodeId], shards: usize) -> Result<()> {
     let statements = shard::placement(nodes, shards)
         .into_iter()
         .skip(1) // the meta group
@@ -130,13 +112,13 @@ pub async fn ensure_shard_map(cluster: &Cluster, nodes: &[NodeId], shards: usize
             )
         })
         .collect();
-    meta_write(cluster, statements).await
+    meta_write(tier, statements).await
 }
 
 /// The number of data shards the meta group records (0 before the map is
 /// written).
-pub async fn shard_count(cluster: &Cluster) -> Result<usize> {
-    let rows = query(cluster, GroupId::META, "SELECT count(*) FROM shards", vec![]).await?;
+pub async fn shard_count(tier: &dyn StorageTier) -> Result<usize> {
+    let rows = query(tier, GroupId::META, "SELECT count(*) FROM shards", vec![]).await?;
     match rows.first().and_then(|r| r.first()) {
         Some(Value::Integer(n)) => Ok(*n as usize),
         _ => Err(Error::io("unexpected shard count")),
@@ -144,22 +126,22 @@ pub async fn shard_count(cluster: &Cluster) -> Result<usize> {
 }
 
 /// The shard map as rows of (group, hash start, replicas), for `SHOW SHARDS`.
-pub async fn shard_rows(cluster: &Cluster) -> Result<Vec<Vec<Value>>> {
-    query(cluster, GroupId::META, "SELECT grp, hash_start, replicas FROM shards ORDER BY grp", vec![]).await
+pub async fn shard_rows(tier: &dyn StorageTier) -> Result<Vec<Vec<Value>>> {
+    query(tier, GroupId::META, "SELECT grp, hash_start, replicas FROM shards ORDER BY grp", vec![]).await
 }
 
 /// Marks `name` as a reference table (before it is created), or forgets it.
-pub async fn set_reference(cluster: &Cluster, name: &str, reference: bool) -> Result<()> {
+pub async fn set_reference(tier: &dyn StorageTier, name: &str, reference: bool) -> Result<()> {
     let sql = if reference {
         "INSERT OR REPLACE INTO reference_tables(name) VALUES (?1)"
     } else {
         "DELETE FROM reference_tables WHERE name = ?1"
     };
-    meta_write(cluster, vec![statement(sql, vec![name.into()])]).await
+    meta_write(tier, vec![statement(sql, vec![name.into()])]).await
 }
 
-async fn references(cluster: &Cluster) -> Result<BTreeSet<String>> {
-    let rows = query(cluster, GroupId::META, "SELECT name FROM reference_tables", vec![]).await?;
+async fn references(tier: &dyn StorageTier) -> Result<BTreeSet<String>> {
+    let rows = query(tier, GroupId::META, "SELECT name FROM reference_tables", vec![]).await?;
     Ok(rows
         .into_iter()
         .filter_map(|r| match r.into_iter().next() {
@@ -172,9 +154,9 @@ async fn references(cluster: &Cluster) -> Result<BTreeSet<String>> {
 /// The catalog as the meta group holds it; `None` when that is `current`
 /// (analysing a catalog takes a scratch database, so it is not rebuilt
 /// for nothing on every refresh).
-pub async fn load_catalog(cluster: &Cluster, current: &Catalog) -> Result<Option<Catalog>> {
+pub async fn load_catalog(tier: &dyn StorageTier, current: &Catalog) -> Result<Option<Catalog>> {
     let rows = query(
-        cluster,
+        tier,
         GroupId::META,
         "SELECT v.version, j.value->>'kind', j.value->>'name', j.value->>'table', j.value->>'sql'
            FROM (SELECT (SELECT version FROM catalog_version WHERE grp = ?1) AS version) AS v
@@ -183,7 +165,7 @@ pub async fn load_catalog(cluster: &Cluster, current: &Catalog) -> Result<Option
     )
     .await?;
     let (version, objects) = versioned_objects(rows);
-    let references = references(cluster).await?;
+    let references = references(tier).await?;
     if current.is_built_from(&objects, &references, version) {
         return Ok(None);
     }
@@ -206,15 +188,15 @@ fn versioned_objects(rows: Vec<Vec<Value>>) -> (Option<i64>, Vec<catalog::Object
 
 /// Reads the first shard's schema (every shard has the same) and records
 /// it, with its version, as the catalog in the meta group. Returns it.
-pub async fn sync_catalog(cluster: &Cluster) -> Result<Catalog> {
-    let rows = query(cluster, GroupId::FIRST_DATA, drsdb_common::sql::SCHEMA_OBJECTS, vec![]).await?;
+pub async fn sync_catalog(tier: &dyn StorageTier) -> Result<Catalog> {
+    let rows = query(tier, GroupId::FIRST_DATA, drsdb_common::sql::SCHEMA_OBJECTS, vec![]).await?;
     let objects = catalog::objects_from_rows(rows);
     let version = drsdb_common::sql::schema_fingerprint(
         objects.iter().map(|o| [o.kind.as_str(), o.name.as_str(), o.table.as_str(), o.sql.as_str()]),
     );
-    let catalog = Catalog::new(objects, &references(cluster).await?, Some(version))?;
+    let catalog = Catalog::new(objects, &references(tier).await?, Some(version))?;
     meta_write(
-        cluster,
+        tier,
         vec![
             statement(
                 "INSERT OR REPLACE INTO catalog(grp, objects)

@@ -787,8 +787,8 @@ impl VisitorMut for Rewriter<'_> {
                     "min" | "max" => self.partial(name, arg.as_ref()).map(|p| format!("{name}({p})")),
                     // Shards return their whole summation state, folded
                     // here as SQLite sums in one pass.
-                    "sum" | "total" | "avg" => drsdb_storage::sum_finisher(name).and_then(|finisher| {
-                        self.partial(drsdb_storage::SUM_STATE, arg.as_ref()).map(|p| format!("{finisher}({p})"))
+                    "sum" | "total" | "avg" => drsdb_sqlite::sum_finisher(name).and_then(|finisher| {
+                        self.partial(drsdb_sqlite::SUM_STATE, arg.as_ref()).map(|p| format!("{finisher}({p})"))
                     }),
                     _ => None,
                 };

@@ -84,7 +84,7 @@ impl pb::sql_server::Sql for SqlService {
         _request: Request<pb::IndexServersRequest>,
     ) -> Result<Response<pb::IndexServersResponse>, Status> {
         tracing::debug!("index servers");
-        let addrs = crate::server::live_index_servers(&self.executor.cluster).await?;
+        let addrs = self.executor.live_index_servers().await?;
         Ok(Response::new(pb::IndexServersResponse { addrs }))
     }
 }

@@ -26,7 +26,7 @@ use sqllogictest::{Condition, DBOutput, DefaultColumnType, QueryExpect, Record};
 /// its exit code; `None` for any other command line.
 pub fn serve_if_server() -> Option<std::process::ExitCode> {
     let argv: Vec<String> = std::env::args().collect();
-    let served = drsdb_client::local::serve_from_args(&argv)?;
+    let served = drsdb_cli::local::serve_from_args(&argv)?;
     Some(match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

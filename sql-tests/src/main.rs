@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use drsdb_client::local::{LocalCluster, Options};
+use drsdb_cli::local::{LocalCluster, Options};
 
 /// How long the cluster may take to start.
 const READY_DEADLINE: Duration = Duration::from_secs(60);

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use drsdb_client::local::{LocalCluster, Options};
+use drsdb_cli::local::{LocalCluster, Options};
 use drsdb_client::{params, Client, Error, Value};
 use drsdb_common::config::RaftConfig;
 
@@ -589,7 +589,7 @@ async fn scans_stream_from_the_storage_servers_and_only_with_valid_tickets() {
     let ticket = fragment.ticket.clone().unwrap();
     let mut forged = ticket.clone();
     let mut body = <pb::TicketBody as prost::Message>::decode(forged.body.as_slice()).unwrap();
-    body.read.as_mut().unwrap().sql = "SELECT * FROM sqlite_schema".into();
+    body.read.as_mut().unwrap().statement.as_mut().unwrap().sql = "SELECT * FROM sqlite_schema".into();
     forged.body = prost::Message::encode_to_vec(&body);
     let e = Error::from(storage.read_fragment(forged).await.expect_err("a forged ticket is refused"));
     assert!(e.to_string().contains("not valid"), "{e}");
@@ -598,7 +598,7 @@ async fn scans_stream_from_the_storage_servers_and_only_with_valid_tickets() {
     let read = body.read.unwrap();
     let e = Error::from(storage.read(read).await.expect_err("clients may not read without a ticket"));
     assert!(e.to_string().contains("servers only"), "{e}");
-    let write = pb::WriteRequest { group: fragment.group, command: Vec::new() };
+    let write = pb::WriteRequest { group: fragment.group, command: None };
     let e = Error::from(storage.write(write).await.expect_err("clients may not write to a group"));
     assert!(e.to_string().contains("servers only"), "{e}");
     assert!(storage.status(pb::StatusRequest {}).await.is_err());

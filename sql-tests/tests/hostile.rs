@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use drsdb_client::local::{LocalCluster, Options};
+use drsdb_cli::local::{LocalCluster, Options};
 use drsdb_client::{Client, Error, Value};
 use drsdb_common::config::ConnectionLimits;
 use drsdb_common::tls::Dialer;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drsdb_client::local::{LocalCluster, Options};
+use drsdb_cli::local::{LocalCluster, Options};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {

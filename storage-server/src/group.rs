@@ -13,11 +13,11 @@ use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ReadPolicy, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use crate::command::{Command, CommandResult, Outcome, Statement};
 use crate::log_store::LogStore;
 use crate::network::{Network, Peers};
 use crate::state_machine::{Reader, Shared, StateMachine};
 use crate::types::{Raft, TypeConfig};
+use drsdb_common::command::{Command, CommandResult, Outcome, Statement};
 
 /// Batches proposed at once by one group's write path; later writes queue
 /// behind them and form the next batch.

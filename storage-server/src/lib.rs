@@ -2,17 +2,18 @@
 //!
 //! A storage server hosts replicas of several Raft groups. Each group has
 //! a durable log (`log_store`, a SQLite file with fsync on every append)
-//! and a state machine that is a SQLite database (`state_machine`); a
-//! command applies the same way on every replica because everything
-//! nondeterministic was fixed before it was proposed (`command`): the
-//! statement's instant, which SQLite's clock returns through our VFS
-//! (`clock`), and the seed of `random()`, `randomblob()` and `ulid()`
-//! (`sqlite`). A statement also has a budget of SQLite steps, counted the
-//! same on every replica, so a runaway statement fails everywhere alike,
-//! and a memory budget (`heap`) counted in the large heap blocks SQLite
-//! allocates, which are the same on every replica too. `sum` lets SUM,
-//! TOTAL and AVG be computed per shard and folded exactly as SQLite sums
-//! in one pass.
+//! and a state machine that is a SQLite database (`state_machine`). The
+//! commands in the log are the typed contract of `drsdb_common::command`
+//! (protobuf on the wire and on disk, `codec`); a command applies the same
+//! way on every replica because everything nondeterministic was fixed
+//! before it was proposed: the statement's instant and the seed of its
+//! random functions, which the deterministic SQLite of `drsdb_sqlite`
+//! reads, with its step and memory budgets counted alike everywhere, so a
+//! runaway statement fails on every replica the same way.
+//!
+//! Raft knows bytes: openraft's types cross the network and reach the disk
+//! only as the messages of `proto/raft.proto`, each record with a format
+//! version; a data directory in another format is refused at start.
 //!
 //! ## Data flow
 //! - **Writes**: an index server calls `Storage.Write` on the group's
@@ -51,23 +52,17 @@
 //! Membership and placement are fixed at creation: no moving groups, no
 //! adding servers; no follower reads.
 
-mod clock;
-mod command;
+mod codec;
 #[cfg(test)]
 mod conformance;
 mod group;
-mod heap;
+mod in_process;
 mod log_store;
 mod network;
 mod server;
 mod service;
-mod sqlite;
 mod state_machine;
-mod sum;
 mod types;
 
-pub use command::{decode, encode, Column, Command, CommandResult, Outcome, Statement, StatementResult};
+pub use in_process::InProcessTier;
 pub use server::serve;
-pub use sqlite::{start as start_sqlite, Db, Failure, Limits};
-pub use state_machine::REQUEST_MEMORY_MS;
-pub use sum::{finisher as sum_finisher, STATE as SUM_STATE};

@@ -1,9 +1,10 @@
 //! Raft messages between storage servers over gRPC.
 //!
 //! One channel per peer address, shared by every group (each message
-//! carries its group id). Payloads are openraft's own types as JSON: this
-//! layer moves bytes and never interprets them. A snapshot travels as a
-//! stream: a header (vote and metadata), then slices of the SQLite file.
+//! carries its group id). Messages are those of `proto/raft.proto`,
+//! converted from and to openraft's types by `codec`. A snapshot travels
+//! as a stream: a header (vote and metadata), then slices of the SQLite
+//! file.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,15 +13,16 @@ use std::sync::{Arc, Mutex};
 use drsdb_common::tls::Dialer;
 use drsdb_common::GroupId;
 use drsdb_proto as pb;
-use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{BasicNode, RaftNetworkV2};
-use serde::{Deserialize, Serialize};
+use prost::Message;
 use tonic::transport::Channel;
 
+use crate::codec::{self, Malformed};
 use crate::state_machine::SnapshotData;
-use crate::types::{LogId, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{LogId, TypeConfig, Vote};
 
 /// Largest gRPC message between storage servers (a batch of log entries).
 pub const MAX_RAFT_MESSAGE: usize = 256 << 20;
@@ -36,15 +38,6 @@ const APPEND_BYTES: usize = 32 << 20;
 const MIN_TRANSFER_BYTES_PER_SEC: f64 = (2 << 20) as f64;
 /// Size of one snapshot chunk.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
-
-/// The first chunk of a snapshot stream.
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotHeader {
-    /// The sender's vote.
-    pub vote: Vote,
-    /// What the snapshot covers.
-    pub meta: SnapshotMeta,
-}
 
 /// Channels to peer storage servers, by address, and the last failure
 /// of each group's messages to each of them.
@@ -132,10 +125,11 @@ fn status_error(s: tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
-fn remote<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, RPCError<TypeConfig>> {
-    let r: Result<T, RaftError<TypeConfig>> = serde_json::from_slice(payload)
-        .map_err(|e| RPCError::Network(NetworkError::from_string(format!("malformed raft reply: {e}"))))?;
-    r.map_err(|e| RPCError::Unreachable(Unreachable::from_string(format!("peer failed: {e}"))))
+/// A peer's answer: what its Raft said, or why it refused.
+fn remote<T>(answer: Result<Result<T, String>, Malformed>) -> Result<T, RPCError<TypeConfig>> {
+    let answer =
+        answer.map_err(|e| RPCError::Network(NetworkError::from_string(format!("malformed raft reply: {e}"))))?;
+    answer.map_err(|why| RPCError::Unreachable(Unreachable::from_string(format!("peer failed: {why}"))))
 }
 
 /// openraft's deadline for a message, stretched by its size.
@@ -143,38 +137,39 @@ fn deadline(option: &RPCOption, bytes: usize) -> std::time::Duration {
     option.hard_ttl() + std::time::Duration::from_secs_f64(bytes as f64 / MIN_TRANSFER_BYTES_PER_SEC)
 }
 
-/// `rpc` encoded, cut to a prefix of its entries that fits
+/// `rpc` as its message, cut to a prefix of its entries that fits
 /// `APPEND_BYTES` (at least one entry); the last entry sent when cut.
-fn encode_append(mut rpc: AppendEntriesRequest<TypeConfig>) -> (Vec<u8>, Option<LogId>) {
+fn encode_append(group: GroupId, rpc: AppendEntriesRequest<TypeConfig>) -> (pb::AppendEntriesRequest, Option<LogId>) {
+    let mut msg = codec::append_request_to_pb(group.0, rpc);
     let mut cut = None;
-    loop {
-        let payload = serde_json::to_vec(&rpc).expect("raft messages serialize");
-        if payload.len() <= APPEND_BYTES || rpc.entries.len() <= 1 {
-            return (payload, cut);
-        }
-        rpc.entries.truncate(rpc.entries.len() / 2);
-        cut = rpc.entries.last().map(|e| e.log_id);
+    while msg.encoded_len() > APPEND_BYTES && msg.entries.len() > 1 {
+        msg.entries.truncate(msg.entries.len() / 2);
+        cut = msg.entries.last().and_then(|e| e.log_id).map(codec::log_id_from_pb);
     }
+    (msg, cut)
 }
 
 impl PeerClient {
-    async fn unary<Resp: for<'de> Deserialize<'de>>(
+    /// Sends one unary message with `timeout`, recording how it went.
+    async fn unary<Req, Resp, Fut>(
         &mut self,
-        payload: Vec<u8>,
-        option: &RPCOption,
-        vote: bool,
-    ) -> Result<Resp, RPCError<TypeConfig>> {
-        let timeout = deadline(option, payload.len());
-        let mut client = self.peers.client(&self.addr)?;
-        let mut request = tonic::Request::new(pb::RaftMessage { group: self.group.0, payload });
+        message: Req,
+        timeout: std::time::Duration,
+        send: impl FnOnce(pb::raft_client::RaftClient<Channel>, tonic::Request<Req>) -> Fut,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let client = self.peers.client(&self.addr)?;
+        let mut request = tonic::Request::new(message);
         request.set_timeout(timeout);
-        let reply = if vote { client.vote(request).await } else { client.append_entries(request).await };
+        let reply = send(client, request).await;
         let outcome = reply.as_ref().map(|_| ()).map_err(|e| format!("{}: {}", e.code(), e.message()));
         if let Err(why) = &outcome {
             tracing::debug!(group = %self.group, peer = %self.addr, ?timeout, "raft message failed: {why}");
         }
         self.peers.record(self.group, &self.addr, outcome);
-        remote(&reply.map_err(status_error)?.into_inner().payload)
+        Ok(reply.map_err(status_error)?.into_inner())
     }
 }
 
@@ -187,10 +182,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         // Off the async threads: a message of large entries takes a while.
-        let (payload, cut) = tokio::task::spawn_blocking(move || encode_append(rpc))
+        let group = self.group;
+        let (message, cut) = tokio::task::spawn_blocking(move || encode_append(group, rpc))
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        match (self.unary(payload, &option, false).await?, cut) {
+        let timeout = deadline(&option, message.encoded_len());
+        let reply = self.unary(message, timeout, |mut c, r| async move { c.append_entries(r).await }).await?;
+        match (remote(codec::append_response_from_pb(reply))?, cut) {
             (AppendEntriesResponse::Success, Some(last)) => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),
             (response, _) => Ok(response),
         }
@@ -201,7 +199,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(serde_json::to_vec(&rpc).expect("raft messages serialize"), &option, true).await
+        let message = codec::vote_request_to_pb(self.group.0, &rpc);
+        let timeout = deadline(&option, message.encoded_len());
+        let reply = self.unary(message, timeout, |mut c, r| async move { c.vote(r).await }).await?;
+        remote(codec::vote_response_from_pb(reply))
     }
 
     async fn full_snapshot(
@@ -211,8 +212,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let header = serde_json::to_vec(&SnapshotHeader { vote, meta: snapshot.meta.clone() })
-            .expect("snapshot header serializes");
+        let header = pb::SnapshotHeader {
+            vote: Some(codec::vote_to_pb(&vote)),
+            meta: Some(codec::snapshot_meta_to_pb(&snapshot.meta)),
+        };
         let group = self.group.0;
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
         let mut file = snapshot.snapshot;
@@ -220,7 +223,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::io::{Read, Seek};
             file.rewind()?;
-            if tx.blocking_send(pb::SnapshotChunk { group, header, data: Vec::new() }).is_err() {
+            if tx.blocking_send(pb::SnapshotChunk { group, header: Some(header), data: Vec::new() }).is_err() {
                 return Ok(());
             }
             loop {
@@ -230,7 +233,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     return Ok(());
                 }
                 buf.truncate(n);
-                if tx.blocking_send(pb::SnapshotChunk { group, header: Vec::new(), data: buf }).is_err() {
+                if tx.blocking_send(pb::SnapshotChunk { group, header: None, data: buf }).is_err() {
                     return Ok(());
                 }
             }
@@ -248,9 +251,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
         }
         let reply = reply.map_err(status_error)?.into_inner();
-        let r: Result<SnapshotResponse<TypeConfig>, openraft::errors::Fatal<TypeConfig>> =
-            serde_json::from_slice(&reply.payload)
-                .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("malformed reply: {e}"))))?;
-        r.map_err(|e| StreamingError::Unreachable(Unreachable::from_string(format!("peer failed: {e}"))))
+        let r = codec::snapshot_response_from_pb(reply)
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("malformed reply: {e}"))))?;
+        r.map_err(|why| StreamingError::Unreachable(Unreachable::from_string(format!("peer failed: {why}"))))
     }
 }

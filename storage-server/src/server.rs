@@ -18,6 +18,7 @@ use drsdb_proto as pb;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
+use crate::codec;
 use crate::group::Group;
 use crate::network::{Peers, MAX_RAFT_MESSAGE};
 use crate::service::{Node, RaftService, StorageService};
@@ -49,6 +50,34 @@ fn check_shard_count(data_dir: &Path, shards: usize) -> Result<()> {
     }
 }
 
+/// The file in the data directory that records the format of what the
+/// server wrote there (`codec::FORMAT_VERSION`).
+const FORMAT_FILE: &str = "format";
+
+/// Records the format on first start; afterwards refuses a data directory
+/// written in another format, before anything in it is read. A directory
+/// that holds groups but no format file was written by format 1 (JSON),
+/// which had none.
+fn check_format(data_dir: &Path, groups_dir: &Path) -> Result<()> {
+    let path = data_dir.join(FORMAT_FILE);
+    let found = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| Error::Corrupt(format!("{} does not hold a format number", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let has_groups = std::fs::read_dir(groups_dir).is_ok_and(|mut d| d.next().is_some());
+            if !has_groups {
+                return std::fs::write(&path, format!("{}\n", codec::FORMAT_VERSION))
+                    .map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())));
+            }
+            1
+        }
+        Err(e) => return Err(Error::io(format!("cannot read {}: {e}", path.display()))),
+    };
+    codec::check_format(found, &format!("the data directory {}", data_dir.display())).map_err(|m| Error::invalid(m.0))
+}
+
 /// Every `HAND_OVER_PERIOD`, each group this server leads goes back to
 /// its preferred leader if that one is up to date.
 async fn hand_over_leaders(preferred: Vec<(Arc<Group>, NodeId)>) {
@@ -64,11 +93,29 @@ async fn hand_over_leaders(preferred: Vec<(Arc<Group>, NodeId)>) {
 /// stops its groups cleanly.
 pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
-    if !crate::sqlite::start() {
+    if !drsdb_sqlite::start() {
         tracing::error!("SQLite was in use before this server started: statement memory budgets are not enforced here");
     }
+    let opened = open(&config).await?;
+    run(opened, &config, listener, shutdown).await
+}
+
+/// A storage server's groups, open (and initialized where this server is
+/// their preferred leader), before it serves.
+pub(crate) struct Opened {
+    /// What the services share.
+    pub node: Arc<Node>,
+    /// Each group hosted here with its preferred leader.
+    preferred: Vec<(Arc<Group>, NodeId)>,
+}
+
+/// Opens the data directory and the groups placed on this server.
+pub(crate) async fn open(config: &StorageConfig) -> Result<Opened> {
     let groups_dir = config.data_dir.join("groups");
     let scratch_dir = config.data_dir.join("scratch");
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::io(format!("cannot create {}: {e}", config.data_dir.display())))?;
+    check_format(&config.data_dir, &groups_dir)?;
     for dir in [&groups_dir, &scratch_dir] {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
     }
@@ -97,7 +144,7 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
     let mut groups = HashMap::new();
     let mut preferred = Vec::new();
     for p in &mine {
-        let group = Group::open(p.group, &groups_dir.join(p.group.0.to_string()), &config, peers.clone()).await?;
+        let group = Group::open(p.group, &groups_dir.join(p.group.0.to_string()), config, peers.clone()).await?;
         // A group's preferred leader initializes it, once; starting the
         // first election there spreads the first leaders evenly.
         if p.replicas[0] == config.node() {
@@ -119,6 +166,18 @@ pub async fn serve(config: StorageConfig, listener: TcpListener, shutdown: impl 
         running_reads: Default::default(),
         peers,
     });
+    Ok(Opened { node, preferred })
+}
+
+/// Serves `opened` on `listener` until `shutdown` completes, then stops its
+/// groups.
+pub(crate) async fn run(
+    opened: Opened,
+    config: &StorageConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let Opened { node, preferred } = opened;
     let balancer = tokio::spawn(hand_over_leaders(preferred));
 
     let mut builder = Server::builder();

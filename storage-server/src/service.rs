@@ -23,10 +23,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::command::{self, Column, Command, Statement};
+use drsdb_common::command::{Column, Command, Statement};
+use drsdb_sqlite::{Failure, Limits};
+
+use crate::codec;
 use crate::group::Group;
-use crate::network::{Peers, SnapshotHeader};
-use crate::sqlite::{Failure, Limits};
+use crate::network::Peers;
 use crate::state_machine::SnapshotData;
 
 /// Rows per streamed batch from a storage server.
@@ -77,7 +79,7 @@ impl Drop for Running {
 }
 
 impl Node {
-    fn group(&self, id: u64) -> Result<&Arc<Group>, Status> {
+    pub(crate) fn group(&self, id: u64) -> Result<&Arc<Group>, Status> {
         self.groups
             .get(&GroupId(id))
             .ok_or_else(|| Status::from(Error::invalid(format!("group {id} is not hosted on node {}", self.id))))
@@ -102,27 +104,51 @@ impl Node {
         shown.join(", ")
     }
 
+    /// The Raft status of every group hosted here.
+    pub(crate) fn status(&self) -> pb::StatusResponse {
+        let mut groups: Vec<pb::GroupStatus> = self
+            .groups
+            .values()
+            .map(|g| {
+                let m = g.raft.metrics().borrow_watched().clone();
+                pb::GroupStatus {
+                    group: g.id.0,
+                    node: self.id.0,
+                    leader: m.current_leader.unwrap_or(0),
+                    term: m.current_term,
+                    last_log_index: m.last_log_index.unwrap_or(0),
+                    applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+                    role: format!("{:?}", m.state),
+                    voters: m.membership_config.membership().voter_ids().collect(),
+                    snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
+                    size_bytes: g.size_bytes(),
+                    replication: self.replication(g, &m),
+                }
+            })
+            .collect();
+        groups.sort_by_key(|g| g.group);
+        let nodes = self.members.iter().map(|m| pb::NodeAddr { id: m.id, addr: m.addr.clone() }).collect();
+        pb::StatusResponse {
+            node: self.id.0,
+            groups,
+            nodes,
+            shards: self.shards as u32,
+            running_reads: self.running_reads.load(Ordering::Relaxed) as u32,
+        }
+    }
+
     /// Refuses a call from a client (only servers may make it).
     fn servers_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
         tls::require_server_peer(request, self.tls)
     }
 
-    /// Runs a read on `req.group` after its read barrier (leader only),
+    /// Runs a read on `group` after its read barrier (leader only),
     /// streaming its result parts.
-    async fn read(&self, req: pb::ReadRequest) -> Result<Response<PartStream>, Status> {
-        let group = self.group(req.group)?.clone();
-        tracing::debug!(group = req.group, sql = %req.sql, "read");
+    pub(crate) async fn read(&self, group: u64, statement: Statement) -> Result<PartStream, Status> {
+        tracing::debug!(group, sql = %statement.sql, "read");
+        let group = self.group(group)?.clone();
         group.read_barrier().await?;
         let db = group.reader()?;
-        let statement = Statement {
-            sql: req.sql,
-            params: req.params.into_iter().map(Into::into).collect(),
-            seed: req.seed,
-            now_ms: req.now_ms,
-            request_id: None,
-            schema_version: req.schema_version,
-            memory_limit: req.memory_limit,
-        };
         let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
         // When the reader goes away (the client cancelled), stop the query
         // even if it is busy producing no rows. The watcher lets go of its
@@ -180,11 +206,12 @@ impl Node {
             };
             let _ = tx.blocking_send(last);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
-type PartStream = Pin<Box<dyn Stream<Item = Result<pb::ResultPart, Status>> + Send + 'static>>;
+/// A read's stream of result parts.
+pub(crate) type PartStream = Pin<Box<dyn Stream<Item = Result<pb::ResultPart, Status>> + Send + 'static>>;
 
 /// The `Storage` service (index server → storage server; clients call
 /// `ReadFragment` only).
@@ -206,18 +233,17 @@ impl pb::storage_server::Storage for StorageService {
         self.0.servers_only(&request)?;
         let req = request.into_inner();
         let group = self.0.group(req.group)?;
-        let command: Command = tokio::task::spawn_blocking(move || command::decode(&req.command))
-            .await
-            .map_err(|e| Status::internal(format!("decoding a command: {e}")))??;
-        let result = catch_panic(group.write(command)).await?;
-        Ok(Response::new(pb::WriteResponse { result: command::encode(&result) }))
+        let command = req.command.ok_or_else(|| Error::invalid("malformed write: the command is missing"))?;
+        let result = catch_panic(group.write(Command::try_from(command)?)).await?;
+        Ok(Response::new(pb::WriteResponse { result: Some(result.into()) }))
     }
 
     type ReadStream = PartStream;
 
     async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<PartStream>, Status> {
         self.0.servers_only(&request)?;
-        self.0.read(request.into_inner()).await
+        let (group, statement) = read_of(request.into_inner())?;
+        Ok(Response::new(self.0.read(group, statement).await?))
     }
 
     type ReadFragmentStream = PartStream;
@@ -230,90 +256,58 @@ impl pb::storage_server::Storage for StorageService {
             )));
         };
         let read = tickets.open(request.get_ref(), chrono::Utc::now().timestamp_millis())?;
-        self.0.read(read).await
+        let (group, statement) = read_of(read)?;
+        Ok(Response::new(self.0.read(group, statement).await?))
     }
 
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         self.0.servers_only(&request)?;
-        let mut groups: Vec<pb::GroupStatus> = self
-            .0
-            .groups
-            .values()
-            .map(|g| {
-                let m = g.raft.metrics().borrow_watched().clone();
-                pb::GroupStatus {
-                    group: g.id.0,
-                    node: self.0.id.0,
-                    leader: m.current_leader.unwrap_or(0),
-                    term: m.current_term,
-                    last_log_index: m.last_log_index.unwrap_or(0),
-                    applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
-                    role: format!("{:?}", m.state),
-                    voters: m.membership_config.membership().voter_ids().collect(),
-                    snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
-                    size_bytes: g.size_bytes(),
-                    replication: self.0.replication(g, &m),
-                }
-            })
-            .collect();
-        groups.sort_by_key(|g| g.group);
-        let nodes = self.0.members.iter().map(|m| pb::NodeAddr { id: m.id, addr: m.addr.clone() }).collect();
-        Ok(Response::new(pb::StatusResponse {
-            node: self.0.id.0,
-            groups,
-            nodes,
-            shards: self.0.shards as u32,
-            running_reads: self.0.running_reads.load(Ordering::Relaxed) as u32,
-        }))
+        Ok(Response::new(self.0.status()))
     }
 }
 
 /// The `Raft` service (storage server ↔ storage server).
 pub struct RaftService(pub Arc<Node>);
 
-fn decode_raft<T: for<'de> serde::Deserialize<'de>>(payload: &[u8]) -> Result<T, Status> {
-    serde_json::from_slice(payload).map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
-}
-
-/// [`decode_raft`] on the blocking pool (a message of large entries takes
-/// a while to decode, which must not hold up heartbeats).
-async fn decode_large<T: for<'de> serde::Deserialize<'de> + Send + 'static>(payload: Vec<u8>) -> Result<T, Status> {
-    tokio::task::spawn_blocking(move || decode_raft(&payload))
-        .await
-        .map_err(|e| Status::internal(format!("decoding a raft message: {e}")))?
-}
-
-fn reply<T: serde::Serialize>(group: u64, value: &T) -> Response<pb::RaftMessage> {
-    Response::new(pb::RaftMessage { group, payload: serde_json::to_vec(value).expect("raft replies serialize") })
+/// Runs `decode` on the blocking pool (a message of large entries takes a
+/// while to decode, which must not hold up heartbeats).
+async fn off_thread<T: Send + 'static>(decode: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(decode).await.map_err(|e| Status::internal(format!("decoding a raft message: {e}")))
 }
 
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
-    async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         self.0.servers_only(&request)?;
         let msg = request.into_inner();
         let group = self.0.group(msg.group)?;
-        let r = group.raft.append_entries(decode_large(msg.payload).await?).await;
-        Ok(reply(msg.group, &r))
+        let rpc = off_thread(move || codec::append_request_from_pb(msg)).await??;
+        let r = group.raft.append_entries(rpc).await;
+        Ok(Response::new(codec::append_response_to_pb(r)))
     }
 
-    async fn vote(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         self.0.servers_only(&request)?;
         let msg = request.into_inner();
         let group = self.0.group(msg.group)?;
-        let r = group.raft.vote(decode_raft(&msg.payload)?).await;
-        Ok(reply(msg.group, &r))
+        let r = group.raft.vote(codec::vote_request_from_pb(msg)?).await;
+        Ok(Response::new(codec::vote_response_to_pb(r)))
     }
 
     async fn snapshot(
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
-    ) -> Result<Response<pb::RaftMessage>, Status> {
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
         self.0.servers_only(&request)?;
         let mut chunks = request.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let group = self.0.group(first.group)?.clone();
-        let header: SnapshotHeader = decode_raft(&first.header)?;
+        let header = first.header.ok_or_else(|| Status::invalid_argument("the snapshot header is missing"))?;
+        let vote = codec::vote_from_pb(header.vote)?;
+        let meta = codec::snapshot_meta_from_pb(header.meta)?;
         // Receive into an anonymous temporary file; the state machine copies it.
         let scratch = anonymous_file(&self.0.scratch_dir)
             .map_err(|e| Status::internal(format!("cannot buffer snapshot: {e}")))?;
@@ -328,9 +322,9 @@ impl pb::raft_server::Raft for RaftService {
         }
         file.flush().await?;
         let file: SnapshotData = file.into_std().await;
-        let snapshot = openraft::storage::Snapshot { meta: header.meta, snapshot: file };
-        let r = group.raft.install_full_snapshot(header.vote, snapshot).await;
-        Ok(reply(first.group, &r))
+        let snapshot = openraft::storage::Snapshot { meta, snapshot: file };
+        let r = group.raft.install_full_snapshot(vote, snapshot).await;
+        Ok(Response::new(codec::snapshot_response_to_pb(r)))
     }
 }
 
@@ -341,4 +335,10 @@ fn anonymous_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
     let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
     std::fs::remove_file(&path)?;
     Ok(f)
+}
+
+/// The group and statement of a read request.
+fn read_of(req: pb::ReadRequest) -> Result<(u64, Statement), Status> {
+    let statement = req.statement.ok_or_else(|| Error::invalid("malformed read: the statement is missing"))?;
+    Ok((req.group, statement.into()))
 }

@@ -4,8 +4,13 @@
 //! ## Files (in the group's directory)
 //! - `data-N.db`: the database of generation N. Installing a snapshot
 //!   writes generation N+1 and switches to it; `CURRENT` names the live one.
-//! - `snapshot-T-I.db` + `snapshot.json`: the latest snapshot (a
-//!   `VACUUM INTO` copy) and its metadata.
+//! - `snapshot-T-I.db` + `snapshot.meta`: the latest snapshot (a
+//!   `VACUUM INTO` copy) and its metadata (a `SnapshotRecord` message).
+//!
+//! Inside the database, `_drsdb_raft` holds the applied state (an
+//! `AppliedState` message) and `_drsdb_requests` the outcome of each
+//! recently applied request id (an `Outcome` message). Every record
+//! carries its format version (`codec`).
 //!
 //! ## Invariants
 //! - The row of `_drsdb_raft` holds the applied log id and membership, and
@@ -30,16 +35,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use drsdb_common::command::{
+    outcome_from_pb, outcome_to_pb, Command, CommandResult, Outcome, Statement, StatementResult,
+};
 use drsdb_common::{Error, TxnId};
+use drsdb_proto as pb;
+use drsdb_sqlite::{Db, Failure};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
+use prost::Message;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::command::{Command, CommandResult, Outcome, StatementResult};
-use crate::sqlite::{Db, Failure};
+use crate::codec;
 use crate::types::{LogId, Payload, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The snapshot a group hands to openraft: an open file holding a SQLite
@@ -56,7 +65,7 @@ type Snapshot = openraft::storage::Snapshot<
 const CURRENT_FILE: &str = "CURRENT";
 /// Idle read-only connections kept per group.
 const IDLE_READERS: usize = 8;
-const SNAPSHOT_META_FILE: &str = "snapshot.json";
+const SNAPSHOT_META_FILE: &str = "snapshot.meta";
 
 /// The explicit transaction holding a group, as seen by this replica.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,7 +184,7 @@ struct Inner {
     txn: Option<TxnId>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// The current snapshot: what it covers and its file's name.
 struct SnapshotRecord {
     meta: SnapshotMeta,
     file: String,
@@ -204,16 +213,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// How long an applied request id is remembered for deduplication
-/// (measured on the statements' own clocks, so the same on every replica).
-pub const REQUEST_MEMORY_MS: i64 = 10 * 60 * 1000;
-
 /// Creates the bookkeeping tables if needed and reads the applied state.
 fn load_applied(db: &Db) -> io::Result<(Option<LogId>, StoredMembership)> {
     db.internal(|c| {
         c.execute_batch(
-            "CREATE TABLE IF NOT EXISTS _drsdb_raft(id INTEGER PRIMARY KEY CHECK (id = 0), applied TEXT NOT NULL, membership TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS _drsdb_requests(id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL, outcome TEXT NOT NULL);
+            "CREATE TABLE IF NOT EXISTS _drsdb_raft(id INTEGER PRIMARY KEY CHECK (id = 0), state BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS _drsdb_requests(id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL, outcome BLOB NOT NULL);
              CREATE INDEX IF NOT EXISTS _drsdb_requests_at ON _drsdb_requests(at_ms);",
         )
     })
@@ -271,15 +276,14 @@ impl StateMachine {
 impl Inner {
     /// Writes the applied state into the open SQLite transaction.
     fn write_applied(&self) -> io::Result<()> {
-        let applied = serde_json::to_string(&self.last_applied).map_err(to_io)?;
-        let membership = serde_json::to_string(&self.membership).map_err(to_io)?;
+        let state = pb::AppliedState {
+            format: codec::FORMAT_VERSION,
+            applied: codec::opt_log_id_to_pb(&self.last_applied),
+            membership: Some(codec::stored_membership_to_pb(&self.membership)),
+        }
+        .encode_to_vec();
         self.db
-            .internal(|c| {
-                c.execute(
-                    "INSERT OR REPLACE INTO _drsdb_raft(id, applied, membership) VALUES (0, ?1, ?2)",
-                    [applied, membership],
-                )
-            })
+            .internal(|c| c.execute("INSERT OR REPLACE INTO _drsdb_raft(id, state) VALUES (0, ?1)", [state]))
             .map_err(to_io)?;
         Ok(())
     }
@@ -404,7 +408,7 @@ impl Inner {
     /// interrupted write) keeps its error; the transaction is begun again
     /// and the statements before it run again, which gives the same results
     /// on every replica since they are deterministic.
-    fn run_batch(&mut self, statements: &[crate::command::Statement]) -> io::Result<Vec<Outcome>> {
+    fn run_batch(&mut self, statements: &[Statement]) -> io::Result<Vec<Outcome>> {
         let mut ended_txn: std::collections::BTreeMap<usize, Error> = Default::default();
         'attempt: loop {
             self.forget_old_requests(statements)?;
@@ -428,26 +432,32 @@ impl Inner {
     }
 
     /// Drops request ids older than the memory window, by the batch's clock.
-    fn forget_old_requests(&self, statements: &[crate::command::Statement]) -> io::Result<()> {
+    fn forget_old_requests(&self, statements: &[Statement]) -> io::Result<()> {
         let Some(now) = statements.iter().map(|s| s.now_ms).max() else { return Ok(()) };
         self.db
-            .internal(|c| c.execute("DELETE FROM _drsdb_requests WHERE at_ms < ?1", [now - REQUEST_MEMORY_MS]))
+            .internal(|c| {
+                c.execute(
+                    "DELETE FROM _drsdb_requests WHERE at_ms < ?1",
+                    [now - drsdb_common::command::REQUEST_MEMORY_MS],
+                )
+            })
             .map_err(to_io)?;
         Ok(())
     }
 
     /// Runs an autocommit statement unless its request id was applied
     /// already, in which case the first outcome is returned again.
-    fn run_once(&mut self, statement: &crate::command::Statement) -> io::Result<Outcome> {
+    fn run_once(&mut self, statement: &Statement) -> io::Result<Outcome> {
         let Some(id) = &statement.request_id else { return self.run_in_savepoint(statement) };
-        let seen: Option<String> = self
+        let seen: Option<Vec<u8>> = self
             .db
             .internal(|c| {
                 c.query_row("SELECT outcome FROM _drsdb_requests WHERE id = ?1", [id], |r| r.get(0)).optional()
             })
             .map_err(to_io)?;
         if let Some(outcome) = seen {
-            return serde_json::from_str(&outcome)
+            let outcome = codec::decode(&outcome, "a request record")?;
+            return outcome_from_pb(outcome)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt request record: {e}")));
         }
         let outcome = self.run_in_savepoint(statement)?;
@@ -461,7 +471,7 @@ impl Inner {
             // the same id.
             return Ok(outcome);
         }
-        let recorded = serde_json::to_string(&outcome).map_err(to_io)?;
+        let recorded = outcome_to_pb(outcome.clone()).encode_to_vec();
         self.db
             .internal(|c| {
                 c.execute(
@@ -475,7 +485,7 @@ impl Inner {
 
     /// Runs one autocommit statement of a batch inside a savepoint, so that
     /// its failure undoes only itself.
-    fn run_in_savepoint(&mut self, statement: &crate::command::Statement) -> io::Result<Outcome> {
+    fn run_in_savepoint(&mut self, statement: &Statement) -> io::Result<Outcome> {
         self.db.internal(|c| c.execute_batch("SAVEPOINT _drsdb_statement")).map_err(to_io)?;
         let outcome = match self.db.run_collect(statement) {
             Ok(r) => Ok(r),
@@ -549,18 +559,18 @@ fn not_open(txn: &TxnId) -> Error {
 
 /// Reads the applied state recorded in a database.
 fn read_applied(c: &Connection) -> io::Result<(Option<LogId>, StoredMembership)> {
-    let row = c
-        .query_row("SELECT applied, membership FROM _drsdb_raft WHERE id = 0", [], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })
+    let row: Option<Vec<u8>> = c
+        .query_row("SELECT state FROM _drsdb_raft WHERE id = 0", [], |r| r.get(0))
         .optional()
-        .map_err(to_io)?;
-    let corrupt =
-        |e: serde_json::Error| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt applied state: {e}"));
-    match row {
-        None => Ok((None, StoredMembership::default())),
-        Some((a, m)) => Ok((serde_json::from_str(&a).map_err(corrupt)?, serde_json::from_str(&m).map_err(corrupt)?)),
-    }
+        .map_err(|e| match e.to_string().contains("no such column") {
+        // Format 1 kept the state as JSON columns.
+        true => io::Error::from(codec::check_format(1, "the database's applied state").unwrap_err()),
+        false => to_io(e),
+    })?;
+    let Some(row) = row else { return Ok((None, StoredMembership::default())) };
+    let state: pb::AppliedState = codec::decode(&row, "the applied state")?;
+    codec::check_format(state.format, "the database's applied state")?;
+    Ok((codec::opt_log_id_from_pb(state.applied), codec::stored_membership_from_pb(state.membership)?))
 }
 
 fn snapshot_file_name(meta: &SnapshotMeta) -> String {
@@ -581,8 +591,12 @@ fn record_snapshot(shared: &Shared, meta: &SnapshotMeta, path: &Path) -> io::Res
         }
     }
     let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let record = SnapshotRecord { meta: meta.clone(), file: file.clone() };
-    write_atomic(&shared.dir.join(SNAPSHOT_META_FILE), &serde_json::to_vec(&record).map_err(to_io)?)?;
+    let record = pb::SnapshotRecord {
+        format: codec::FORMAT_VERSION,
+        meta: Some(codec::snapshot_meta_to_pb(meta)),
+        file: file.clone(),
+    };
+    write_atomic(&shared.dir.join(SNAPSHOT_META_FILE), &record.encode_to_vec())?;
     for entry in std::fs::read_dir(&shared.dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if name.starts_with("snapshot-") && name.ends_with(".db") && name != file {
@@ -600,7 +614,9 @@ fn recorded_snapshot(shared: &Shared) -> io::Result<Option<SnapshotRecord>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(to_io)
+    let record: pb::SnapshotRecord = codec::decode(&bytes, "the snapshot record")?;
+    codec::check_format(record.format, "the snapshot record")?;
+    Ok(Some(SnapshotRecord { meta: codec::snapshot_meta_from_pb(record.meta)?, file: record.file }))
 }
 
 fn current_snapshot(shared: &Shared) -> io::Result<Option<Snapshot>> {
@@ -678,7 +694,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::Statement;
     use openraft::impls::leader_id_adv::LeaderId;
 
     fn log_id(index: u64) -> LogId {
@@ -686,15 +701,7 @@ mod tests {
     }
 
     fn stmt(sql: &str) -> Statement {
-        Statement {
-            sql: sql.into(),
-            params: vec![],
-            seed: 1,
-            now_ms: 0,
-            request_id: None,
-            schema_version: None,
-            memory_limit: None,
-        }
+        Statement { seed: 1, ..Statement::new(sql) }
     }
 
     fn apply(sm: &StateMachine, index: u64, command: Command) -> CommandResult {

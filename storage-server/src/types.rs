@@ -1,6 +1,6 @@
 //! The openraft type configuration shared by every group on a server.
 
-use crate::command::{Command, CommandResult};
+use drsdb_common::command::{Command, CommandResult};
 
 openraft::declare_raft_types!(
     /// Raft types of drsdb: commands are [`Command`]s, node ids are `u64`,
@@ -25,4 +25,4 @@ pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Typ
 /// Snapshot metadata.
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 /// An entry's payload.
-pub type Payload = openraft::EntryPayload<crate::command::Command, u64, openraft::BasicNode>;
+pub type Payload = openraft::EntryPayload<Command, u64, openraft::BasicNode>;

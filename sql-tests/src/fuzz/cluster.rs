@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use drsdb_client::local::{self, Layout, LocalCluster, Options};
+use drsdb_cli::local::{self, Layout, LocalCluster, Options};
+use drsdb_common::command::Statement;
 use drsdb_common::config::TlsConfig;
 use drsdb_common::tls::{self, Dialer};
 use drsdb_common::value;
@@ -168,7 +169,7 @@ impl Target {
             let read = async {
                 let mut client =
                     pb::storage_client::StorageClient::new(dialer.lazy(&addr)?).max_decoding_message_size(MAX_MESSAGE);
-                let request = pb::ReadRequest { group, sql: sql.into(), ..Default::default() };
+                let request = pb::ReadRequest { group, statement: Some(Statement::new(sql).into()) };
                 let mut parts = client.read(request).await?.into_inner();
                 let mut rows = Vec::new();
                 while let Some(part) = parts.message().await? {

@@ -519,41 +519,49 @@ fn value(rng: &mut Rng) -> pb::Value {
     pb::Value { kind }
 }
 
-/// A storage command as the storage server's JSON encoding has it.
-fn command_json(rng: &mut Rng) -> String {
-    let sql = rng.pick(STORAGE_SQL);
-    let params = match rng.below(4) {
-        0 => "[]".to_string(),
-        1 => "[{\"Integer\":1}]".to_string(),
-        2 => "[\"Null\",{\"Text\":\"x\"},{\"Blob\":\"AAE=\"}]".to_string(),
-        _ => "[{\"Real\":4607182418800017408}]".to_string(),
-    };
-    let statement = format!(
-        "{{\"sql\":\"{sql}\",\"params\":{params},\"seed\":{},\"now_ms\":{},\"request_id\":{},\"schema_version\":{}}}",
-        rng.next_u64(),
-        rng.range(0, 1 << 45),
-        if rng.chance(50) { "null".to_string() } else { format!("\"fz-{}\"", rng.next_u64()) },
-        if rng.chance(70) { "null".to_string() } else { (rng.next_u64() as i64).to_string() },
-    );
-    // Never a Begin: a transaction would hold the group until it timed out.
-    match rng.below(6) {
-        0 => "{\"Commit\":\"01FUZZ00000000000000000000\"}".to_string(),
-        1 => "{\"Rollback\":\"01FUZZ00000000000000000000\"}".to_string(),
-        2 => format!("{{\"InTxn\":[\"01FUZZ00000000000000000000\",{statement}]}}"),
-        _ => format!("{{\"Batch\":[{statement}]}}"),
+/// A statement as the storage tier takes it.
+fn statement(rng: &mut Rng, sql: &[&str]) -> pb::Statement {
+    pb::Statement {
+        sql: rng.pick(sql).to_string(),
+        params: (0..rng.below(3)).map(|_| value(rng)).collect(),
+        seed: rng.next_u64(),
+        now_ms: rng.range(0, 1 << 45),
+        request_id: rng.chance(50).then(|| format!("fz-{}", rng.next_u64())),
+        schema_version: rng.chance(30).then(|| rng.next_u64() as i64),
+        memory_limit: rng.chance(30).then(|| rng.next_u64() >> rng.below(64)),
     }
 }
 
-/// A Raft payload: something like openraft's JSON, or noise.
-fn raft_payload(rng: &mut Rng) -> Vec<u8> {
-    let json = match rng.below(5) {
-        0 => "{\"vote\":{\"leader_id\":{\"term\":99,\"node_id\":1},\"committed\":true},\"prev_log_id\":null,\"entries\":[],\"leader_commit\":null}",
-        1 => "{\"vote\":{\"leader_id\":{\"term\":1000000,\"node_id\":9},\"committed\":false},\"last_log_id\":null}",
-        2 => "{}",
-        3 => "null",
-        _ => return rng.some_bytes(64),
+/// A storage command.
+fn command(rng: &mut Rng) -> pb::Command {
+    use pb::command::Kind;
+    const TXN: &str = "01FUZZ00000000000000000000";
+    // Never a Begin: a transaction would hold the group until it timed out.
+    let kind = match rng.below(6) {
+        0 => Kind::Commit(TXN.into()),
+        1 => Kind::Rollback(TXN.into()),
+        2 => Kind::InTxn(pb::InTransaction { txn: TXN.into(), statement: Some(statement(rng, STORAGE_SQL)) }),
+        _ => Kind::Batch(pb::Batch { statements: vec![statement(rng, STORAGE_SQL)] }),
     };
-    json.as_bytes().to_vec()
+    pb::Command { kind: Some(kind) }
+}
+
+/// A Raft vote from a leader of a far term.
+fn vote(rng: &mut Rng) -> Option<pb::Vote> {
+    rng.chance(80).then(|| pb::Vote {
+        term: rng.range(0, 1_000_000) as u64,
+        node: rng.below(10) as u64,
+        committed: rng.chance(50),
+    })
+}
+
+/// A log id.
+fn log_id(rng: &mut Rng) -> Option<pb::LogId> {
+    rng.chance(50).then(|| pb::LogId {
+        term: rng.below(100) as u64,
+        node: rng.below(10) as u64,
+        index: rng.below(1000) as u64,
+    })
 }
 
 /// What valid messages are built from, learned from the cluster.
@@ -591,17 +599,11 @@ impl Material {
             .encode_to_vec(),
             Method::IndexServers => pb::IndexServersRequest {}.encode_to_vec(),
             Method::Write => {
-                pb::WriteRequest { group: group(rng, &self.data_groups), command: command_json(rng).into_bytes() }
-                    .encode_to_vec()
+                pb::WriteRequest { group: group(rng, &self.data_groups), command: Some(command(rng)) }.encode_to_vec()
             }
             Method::Read => pb::ReadRequest {
                 group: if rng.chance(70) { group(rng, &self.data_groups) } else { 0 },
-                sql: rng.pick(&STORAGE_SQL[..5]).to_string(),
-                params: (0..rng.below(3)).map(|_| value(rng)).collect(),
-                seed: rng.next_u64(),
-                now_ms: rng.range(0, 1 << 45),
-                schema_version: rng.chance(30).then(|| rng.next_u64() as i64),
-                memory_limit: rng.chance(30).then(|| rng.next_u64() >> rng.below(64)),
+                statement: Some(statement(rng, &STORAGE_SQL[..5])),
             }
             .encode_to_vec(),
             Method::ReadFragment => match self.tickets.is_empty() || rng.chance(20) {
@@ -609,13 +611,27 @@ impl Material {
                 false => rng.pick(&self.tickets).encode_to_vec(),
             },
             Method::Status => pb::StatusRequest {}.encode_to_vec(),
-            Method::AppendEntries | Method::Vote => {
-                pb::RaftMessage { group: NO_GROUP, payload: raft_payload(rng) }.encode_to_vec()
+            Method::AppendEntries => pb::AppendEntriesRequest {
+                group: NO_GROUP,
+                vote: vote(rng),
+                prev_log_id: log_id(rng),
+                entries: Vec::new(),
+                leader_commit: log_id(rng),
             }
-            Method::Snapshot => {
-                pb::SnapshotChunk { group: NO_GROUP, header: raft_payload(rng), data: rng.some_bytes(256) }
-                    .encode_to_vec()
+            .encode_to_vec(),
+            Method::Vote => pb::VoteRequest {
+                group: NO_GROUP,
+                vote: vote(rng),
+                last_log_id: log_id(rng),
+                leadership_transfer: rng.chance(10),
             }
+            .encode_to_vec(),
+            Method::Snapshot => pb::SnapshotChunk {
+                group: NO_GROUP,
+                header: Some(pb::SnapshotHeader { vote: vote(rng), meta: None }),
+                data: rng.some_bytes(256),
+            }
+            .encode_to_vec(),
         }
     }
 
@@ -625,7 +641,8 @@ impl Material {
     /// group). Messages that do not decode are refused by the server.
     fn safe(&self, method: Method, bytes: &[u8]) -> bool {
         let group = match method {
-            Method::AppendEntries | Method::Vote => pb::RaftMessage::decode(bytes).map(|m| m.group),
+            Method::AppendEntries => pb::AppendEntriesRequest::decode(bytes).map(|m| m.group),
+            Method::Vote => pb::VoteRequest::decode(bytes).map(|m| m.group),
             Method::Snapshot => pb::SnapshotChunk::decode(bytes).map(|m| m.group),
             Method::Write => pb::WriteRequest::decode(bytes).map(|m| m.group),
             _ => return true,
@@ -733,7 +750,7 @@ async fn run_async(args: Args) -> anyhow::Result<bool> {
         let mut messages = vec![Bytes::from(body.clone())];
         if method == Method::Snapshot {
             for _ in 0..rng.below(3) {
-                let chunk = pb::SnapshotChunk { group: NO_GROUP, header: Vec::new(), data: rng.some_bytes(1024) };
+                let chunk = pb::SnapshotChunk { group: NO_GROUP, header: None, data: rng.some_bytes(1024) };
                 messages.push(Bytes::from(chunk.encode_to_vec()));
             }
         }

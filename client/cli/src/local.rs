@@ -21,7 +21,7 @@ use drsdb_common::config::{self, IndexConfig, Member, StorageConfig, TlsConfig};
 use drsdb_common::tls;
 use serde::{Deserialize, Serialize};
 
-use crate::Client;
+use drsdb_client::Client;
 
 /// Certificates, inside the data directory.
 pub const CERTS_DIR: &str = "certs";
@@ -248,7 +248,7 @@ impl LocalCluster {
     }
 
     /// A client over every index server.
-    pub async fn client(&self) -> crate::Result<Client> {
+    pub async fn client(&self) -> drsdb_common::Result<Client> {
         Client::connect(&self.layout.index, &self.client_tls).await
     }
 

@@ -15,8 +15,8 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::command::{Column, Statement, StatementResult};
 use crate::{clock, heap, sum};
+use drsdb_common::command::{Column, Statement, StatementResult};
 
 /// Prefix of drsdb's own tables inside a group's database; user SQL may
 /// not name them.

@@ -114,7 +114,7 @@ impl ConnectArgs {
     pub fn resolve(&self) -> anyhow::Result<(Vec<String>, TlsConfig)> {
         let mut tls = match (&self.data, &self.certs) {
             (_, Some(dir)) => tls::client_config_in(dir),
-            (Some(data), None) => tls::client_config_in(&data.join(drsdb_client::local::CERTS_DIR)),
+            (Some(data), None) => tls::client_config_in(&data.join(drsdb_cli::local::CERTS_DIR)),
             (None, None) => tls::client_config_in(PathBuf::from("certs").as_path()),
         };
         if let Some(p) = &self.ca {
@@ -130,7 +130,7 @@ impl ConnectArgs {
         let servers = if !self.connect.is_empty() {
             self.connect.clone()
         } else if let Some(data) = &self.data {
-            drsdb_client::local::Layout::read(data)?.index
+            drsdb_cli::local::Layout::read(data)?.index
         } else {
             anyhow::bail!("say where the cluster is: --data DIR (a `drsdb local` directory) or --connect HOST:PORT");
         };
@@ -162,10 +162,10 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::ServeStorage { config, listen_fd }) => {
-            drsdb_client::local::serve(drsdb_client::local::SERVE_STORAGE, &config, listen_fd)
+            drsdb_cli::local::serve(drsdb_cli::local::SERVE_STORAGE, &config, listen_fd)
         }
         Some(Command::ServeIndex { config, listen_fd }) => {
-            drsdb_client::local::serve(drsdb_client::local::SERVE_INDEX, &config, listen_fd)
+            drsdb_cli::local::serve(drsdb_cli::local::SERVE_INDEX, &config, listen_fd)
         }
         None => shell::run(&cli.shell.connect, cli.shell.execute, cli.shell.file, cli.shell.mode),
     };

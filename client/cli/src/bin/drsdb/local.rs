@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use drsdb_client::local::{LocalCluster, Options, CERTS_DIR};
+use drsdb_cli::local::{LocalCluster, Options, CERTS_DIR};
 
 use crate::shell;
 

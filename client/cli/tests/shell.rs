@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use drsdb_client::local::{LocalCluster, Options};
+use drsdb_cli::local::{LocalCluster, Options};
 
 fn drsdb() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_drsdb"))

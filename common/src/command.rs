@@ -1,0 +1,340 @@
+//! The typed contract between the SQL tier and the storage tier: the
+//! statement an index server sends, the write commands a group's Raft log
+//! carries, and their outcomes.
+//!
+//! Both tiers work with these Rust types; on the wire and in the log they
+//! are the protobuf messages of `proto/storage.proto`, converted here and
+//! nowhere else. Everything a replica needs to apply a command identically
+//! is inside it: the SQL text, the parameters, the instant every clock
+//! reading of the statement returns, and the seed for `random()`,
+//! `randomblob()` and `ulid()`, all chosen by the index server before
+//! replication.
+
+use std::fmt;
+
+use drsdb_proto as pb;
+
+use crate::{Error, Result, TxnId, Value};
+
+/// One SQL statement with everything needed to run it deterministically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// Exactly one SQL statement, as the client wrote it.
+    pub sql: String,
+    /// Values for its placeholders.
+    pub params: Vec<Value>,
+    /// Seeds the statement's random functions (chosen before replication).
+    pub seed: u64,
+    /// The statement's wall-clock time in ms since the Unix epoch: every
+    /// clock reading of the statement returns it.
+    pub now_ms: i64,
+    /// Deduplication id: an autocommit statement whose id was applied in
+    /// the last [`REQUEST_MEMORY_MS`] is not run again; its first outcome
+    /// is returned.
+    pub request_id: Option<String>,
+    /// The schema version (`sql::schema_fingerprint`) of the catalog the
+    /// statement was planned with; when set and the group's schema has
+    /// another, the statement is refused with [`Error::StaleSchema`]
+    /// before it runs. Replicas of a group share their schema, so they
+    /// refuse alike.
+    pub schema_version: Option<i64>,
+    /// Most memory, in bytes, the statement's large heap blocks may hold
+    /// at once; `None` means the storage tier's default
+    /// ([`crate::config::DEFAULT_STATEMENT_MEMORY_MB`]). Carried in the
+    /// log, so every replica holds a write to the same budget and fails it
+    /// alike.
+    pub memory_limit: Option<u64>,
+}
+
+/// How long an applied request id is remembered for deduplication
+/// (measured on the statements' own clocks, so the same on every replica).
+pub const REQUEST_MEMORY_MS: i64 = 10 * 60 * 1000;
+
+impl Statement {
+    /// A statement of `sql` with no parameters, seed 0 at instant 0, and
+    /// none of the optional fields; callers set what they need.
+    pub fn new(sql: impl Into<String>) -> Statement {
+        Statement {
+            sql: sql.into(),
+            params: Vec::new(),
+            seed: 0,
+            now_ms: 0,
+            request_id: None,
+            schema_version: None,
+            memory_limit: None,
+        }
+    }
+}
+
+/// A command in a group's log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Autocommit statements from several clients, applied in one SQLite
+    /// transaction (group commit); each statement is atomic on its own.
+    Batch(Vec<Statement>),
+    /// Opens an explicit transaction; it holds the group until it ends.
+    Begin(TxnId),
+    /// A statement inside an open transaction.
+    InTxn(TxnId, Statement),
+    /// Commits a transaction.
+    Commit(TxnId),
+    /// Rolls a transaction back (by the client's ROLLBACK, or by the
+    /// leader when the transaction sat idle too long).
+    Rollback(TxnId),
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Batch(s) => write!(f, "batch of {}", s.len()),
+            Command::Begin(t) => write!(f, "begin {t}"),
+            Command::InTxn(t, s) => write!(f, "in {t}: {}", s.sql),
+            Command::Commit(t) => write!(f, "commit {t}"),
+            Command::Rollback(t) => write!(f, "rollback {t}"),
+        }
+    }
+}
+
+/// A result column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Name as SQLite reports it.
+    pub name: String,
+    /// Declared type; empty for expressions.
+    pub decl_type: String,
+}
+
+/// What one statement produced.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StatementResult {
+    /// Result columns (empty for statements without rows).
+    pub columns: Vec<Column>,
+    /// Result rows (`RETURNING`, or a query inside a transaction).
+    pub rows: Vec<Vec<Value>>,
+    /// Rows changed.
+    pub rows_affected: u64,
+    /// `last_insert_rowid()` after the statement.
+    pub last_insert_rowid: i64,
+}
+
+/// The outcome of one statement.
+pub type Outcome = Result<StatementResult, Error>;
+
+/// The result of applying one command.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum CommandResult {
+    /// Entries that carry no command (blank, membership).
+    #[default]
+    None,
+    /// One outcome per statement of a `Batch`, in order.
+    Batch(Vec<Outcome>),
+    /// A transaction holds the group; the command did nothing and must be
+    /// proposed again once the group is free.
+    Busy,
+    /// The outcome of `Begin`, `InTxn`, `Commit` or `Rollback`.
+    Txn(Outcome),
+}
+
+/// A required field missing from a message: the peer sent something this
+/// version cannot read.
+fn missing(what: &str) -> Error {
+    Error::invalid(format!("malformed message: {what} is missing"))
+}
+
+impl From<Statement> for pb::Statement {
+    fn from(s: Statement) -> Self {
+        pb::Statement {
+            sql: s.sql,
+            params: s.params.into_iter().map(Into::into).collect(),
+            seed: s.seed,
+            now_ms: s.now_ms,
+            request_id: s.request_id,
+            schema_version: s.schema_version,
+            memory_limit: s.memory_limit,
+        }
+    }
+}
+
+impl From<pb::Statement> for Statement {
+    fn from(s: pb::Statement) -> Self {
+        Statement {
+            sql: s.sql,
+            params: s.params.into_iter().map(Into::into).collect(),
+            seed: s.seed,
+            now_ms: s.now_ms,
+            request_id: s.request_id,
+            schema_version: s.schema_version,
+            memory_limit: s.memory_limit,
+        }
+    }
+}
+
+impl From<Command> for pb::Command {
+    fn from(c: Command) -> Self {
+        use pb::command::Kind;
+        let kind = match c {
+            Command::Batch(statements) => {
+                Kind::Batch(pb::Batch { statements: statements.into_iter().map(Into::into).collect() })
+            }
+            Command::Begin(t) => Kind::Begin(t.0),
+            Command::InTxn(t, s) => Kind::InTxn(pb::InTransaction { txn: t.0, statement: Some(s.into()) }),
+            Command::Commit(t) => Kind::Commit(t.0),
+            Command::Rollback(t) => Kind::Rollback(t.0),
+        };
+        pb::Command { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<pb::Command> for Command {
+    type Error = Error;
+    fn try_from(c: pb::Command) -> Result<Self> {
+        use pb::command::Kind;
+        Ok(match c.kind.ok_or_else(|| missing("the command"))? {
+            Kind::Batch(b) => Command::Batch(b.statements.into_iter().map(Into::into).collect()),
+            Kind::Begin(t) => Command::Begin(TxnId(t)),
+            Kind::InTxn(t) => Command::InTxn(TxnId(t.txn), t.statement.ok_or_else(|| missing("the statement"))?.into()),
+            Kind::Commit(t) => Command::Commit(TxnId(t)),
+            Kind::Rollback(t) => Command::Rollback(TxnId(t)),
+        })
+    }
+}
+
+impl From<Column> for pb::Column {
+    fn from(c: Column) -> Self {
+        pb::Column { name: c.name, decl_type: c.decl_type }
+    }
+}
+
+impl From<pb::Column> for Column {
+    fn from(c: pb::Column) -> Self {
+        Column { name: c.name, decl_type: c.decl_type }
+    }
+}
+
+impl From<StatementResult> for pb::StatementResult {
+    fn from(r: StatementResult) -> Self {
+        pb::StatementResult {
+            columns: r.columns.into_iter().map(Into::into).collect(),
+            rows: crate::value::to_rows(r.rows).rows,
+            rows_affected: r.rows_affected,
+            last_insert_rowid: r.last_insert_rowid,
+        }
+    }
+}
+
+impl From<pb::StatementResult> for StatementResult {
+    fn from(r: pb::StatementResult) -> Self {
+        StatementResult {
+            columns: r.columns.into_iter().map(Into::into).collect(),
+            rows: crate::value::rows_from(pb::Rows { rows: r.rows }).collect(),
+            rows_affected: r.rows_affected,
+            last_insert_rowid: r.last_insert_rowid,
+        }
+    }
+}
+
+/// An outcome as its message.
+pub fn outcome_to_pb(o: Outcome) -> pb::Outcome {
+    use pb::outcome::Kind;
+    pb::Outcome {
+        kind: Some(match o {
+            Ok(r) => Kind::Ok(r.into()),
+            Err(e) => Kind::Error(e.into()),
+        }),
+    }
+}
+
+/// The outcome a message holds.
+pub fn outcome_from_pb(o: pb::Outcome) -> Result<Outcome> {
+    use pb::outcome::Kind;
+    Ok(match o.kind.ok_or_else(|| missing("the outcome"))? {
+        Kind::Ok(r) => Ok(r.into()),
+        Kind::Error(e) => Err(e.into()),
+    })
+}
+
+impl From<CommandResult> for pb::CommandResult {
+    fn from(r: CommandResult) -> Self {
+        use pb::command_result::Kind;
+        let kind = match r {
+            CommandResult::None => None,
+            CommandResult::Batch(outcomes) => {
+                Some(Kind::Batch(pb::Outcomes { outcomes: outcomes.into_iter().map(outcome_to_pb).collect() }))
+            }
+            CommandResult::Busy => Some(Kind::Busy(pb::Busy {})),
+            CommandResult::Txn(o) => Some(Kind::Txn(outcome_to_pb(o))),
+        };
+        pb::CommandResult { kind }
+    }
+}
+
+impl TryFrom<pb::CommandResult> for CommandResult {
+    type Error = Error;
+    fn try_from(r: pb::CommandResult) -> Result<Self> {
+        use pb::command_result::Kind;
+        Ok(match r.kind {
+            None => CommandResult::None,
+            Some(Kind::Batch(b)) => {
+                CommandResult::Batch(b.outcomes.into_iter().map(outcome_from_pb).collect::<Result<_>>()?)
+            }
+            Some(Kind::Busy(_)) => CommandResult::Busy,
+            Some(Kind::Txn(o)) => CommandResult::Txn(outcome_from_pb(o)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement() -> Statement {
+        Statement {
+            sql: "INSERT INTO t VALUES (?, ?)".into(),
+            params: vec![Value::Integer(-3), Value::Blob(vec![0, 255])],
+            seed: 42,
+            now_ms: -1,
+            request_id: Some("s1-7".into()),
+            schema_version: Some(-9),
+            memory_limit: Some(64 << 20),
+        }
+    }
+
+    #[test]
+    fn every_command_round_trips() {
+        let txn = TxnId("01J".into());
+        for c in [
+            Command::Batch(vec![statement(), Statement::new("SELECT 1")]),
+            Command::Begin(txn.clone()),
+            Command::InTxn(txn.clone(), statement()),
+            Command::Commit(txn.clone()),
+            Command::Rollback(txn),
+        ] {
+            assert_eq!(Command::try_from(pb::Command::from(c.clone())), Ok(c));
+        }
+    }
+
+    #[test]
+    fn every_result_round_trips() {
+        let rows = StatementResult {
+            columns: vec![Column { name: "a".into(), decl_type: "INT".into() }],
+            rows: vec![vec![Value::Null, Value::Real(-0.0)]],
+            rows_affected: 2,
+            last_insert_rowid: -5,
+        };
+        for r in [
+            CommandResult::None,
+            CommandResult::Busy,
+            CommandResult::Batch(vec![Ok(rows.clone()), Err(Error::StaleSchema { version: 3 })]),
+            CommandResult::Txn(Ok(rows)),
+            CommandResult::Txn(Err(Error::invalid("UNIQUE constraint failed: t.a"))),
+        ] {
+            assert_eq!(CommandResult::try_from(pb::CommandResult::from(r.clone())), Ok(r));
+        }
+    }
+
+    #[test]
+    fn a_command_without_its_kind_is_refused() {
+        let e = Command::try_from(pb::Command { kind: None }).unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(m) if m.contains("missing")));
+    }
+}

@@ -1,0 +1,384 @@
+//! Executes one statement: classify it, fix its clock and random seed,
+//! check the catalog, plan it (`planner`), carry the plan out over the
+//! shards through the storage tier, and stream the result back.
+//!
+//! This module dispatches; each kind of work has its own:
+//! - `txn`: a statement on one shard, autocommit or in a transaction, and
+//!   BEGIN/COMMIT/ROLLBACK;
+//! - `write`: INSERTs split by shard, UPDATE/DELETE broadcast;
+//! - `ddl`: schema changes on every shard, and their undo;
+//! - `scatter`: queries split over shards and combined, or handed to the
+//!   client as fragments;
+//! - `gather`: queries answered in a scratch database here;
+//! - `output`: the result parts sent to the client.
+//!
+//! The executor holds the storage tier as a `dyn StorageTier` (gRPC in
+//! production, in-process in tests) and reads no process-wide state.
+
+mod ddl;
+mod gather;
+mod output;
+mod scatter;
+mod txn;
+mod write;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use drsdb_common::command::{Command, Statement};
+use drsdb_common::config::IndexConfig;
+use drsdb_common::sql::{self, Kind};
+use drsdb_common::ticket::TicketKey;
+use drsdb_common::tier::StorageTier;
+use drsdb_common::{Error, NodeId, Result, TxnId, Value};
+use drsdb_proto as pb;
+use drsdb_sqlite::Failure;
+
+pub use output::{done, send_rows, PartSender};
+
+use crate::catalog::Catalog;
+use crate::introspection;
+use crate::keys::{Keys, RowidGenerator};
+use crate::meta;
+use crate::metrics::Metrics;
+use crate::planner::{self, Context, Plan};
+use output::send;
+
+/// An index server counts as alive for this many announce intervals.
+const LIVENESS_INTERVALS: i64 = 3;
+
+/// Runs statements for any client. Holds no per-client state: a
+/// transaction is named by the id the client sends with each statement.
+pub struct Executor {
+    /// The storage tier.
+    pub tier: Arc<dyn StorageTier>,
+    catalog: RwLock<Arc<Catalog>>,
+    /// The number of data shards; 0 until read from the meta group.
+    shards: AtomicUsize,
+    rows_per_batch: usize,
+    /// Every statement's memory budget in bytes (`statement_memory_mb`).
+    statement_memory: u64,
+    rowids: RowidGenerator,
+    /// Signs direct-streaming tickets; `None`: every row is relayed.
+    tickets: Option<Tickets>,
+    /// What this server has done.
+    pub metrics: Metrics,
+    /// This server's address as clients reach it.
+    pub address: String,
+    /// An index server that has not announced itself for this long is
+    /// taken for dead (`LIVENESS_INTERVALS` announce intervals).
+    liveness_ms: i64,
+}
+
+/// How tickets for direct streaming are made.
+pub struct Tickets {
+    /// The cluster's ticket key.
+    pub key: TicketKey,
+    /// How long a ticket is valid, in milliseconds.
+    pub ttl_ms: i64,
+}
+
+impl Executor {
+    /// An executor over `tier`, configured by `config`, for the index
+    /// server clients reach at `address`. With `direct_streaming` (and the
+    /// ticket key it needs), results that are a concatenation or merge of
+    /// shard results go to clients as fragments.
+    pub fn new(tier: Arc<dyn StorageTier>, config: &IndexConfig, address: String) -> Result<Executor> {
+        let tickets = match config.direct_streaming {
+            true => Some(Tickets { key: TicketKey::load(&config.ticket_key)?, ttl_ms: config.ticket_ttl_ms as i64 }),
+            false => None,
+        };
+        Ok(Executor {
+            tier,
+            catalog: RwLock::new(Arc::new(Catalog::default())),
+            shards: AtomicUsize::new(0),
+            rows_per_batch: config.rows_per_batch,
+            statement_memory: config.statement_memory_mb << 20,
+            rowids: RowidGenerator::new(rand::random()),
+            tickets,
+            metrics: Metrics::default(),
+            address,
+            liveness_ms: LIVENESS_INTERVALS * config.announce_interval_ms as i64,
+        })
+    }
+
+    /// Creates the meta tables and records the shard map (what the storage
+    /// servers were configured with), unless already done; then reads the
+    /// shard count. The index server serves statements once this worked.
+    pub async fn prepare(&self) -> Result<()> {
+        meta::ensure_schema(self.tier.as_ref()).await?;
+        let status = self.tier.status().await.into_iter().find_map(|s| s.status.ok().filter(|s| !s.nodes.is_empty()));
+        let status = status.ok_or_else(|| Error::unavailable("no storage server answers; check storage_seeds"))?;
+        let nodes: Vec<NodeId> = status.nodes.iter().map(|n| NodeId(n.id)).collect();
+        meta::ensure_shard_map(self.tier.as_ref(), &nodes, status.shards as usize).await?;
+        self.shard_count().await?;
+        Ok(())
+    }
+
+    /// Index servers that announced themselves within the liveness window.
+    pub async fn live_index_servers(&self) -> Result<Vec<String>> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        meta::live_index_servers(self.tier.as_ref(), now_ms - self.liveness_ms).await
+    }
+
+    /// The cached catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock").clone()
+    }
+
+    fn set_catalog(&self, c: Catalog) {
+        *self.catalog.write().expect("catalog lock") = Arc::new(c);
+    }
+
+    /// Reloads the catalog from the meta group.
+    pub async fn refresh_catalog(&self) -> Result<()> {
+        if let Some(c) = meta::load_catalog(self.tier.as_ref(), &self.catalog()).await? {
+            self.set_catalog(c);
+        }
+        Ok(())
+    }
+
+    /// The number of data shards, read from the meta group once.
+    pub async fn shard_count(&self) -> Result<usize> {
+        let known = self.shards.load(Ordering::Relaxed);
+        if known > 0 {
+            return Ok(known);
+        }
+        let n = meta::shard_count(self.tier.as_ref()).await?;
+        if n == 0 {
+            return Err(Error::unavailable("the cluster's shard map is not written yet; try again shortly"));
+        }
+        self.shards.store(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Makes sure the catalog knows every table `sql` names: when the cache
+    /// misses one, reloads it from the meta group, then from the first
+    /// shard's own schema (which also heals a catalog that missed a
+    /// change). A write naming a table that is still unknown fails; a read
+    /// goes on and fails on a shard with SQLite's message.
+    pub(crate) async fn ensure_known(&self, sql: &str, kind: Kind) -> Result<()> {
+        let targets = planner::relations(sql);
+        let missing = |c: &Catalog| targets.iter().find(|t| c.relation(t).is_none()).cloned();
+        if missing(&self.catalog()).is_none() {
+            return Ok(());
+        }
+        self.refresh_catalog().await?;
+        if missing(&self.catalog()).is_none() {
+            return Ok(());
+        }
+        let synced = meta::sync_catalog(self.tier.as_ref()).await?;
+        let result = match missing(&synced) {
+            Some(t) if kind == Kind::Write => Err(Error::invalid(format!("no such table: {t}"))),
+            _ => Ok(()),
+        };
+        self.set_catalog(synced);
+        result
+    }
+
+    /// Runs one statement, sending its result parts to `out`.
+    pub async fn execute(&self, req: pb::ExecuteRequest, out: &PartSender) -> Result<()> {
+        sql::check_size(&req.sql)?;
+        let kind = sql::classify(&req.sql)?;
+        let txn = (!req.txn_id.is_empty()).then(|| TxnId(req.txn_id.clone()));
+        // Reads inside a transaction must see its writes: they run in its
+        // shards' logs, through here.
+        let direct = self.tickets.is_some() && req.accept_fragments && txn.is_none();
+        let statement = Statement {
+            sql: req.sql,
+            params: req.params.into_iter().map(Into::into).collect(),
+            seed: rand::random(),
+            now_ms: chrono::Utc::now().timestamp_millis(),
+            request_id: (!req.request_id.is_empty()).then_some(req.request_id),
+            schema_version: None,
+            memory_limit: Some(self.statement_memory),
+        };
+        if kind == Kind::Show {
+            return introspection::show(self, &statement.sql, out, self.rows_per_batch).await;
+        }
+        let shards = self.shard_count().await?;
+        match (kind, &txn) {
+            (Kind::Begin, Some(_)) => Err(Error::invalid("cannot start a transaction within a transaction")),
+            (Kind::Commit, None) => Err(Error::invalid("cannot commit - no transaction is active")),
+            (Kind::Rollback, None) => Err(Error::invalid("cannot rollback - no transaction is active")),
+            (Kind::Begin, None) => {
+                // The client's request id names the transaction, so that a
+                // client whose BEGIN reply was lost can still roll it back.
+                let t = TxnId(statement.request_id.clone().unwrap_or_else(|| ulid::Ulid::generate().to_string()));
+                self.begin(&t, shards).await?;
+                // The transaction holds every shard now: the schema it sees
+                // is this one until its own DDL.
+                if let Ok(c) = meta::sync_catalog(self.tier.as_ref()).await {
+                    self.set_catalog(c);
+                }
+                send(out, done(0, 0, Some(&t))).await
+            }
+            (Kind::Commit, Some(t)) => {
+                self.end(shards, |_| Command::Commit(t.clone())).await?;
+                send(out, done(0, 0, None)).await
+            }
+            (Kind::Rollback, Some(t)) => {
+                self.end(shards, |_| Command::Rollback(t.clone())).await?;
+                send(out, done(0, 0, None)).await
+            }
+            _ => {
+                if let Some(inner) = explained(&statement.sql) {
+                    let inner_kind = sql::classify(inner)?;
+                    if matches!(inner_kind, Kind::Read | Kind::Write) {
+                        self.ensure_known(inner, inner_kind).await?;
+                    }
+                    let direct = direct && inner_kind == Kind::Read;
+                    let plan = self.plan(&self.catalog(), inner, &statement.params, inner_kind, shards, direct)?;
+                    let rows = plan.to_string().lines().map(|l| vec![Value::Text(l.to_string())]).collect();
+                    let columns = vec![pb::Column { name: "plan".into(), decl_type: String::new() }];
+                    return send_rows(out, columns, rows, self.rows_per_batch, done(0, 0, txn.as_ref())).await;
+                }
+                if matches!(kind, Kind::Read | Kind::Write) {
+                    self.ensure_known(&statement.sql, kind).await?;
+                }
+                self.plan_and_run(kind, statement, txn.as_ref(), shards, direct && kind == Kind::Read, out).await
+            }
+        }
+    }
+
+    /// Plans and runs a statement. Reads and writes carry the schema
+    /// version of the catalog they were planned with; when a shard's
+    /// schema has moved on (another index server's DDL), the catalog is
+    /// reloaded and the statement planned again. Nothing has reached the
+    /// client then: every shard checks before it answers. (A read handed
+    /// out as fragments is checked when the client opens them; the client
+    /// then sends it again, asking for relayed rows.)
+    async fn plan_and_run(
+        &self,
+        kind: Kind,
+        statement: Statement,
+        txn: Option<&TxnId>,
+        shards: usize,
+        direct: bool,
+        out: &PartSender,
+    ) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            let catalog = self.catalog();
+            let plan = self.plan(&catalog, &statement.sql, &statement.params, kind, shards, direct)?;
+            tracing::debug!(sql = %statement.sql, plan = %plan, "planned");
+            let mut planned = statement.clone();
+            // Inside a transaction (which holds every shard, so no other
+            // DDL interleaves; its catalog is read at BEGIN) its own DDL
+            // would make the check refuse its later statements.
+            if matches!(kind, Kind::Read | Kind::Write) && txn.is_none() {
+                planned.schema_version = catalog.version;
+            }
+            match self.run(plan, kind, planned, txn, shards, out).await {
+                Err(Error::StaleSchema { version }) if txn.is_none() && attempt < STALE_SCHEMA_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(version, attempt, "schema changed under the plan; reloading the catalog");
+                    tokio::time::sleep(STALE_SCHEMA_BACKOFF * attempt).await;
+                    self.set_catalog(meta::sync_catalog(self.tier.as_ref()).await?);
+                }
+                Err(Error::StaleSchema { version }) => {
+                    return Err(Error::Retryable(format!(
+                        "the schema changed while the statement ran (a shard is at version {version}){}; run it \
+                         again, and if this persists, a schema change did not reach every shard: run it again \
+                         (with IF EXISTS / IF NOT EXISTS)",
+                        if txn.is_some() { " inside the transaction: roll back and retry the transaction" } else { "" }
+                    )))
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn plan(
+        &self,
+        catalog: &Catalog,
+        sql: &str,
+        params: &[Value],
+        kind: Kind,
+        shards: usize,
+        direct: bool,
+    ) -> Result<Plan> {
+        let numbered = sql::number_placeholders(sql)?;
+        let keys = Keys { params };
+        planner::plan(&Context { catalog, shards, keys: &keys, direct }, &numbered, kind)
+    }
+
+    async fn run(
+        &self,
+        plan: Plan,
+        kind: Kind,
+        statement: Statement,
+        txn: Option<&TxnId>,
+        shards: usize,
+        out: &PartSender,
+    ) -> Result<()> {
+        match plan {
+            Plan::Single { group, .. } if kind == Kind::Read && txn.is_none() => {
+                self.stream_read(group, statement, out).await
+            }
+            Plan::Gather { tables, copies, filters, groups } => {
+                let db = self.gather(&tables, &copies, &filters, &groups, &statement, txn).await?;
+                self.run_here(db, statement, txn, out).await
+            }
+            Plan::Scatter { groups, split, direct: true } => self.hand_out(&groups, split, statement, out).await,
+            Plan::Scatter { groups, split, direct: false } => self.scatter(&groups, split, statement, txn, out).await,
+            Plan::Schema { groups, creates, undo } => {
+                let r = self.schema_change(statement, &groups, creates, undo, txn).await?;
+                self.send_result(out, r, txn).await
+            }
+            Plan::Insert { table, source } => {
+                let r = self.insert(&table, source, statement, txn, shards).await?;
+                self.send_result(out, r, txn).await
+            }
+            Plan::Single { group, .. } => {
+                let r = self.apply(group, statement, txn).await?;
+                self.send_result(out, r, txn).await
+            }
+            Plan::Broadcast { groups, same_seed } => {
+                let r = self.broadcast(&groups, statement, same_seed, txn).await?;
+                self.send_result(out, r, txn).await
+            }
+        }
+    }
+}
+
+/// How often a statement is planned again after a shard reports that
+/// its schema changed, and the pause before the first retry (then longer
+/// with each attempt).
+const STALE_SCHEMA_RETRIES: u32 = 5;
+
+const STALE_SCHEMA_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// `EXPLAIN stmt` (but not SQLite's `EXPLAIN QUERY PLAN`): the statement.
+fn explained(sql: &str) -> Option<&str> {
+    let trimmed = sql.trim_start();
+    let head = trimmed.get(..7)?;
+    if !head.eq_ignore_ascii_case("EXPLAIN") || !trimmed[7..].starts_with(char::is_whitespace) {
+        return None;
+    }
+    let rest = trimmed[7..].trim_start();
+    let query_plan = rest.get(..5).is_some_and(|w| w.eq_ignore_ascii_case("QUERY"));
+    (!query_plan).then_some(rest)
+}
+
+/// `statement` with other SQL, bound to the parameters that SQL names.
+pub(super) fn with_sql(statement: &Statement, sql: String) -> Result<Statement> {
+    let mut params = statement.params.clone();
+    params.truncate(sql::placeholder_count(&sql)?);
+    Ok(Statement { sql, params, request_id: None, ..statement.clone() })
+}
+
+pub(super) fn failure(f: Failure) -> Error {
+    match f {
+        Failure::Statement(e) => e,
+        Failure::Environment(e) => Error::io(e),
+    }
+}
+
+/// What a statement's seed is XORed with for its `n`-th part (n > 0), so
+/// that parts on different shards draw different random values.
+pub(super) fn spread_seed(n: u64) -> u64 {
+    /// 2⁶⁴ divided by the golden ratio: consecutive `n` land far apart.
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    n.wrapping_mul(GOLDEN)
+}

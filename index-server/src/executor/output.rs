@@ -1,0 +1,106 @@
+//! What the executor sends the client: result parts (columns, row
+//! batches, `Done`) on the client's stream, batched by rows and bytes.
+
+use drsdb_common::command::{Column, StatementResult};
+use drsdb_common::value::{self, Batch};
+use drsdb_common::{Error, Result, TxnId, Value};
+use drsdb_proto as pb;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::Executor;
+
+/// Where a statement's result parts go (the client's stream).
+pub type PartSender = mpsc::Sender<std::result::Result<pb::ResultPart, Status>>;
+
+/// A part holding `p`.
+pub(super) fn part(p: pb::result_part::Part) -> pb::ResultPart {
+    pb::ResultPart { part: Some(p) }
+}
+
+/// A `Done` part.
+pub fn done(rows_affected: u64, last_insert_rowid: i64, txn: Option<&TxnId>) -> pb::ResultPart {
+    part(pb::result_part::Part::Done(pb::Done {
+        rows_affected,
+        last_insert_rowid,
+        txn_id: txn.map(|t| t.0.clone()).unwrap_or_default(),
+    }))
+}
+
+/// Sends one part to the client; fails once the client has gone.
+pub(super) async fn send(out: &PartSender, p: pb::ResultPart) -> Result<()> {
+    out.send(Ok(p)).await.map_err(|_| Error::unavailable("client went away"))
+}
+
+/// A part holding a batch of rows.
+pub(super) fn rows_part(rows: Vec<Vec<Value>>) -> pb::ResultPart {
+    part(pb::result_part::Part::Rows(value::to_rows(rows)))
+}
+
+/// The columns part of a result.
+pub(super) fn columns_part(columns: &[Column]) -> pb::ResultPart {
+    part(pb::result_part::Part::Columns(pb::Columns {
+        columns: columns.iter().map(|c| pb::Column { name: c.name.clone(), decl_type: c.decl_type.clone() }).collect(),
+    }))
+}
+
+/// Sends a complete result: columns, rows in batches, then `Done`.
+pub async fn send_rows(
+    out: &PartSender,
+    columns: Vec<pb::Column>,
+    rows: Vec<Vec<Value>>,
+    rows_per_batch: usize,
+    done_part: pb::ResultPart,
+) -> Result<()> {
+    let mut batcher = Batcher::new(out, columns, rows_per_batch);
+    for row in rows {
+        batcher.push(row).await?;
+    }
+    batcher.finish(done_part).await
+}
+
+/// Sends rows to the client in batches: columns first, `Done` last.
+pub(super) struct Batcher<'a> {
+    out: &'a PartSender,
+    columns: Option<Vec<pb::Column>>,
+    batch: Batch,
+}
+
+impl<'a> Batcher<'a> {
+    /// A batcher sending `columns` first (none for a result without columns).
+    pub(super) fn new(out: &'a PartSender, columns: Vec<pb::Column>, rows_per_batch: usize) -> Batcher<'a> {
+        Batcher { out, columns: (!columns.is_empty()).then_some(columns), batch: Batch::new(rows_per_batch) }
+    }
+
+    async fn send_columns(&mut self) -> Result<()> {
+        if let Some(columns) = self.columns.take() {
+            send(self.out, part(pb::result_part::Part::Columns(pb::Columns { columns }))).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn push(&mut self, row: Vec<Value>) -> Result<()> {
+        if let Some(rows) = self.batch.push(row) {
+            self.send_columns().await?;
+            send(self.out, rows_part(rows)).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn finish(mut self, done_part: pb::ResultPart) -> Result<()> {
+        self.send_columns().await?;
+        let rest = self.batch.take();
+        if !rest.is_empty() {
+            send(self.out, rows_part(rest)).await?;
+        }
+        send(self.out, done_part).await
+    }
+}
+
+impl Executor {
+    pub(super) async fn send_result(&self, out: &PartSender, r: StatementResult, txn: Option<&TxnId>) -> Result<()> {
+        let columns =
+            r.columns.iter().map(|c| pb::Column { name: c.name.clone(), decl_type: c.decl_type.clone() }).collect();
+        send_rows(out, columns, r.rows, self.rows_per_batch, done(r.rows_affected, r.last_insert_rowid, txn)).await
+    }
+}

@@ -1,0 +1,222 @@
+//! The storage tier over gRPC ([`GrpcTier`], the production
+//! implementation of `drsdb_common::tier::StorageTier`): which storage
+//! servers exist, which one leads each group, and sending requests to
+//! leaders.
+//!
+//! Leaders are learned from `NotLeader` replies and from `Status` calls,
+//! never configured. A request that meets a follower goes to the leader it
+//! names; one that meets a dead server tries the next server. Writes are
+//! re-sent only when the first attempt certainly did not reach a leader
+//! (a `NotLeader` refusal or a failed connect), so a write is never
+//! applied twice by a retry here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+
+use drsdb_common::command::{Command, CommandResult, Statement};
+use drsdb_common::tier::{self, CallFailure, Parts, ServerStatus, StorageTier};
+use drsdb_common::tls::{Channels, Dialer};
+use drsdb_common::{shard, Error, GroupId, NodeId, Result};
+use drsdb_proto as pb;
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+/// Largest message from a storage server.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Storage servers and group leaders as this index server knows them.
+pub struct GrpcTier {
+    channels: Channels,
+    seeds: Vec<String>,
+    nodes: RwLock<BTreeMap<u64, String>>,
+    leaders: RwLock<HashMap<GroupId, u64>>,
+}
+
+impl GrpcTier {
+    /// The storage tier reached through `seeds` (storage server addresses).
+    pub fn new(dialer: Dialer, seeds: Vec<String>) -> GrpcTier {
+        GrpcTier {
+            channels: Channels::new(dialer),
+            seeds,
+            nodes: RwLock::new(BTreeMap::new()),
+            leaders: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, addr: &str) -> Result<pb::storage_client::StorageClient<Channel>> {
+        Ok(pb::storage_client::StorageClient::new(self.channels.get(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// Every storage server address known (seeds first if nothing else).
+    fn addresses(&self) -> Vec<(u64, String)> {
+        let nodes = self.nodes.read().expect("nodes lock");
+        if nodes.is_empty() {
+            return self.seeds.iter().map(|s| (0, s.clone())).collect();
+        }
+        nodes.iter().map(|(id, a)| (*id, a.clone())).collect()
+    }
+
+    /// Asks one storage server for its status and learns the node list and
+    /// the leaders it knows.
+    async fn status_of(&self, addr: &str) -> Result<pb::StatusResponse> {
+        let status = self.client(addr)?.status(pb::StatusRequest {}).await?.into_inner();
+        if !status.nodes.is_empty() {
+            let mut nodes = self.nodes.write().expect("nodes lock");
+            for n in &status.nodes {
+                nodes.insert(n.id, n.addr.clone());
+            }
+        }
+        let mut leaders = self.leaders.write().expect("leaders lock");
+        for g in &status.groups {
+            if g.leader != 0 {
+                leaders.insert(GroupId(g.group), g.leader);
+            }
+        }
+        Ok(status)
+    }
+
+    /// Refreshes the node list from any reachable storage server, and
+    /// returns that server's status.
+    async fn refresh(&self) -> Result<pb::StatusResponse> {
+        let mut last = Error::unavailable("no storage server configured");
+        for (_, addr) in self.addresses() {
+            match self.status_of(&addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(Error::unavailable(format!("no storage server answers ({last}); check storage_seeds")))
+    }
+
+    /// The address to try for `group`'s leader: the cached leader, or the
+    /// `attempt`-th server holding a replica of it (of any known server
+    /// while only the seeds are known).
+    fn target(&self, group: GroupId, attempt: usize) -> Option<String> {
+        let nodes = self.addresses();
+        if nodes.is_empty() {
+            return None;
+        }
+        if let Some(leader) = self.leaders.read().expect("leaders lock").get(&group) {
+            if let Some((_, addr)) = nodes.iter().find(|(id, _)| id == leader) {
+                return Some(addr.clone());
+            }
+        }
+        let ids: Vec<NodeId> = nodes.iter().map(|(id, _)| NodeId(*id)).filter(|id| id.0 != 0).collect();
+        let holders: Vec<&String> = shard::replicas_of(&ids, group)
+            .iter()
+            .filter_map(|r| nodes.iter().find(|(id, _)| *id == r.0).map(|(_, a)| a))
+            .collect();
+        match holders.is_empty() {
+            true => Some(nodes[attempt % nodes.len()].1.clone()),
+            false => Some(holders[attempt % holders.len()].clone()),
+        }
+    }
+
+    fn learn(&self, group: GroupId, e: &Error) {
+        let mut leaders = self.leaders.write().expect("leaders lock");
+        match e {
+            Error::NotLeader { leader: Some(l), .. } => {
+                leaders.insert(group, l.0);
+            }
+            _ => {
+                leaders.remove(&group);
+            }
+        }
+    }
+
+    /// Runs `call` against `group`'s leader (`tier::with_leader`): the
+    /// cached leader, or each server holding the group in turn.
+    async fn with_leader<T, F, Fut>(&self, group: GroupId, idempotent: bool, mut call: F) -> Result<T>
+    where
+        F: FnMut(pb::storage_client::StorageClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        if self.nodes.read().expect("nodes lock").is_empty() {
+            let _ = self.refresh().await;
+        }
+        let mut attempt = 0;
+        tier::with_leader(group, idempotent, || {
+            attempt += 1;
+            let target = self.target(group, attempt - 1);
+            let sent = target.as_ref().map(|addr| self.client(addr).map(&mut call));
+            async move {
+                let (Some(addr), Some(sent)) = (target, sent) else {
+                    return Err(CallFailure { error: Error::unavailable("no storage servers known"), arrived: false });
+                };
+                tracing::debug!(%group, %addr, attempt, "calling storage server");
+                let sent = sent.map_err(|error| CallFailure { error, arrived: false })?;
+                sent.await.map_err(|status| {
+                    let arrived = !drsdb_common::error::never_arrived(&status);
+                    let error = Error::from(status);
+                    self.learn(group, &error);
+                    CallFailure { error, arrived }
+                })
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl StorageTier for GrpcTier {
+    async fn write(&self, group: GroupId, command: Command, idempotent: bool) -> Result<CommandResult> {
+        let command = pb::Command::from(command);
+        let reply = self
+            .with_leader(group, idempotent, |mut client| {
+                let req = pb::WriteRequest { group: group.0, command: Some(command.clone()) };
+                async move { client.write(req).await }
+            })
+            .await?;
+        let result = reply.into_inner().result.ok_or_else(|| Error::invalid("malformed write reply: no result"))?;
+        CommandResult::try_from(result)
+    }
+
+    async fn read(&self, group: GroupId, statement: Statement) -> Result<Parts> {
+        let req = read_request(group, statement);
+        let response = self
+            .with_leader(group, true, |mut client| {
+                let req = req.clone();
+                async move { client.read(req).await }
+            })
+            .await?;
+        Ok(Box::pin(response.into_inner().map(|part| part.map_err(Error::from))))
+    }
+
+    async fn replicas(&self, groups: &[GroupId]) -> Result<Vec<Vec<String>>> {
+        if self.nodes.read().expect("nodes lock").is_empty() {
+            self.refresh().await?;
+        }
+        let nodes = self.nodes.read().expect("nodes lock");
+        let leaders = self.leaders.read().expect("leaders lock");
+        let ids: Vec<NodeId> = nodes.keys().map(|id| NodeId(*id)).collect();
+        Ok(groups
+            .iter()
+            .map(|g| {
+                let mut replicas: Vec<u64> = shard::replicas_of(&ids, *g).iter().map(|r| r.0).collect();
+                if let Some(i) = leaders.get(g).and_then(|l| replicas.iter().position(|r| r == l)) {
+                    replicas[..=i].rotate_right(1);
+                }
+                replicas.iter().filter_map(|r| nodes.get(r).cloned()).collect()
+            })
+            .collect())
+    }
+
+    async fn status(&self) -> Vec<ServerStatus> {
+        let _ = self.refresh().await;
+        let addrs = self.addresses();
+        let answers = futures::future::join_all(addrs.iter().map(|(_, addr)| self.status_of(addr))).await;
+        addrs.into_iter().zip(answers).map(|((id, addr), status)| ServerStatus { id, addr, status }).collect()
+    }
+
+    async fn refresh_leaders(&self) {
+        let addrs = self.addresses();
+        futures::future::join_all(addrs.iter().map(|(_, addr)| self.status_of(addr))).await;
+    }
+}
+
+/// A read of `statement` on `group`, as sent.
+pub fn read_request(group: GroupId, statement: Statement) -> pb::ReadRequest {
+    pb::ReadRequest { group: group.0, statement: Some(statement.into()) }
+}

@@ -1,0 +1,260 @@
+//! The executor's multi-shard paths, in-process: the SQL tier
+//! (`drsdb_index::Executor`) over real storage groups hosted in this test
+//! process (`drsdb_storage::InProcessTier`: openraft, SQLite files, TLS on
+//! loopback), with a failure injected at an exact step.
+//!
+//! What each test checks is what drsdb promises today: a statement over
+//! several shards is not atomic yet (see README), but an error never hides
+//! that some shards applied it, and sending the statement again with the
+//! same request id completes it exactly once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drsdb_common::command::Statement;
+use drsdb_common::config::IndexConfig;
+use drsdb_common::stream::PartReader;
+use drsdb_common::tier::StorageTier;
+use drsdb_common::{Error, GroupId, Value};
+use drsdb_index::Executor;
+use drsdb_proto as pb;
+use drsdb_storage::InProcessTier;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Data shards of every test cluster.
+const SHARDS: usize = 4;
+/// How long the executor may take to find the meta group ready.
+const READY_WAIT: Duration = Duration::from_secs(20);
+
+/// A cluster of three in-process storage servers and one executor.
+struct Cluster {
+    tier: Arc<InProcessTier>,
+    executor: Executor,
+    _dir: tempfile::TempDir,
+}
+
+/// One client session: its open transaction and its request ids.
+#[derive(Default)]
+struct Session {
+    txn: String,
+    sent: u64,
+}
+
+/// A statement's answer.
+#[derive(Debug)]
+struct Answer {
+    rows: Vec<Vec<Value>>,
+    rows_affected: u64,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tier = InProcessTier::start(dir.path(), 3, SHARDS).await.expect("storage servers start");
+        let config = IndexConfig { direct_streaming: false, ..IndexConfig::default() };
+        let executor = Executor::new(tier.clone(), &config, "in-process".into()).expect("executor");
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        while let Err(e) = executor.prepare().await {
+            assert!(tokio::time::Instant::now() < deadline, "meta group not ready: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Cluster { tier, executor, _dir: dir }
+    }
+
+    /// Runs `sql` with request id `id` (a client sending it again after a
+    /// lost reply uses the same id).
+    async fn send(&self, session: &mut Session, sql: &str, id: &str) -> Result<Answer, Error> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let req = pb::ExecuteRequest {
+            sql: sql.into(),
+            txn_id: session.txn.clone(),
+            request_id: id.into(),
+            ..Default::default()
+        };
+        let run = async move {
+            let r = self.executor.execute(req, &tx).await;
+            drop(tx);
+            r
+        };
+        let read = async {
+            let mut reader = PartReader::new(ReceiverStream::new(rx));
+            let mut rows = Vec::new();
+            while let Some(row) = reader.next().await? {
+                rows.push(row);
+            }
+            Ok::<_, tonic::Status>((rows, reader.done().cloned().unwrap_or_default()))
+        };
+        let (ran, read) = tokio::join!(run, read);
+        ran?;
+        let (rows, done) = read.map_err(Error::from)?;
+        session.txn = done.txn_id;
+        Ok(Answer { rows, rows_affected: done.rows_affected })
+    }
+
+    /// Runs `sql` with a fresh request id.
+    async fn run(&self, session: &mut Session, sql: &str) -> Result<Answer, Error> {
+        session.sent += 1;
+        let id = format!("test-{}", session.sent);
+        self.send(session, sql, &id).await
+    }
+
+    /// Runs `sql`, which must succeed.
+    async fn ok(&self, session: &mut Session, sql: &str) -> Answer {
+        self.run(session, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The single integer `sql` answers.
+    async fn number(&self, sql: &str) -> i64 {
+        match self.ok(&mut Session::default(), sql).await.rows.as_slice() {
+            [row] => match row.as_slice() {
+                [Value::Integer(n)] => *n,
+                other => panic!("{sql}: {other:?}"),
+            },
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    /// How many rows of `table` each data shard holds.
+    async fn spread(&self, table: &str) -> Vec<i64> {
+        let shown = self.ok(&mut Session::default(), &format!("SHOW SHARDS OF {table}")).await;
+        shown.rows.iter().map(|r| if let Value::Integer(n) = r[1] { n } else { panic!("{r:?}") }).collect()
+    }
+}
+
+/// `INSERT INTO t(id, v) VALUES …` of ids 1..=n (spread over every shard).
+fn insert_rows(n: i64) -> String {
+    let rows: Vec<String> = (1..=n).map(|i| format!("({i}, 0)")).collect();
+    format!("INSERT INTO t(id, v) VALUES {}", rows.join(", "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_shard_insert_with_a_failing_shard_completes_once_when_sent_again() {
+    let c = Cluster::start().await;
+    let mut s = Session::default();
+    c.ok(&mut s, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
+    let failing = GroupId(3);
+    c.tier.fail_calls(failing, 1);
+    let e = c.send(&mut s, &insert_rows(40), "insert-1").await.expect_err("one shard failed");
+    assert!(e.to_string().contains("fault injected"), "{e}");
+    let applied: i64 = c.spread("t").await.iter().sum();
+    assert!(applied > 0 && applied < 40, "the other shards applied their rows: {applied}");
+    // Sent again with the same request id: the shards that applied it
+    // return their first outcome, the failed one applies its rows.
+    let again = c.send(&mut s, &insert_rows(40), "insert-1").await.expect("sent again");
+    assert_eq!(again.rows_affected, 40);
+    assert_eq!(c.number("SELECT count(*) FROM t").await, 40);
+    assert_eq!(c.number("SELECT count(DISTINCT id) FROM t").await, 40);
+    assert!(c.spread("t").await.iter().all(|n| *n > 0), "rows on every shard");
+    c.tier.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_update_with_a_failing_shard_completes_once_when_sent_again() {
+    let c = Cluster::start().await;
+    let mut s = Session::default();
+    c.ok(&mut s, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
+    c.ok(&mut s, &insert_rows(40)).await;
+    c.tier.fail_calls(GroupId(2), 1);
+    let update = "UPDATE t SET v = v + 1";
+    let e = c.send(&mut s, update, "update-1").await.expect_err("one shard failed");
+    assert!(e.to_string().contains("fault injected"), "{e}");
+    let bumped = c.number("SELECT count(*) FROM t WHERE v = 1").await;
+    assert!(bumped > 0 && bumped < 40, "other shards applied it: {bumped}");
+    let again = c.send(&mut s, update, "update-1").await.expect("sent again");
+    assert_eq!(again.rows_affected, 40);
+    assert_eq!(c.number("SELECT count(*) FROM t WHERE v = 1").await, 40, "every row updated exactly once");
+    c.tier.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_fails_on_one_shard_is_taken_back_everywhere() {
+    let c = Cluster::start().await;
+    let mut s = Session::default();
+    // The first shard creates it; the third fails; the undo drops it again.
+    c.tier.fail_calls(GroupId(3), 1);
+    let e = c.run(&mut s, "CREATE TABLE u(id INTEGER PRIMARY KEY, v TEXT)").await.expect_err("one shard failed");
+    assert!(matches!(&e, Error::Retryable(m) if m.contains("nothing changed")), "{e:?}");
+    for g in 1..=SHARDS as u64 {
+        let probe = Statement::new("SELECT count(*) FROM sqlite_schema WHERE name = 'u'");
+        let rows = c.tier.read_rows(GroupId(g), probe).await.expect("shard answers");
+        assert_eq!(rows, vec![vec![Value::Integer(0)]], "u is not on shard {g}");
+    }
+    let e = c.run(&mut s, "SELECT * FROM u").await.expect_err("no such table");
+    assert!(e.to_string().contains("no such table"), "{e}");
+    c.ok(&mut s, "CREATE TABLE u(id INTEGER PRIMARY KEY, v TEXT)").await;
+    c.ok(&mut s, "INSERT INTO u VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')").await;
+    assert_eq!(c.number("SELECT count(*) FROM u").await, 4);
+    c.tier.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_reply_was_lost_is_sent_again_and_applies_once() {
+    let c = Cluster::start().await;
+    let mut s = Session::default();
+    c.ok(&mut s, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
+    // Every shard loses its next reply: the executor sends each part again
+    // with the same request id, and the storage tier returns the first
+    // outcome instead of applying it twice.
+    for g in 1..=SHARDS as u64 {
+        c.tier.lose_replies(GroupId(g), 1);
+    }
+    let answer = c.ok(&mut s, &insert_rows(20)).await;
+    assert_eq!(c.tier.replies_lost(), SHARDS, "every shard's first reply was lost");
+    assert_eq!(answer.rows_affected, 20);
+    assert_eq!(c.number("SELECT count(*) FROM t").await, 20);
+    // Inside a transaction statements carry no request id: a lost reply
+    // leaves the outcome unknown, and the error says so.
+    let Value::Integer(shard) = c.ok(&mut Session::default(), "SHOW SHARD OF t KEY 1").await.rows[0][0] else {
+        panic!("no shard")
+    };
+    c.ok(&mut s, "BEGIN").await;
+    c.tier.lose_replies(GroupId(shard as u64), 1);
+    let e = c.run(&mut s, "UPDATE t SET v = 1 WHERE id = 1").await.expect_err("the reply was lost");
+    assert!(e.to_string().contains("may or may not have been applied"), "{e}");
+    c.ok(&mut s, "ROLLBACK").await;
+    c.tier.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_carry_on_through_a_leader_change() {
+    let c = Arc::new(Cluster::start().await);
+    let mut s = Session::default();
+    c.ok(&mut s, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
+    let writer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut s = Session::default();
+            for i in 1..=60 {
+                c.ok(&mut s, &format!("INSERT INTO t VALUES ({i}, {i})")).await;
+            }
+        })
+    };
+    for g in 1..=SHARDS as u64 {
+        let before = c.tier.leader(GroupId(g));
+        let after = c.tier.change_leader(GroupId(g)).await.expect("leadership moves");
+        assert_ne!(before, Some(after));
+    }
+    // Slow replies from one shard delay its answers, not their order.
+    c.tier.delay_replies(GroupId(2), Duration::from_millis(50));
+    writer.await.expect("every write succeeded");
+    assert_eq!(c.number("SELECT count(*) FROM t").await, 60);
+    assert_eq!(c.number("SELECT sum(v) FROM t").await, (1..=60).sum::<i64>());
+    let ordered = c.ok(&mut s, "SELECT id FROM t ORDER BY v DESC LIMIT 3").await.rows;
+    assert_eq!(ordered, vec![vec![Value::Integer(60)], vec![Value::Integer(59)], vec![Value::Integer(58)]]);
+    c.tier.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_is_replaced_and_writes_go_on() {
+    let c = Cluster::start().await;
+    let mut s = Session::default();
+    c.ok(&mut s, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
+    c.ok(&mut s, &insert_rows(20)).await;
+    let leader = c.tier.leader(GroupId(1)).expect("shard 1 has a leader");
+    c.tier.stop_replica(leader).await.expect("server stops");
+    let more: Vec<String> = (21..=40).map(|i| format!("({i}, 0)")).collect();
+    c.ok(&mut s, &format!("INSERT INTO t VALUES {}", more.join(", "))).await;
+    assert_eq!(c.number("SELECT count(*) FROM t").await, 40);
+    assert_ne!(c.tier.leader(GroupId(1)), Some(leader));
+    c.tier.shutdown().await;
+}
