@@ -14,7 +14,7 @@
 //!    The statement is held to its limits first (`sql::check_size`: length,
 //!    operator chains, compound SELECTs) in one pass over its tokens, and
 //!    every syntax tree is built by `sql::parse`, which checks them too.
-//! 2. The executor (`executor`) classifies it by its leading keywords
+//! 2. The executor (`executor/mod.rs`) classifies it by its leading keywords
 //!    (read, write, DDL, transaction control, SHOW) and fixes what SQLite
 //!    would otherwise take from the machine: the instant every clock
 //!    reading of the statement returns (`'now'`, `CURRENT_TIMESTAMP`,
@@ -34,19 +34,28 @@
 //!    other query). The statement carries the schema version of the
 //!    catalog it was planned with; a shard whose schema moved on refuses
 //!    it, and it is planned again with a fresh catalog.
-//! 5. Each shard's part goes to the leader of its group (`cluster`),
-//!    following leader changes: a write becomes a Raft entry (group commit
+//! 5. The executor carries the plan out (`executor/write.rs` for INSERTs
+//!    split by shard and broadcast UPDATE/DELETE, `executor/ddl.rs` for
+//!    schema changes, `executor/scatter.rs` and `executor/gather.rs` for
+//!    queries, `executor/txn.rs` for one shard's statement and for
+//!    transactions). Each shard's part is a typed command or statement
+//!    (`drsdb_common::command`) handed to the storage tier through the
+//!    `StorageTier` trait (`drsdb_common::tier`): here `grpc_tier`, which
+//!    sends it to the leader of its group, following leader changes; in
+//!    tests an in-process tier. A write becomes a Raft entry (group commit
 //!    batches it with others), a read waits for a ReadIndex barrier. Inside
 //!    a transaction every statement, reads included, is an entry of the
 //!    logs of the shards it touches, so it sees the transaction's writes.
-//! 6. Rows stream back part by part (columns, row batches, `Done`); a
-//!    one-shard read is relayed as the storage server produces it. A
-//!    query outside a transaction whose answer is the concatenation or
-//!    merge of its shards' answers is not carried here at all (direct
-//!    streaming): the client gets one fragment per shard, the shard's read
-//!    signed with the cluster's ticket key (`drsdb_common::ticket`), reads
-//!    them from the storage servers and combines them itself; `metrics`
-//!    counts the rows this server sent and the fragments it handed out.
+//! 6. Rows stream back part by part (columns, row batches, `Done`;
+//!    `executor/output.rs`); a one-shard read is relayed as the storage
+//!    server produces it, shard streams are read and merged by
+//!    `drsdb_common::stream`. A query outside a transaction whose answer
+//!    is the concatenation or merge of its shards' answers is not carried
+//!    here at all (direct streaming): the client gets one fragment per
+//!    shard, the shard's read signed with the cluster's ticket key
+//!    (`drsdb_common::ticket`), reads them from the storage servers and
+//!    combines them itself with the same `stream`; `metrics` counts the
+//!    rows this server sent and the fragments it handed out.
 //! 7. After DDL the first shard's schema is recorded as the catalog in the
 //!    meta group, where other index servers read it.
 //!
@@ -74,5 +83,7 @@ mod pushdown;
 mod server;
 mod service;
 
+/// The SQL tier without its gRPC service, over any `StorageTier` (tests
+/// run it over `drsdb_storage::InProcessTier`).
 pub use executor::{Executor, PartSender};
 pub use server::serve;

@@ -111,17 +111,12 @@ impl Db {
         let types: Vec<DefaultColumnType> =
             (0..width).map(|i| expected.get(i).cloned().unwrap_or(DefaultColumnType::Any)).collect();
         let mut out = Vec::new();
-        loop {
-            match rows.next().await {
-                Ok(Some(row)) => {
-                    out.push(row.values().iter().zip(&types).map(|(v, t)| self.formatter.format(v, t)).collect())
-                }
-                Ok(None) => break,
-                // The statement was prepared (columns arrived) and failed
-                // while stepping: like the reference harness, keep the rows
-                // read so far.
-                Err(_) => break,
-            }
+        // An error after some rows (the statement failed while stepping, or
+        // the stream broke) fails the record, as the reference harness
+        // fails a query whose statement ends in an error: partial rows
+        // are never compared as if they were the answer.
+        while let Some(row) = rows.next().await? {
+            out.push(row.values().iter().zip(&types).map(|(v, t)| self.formatter.format(v, t)).collect())
         }
         Ok(DBOutput::Rows { types, rows: out })
     }

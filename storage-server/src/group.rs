@@ -229,12 +229,12 @@ impl Group {
         })
     }
 
-    /// A read-only connection on the group's committed data.
     /// Bytes of this replica's database file; 0 when it cannot be read.
     pub fn size_bytes(&self) -> u64 {
         std::fs::metadata(self.proposer.shared.current_db()).map_or(0, |m| m.len())
     }
 
+    /// A read-only connection on the group's committed data.
     pub fn reader(&self) -> Result<Reader> {
         self.proposer.shared.reader().map_err(|e| Error::io(format!("group {}: {e}", self.id)))
     }
