@@ -3,15 +3,13 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
 /// A storage server's id in the cluster: unique, stable, never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct NodeId(pub u64);
 
 /// A Raft group's id. Group [`GroupId::META`] holds the catalog and cluster
 /// membership; the others hold table data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct GroupId(pub u64);
 
 impl GroupId {
@@ -23,7 +21,7 @@ impl GroupId {
 
 /// An explicit transaction's id, chosen by the index server at BEGIN
 /// (a ULID, so ids sort by start time and never repeat).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TxnId(pub String);
 
 impl fmt::Display for NodeId {

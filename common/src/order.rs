@@ -8,12 +8,10 @@
 
 use std::cmp::Ordering;
 
-use serde::{Deserialize, Serialize};
-
 use crate::value::Value;
 
 /// How text compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collation {
     /// Byte-wise (SQLite's default).
     Binary,
@@ -100,7 +98,7 @@ fn integer_real(i: i64, r: f64) -> Ordering {
 }
 
 /// One key of a sort.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SortKey {
     /// How text compares.
     pub collation: Collation,

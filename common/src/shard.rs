@@ -17,8 +17,6 @@
 //! Everything here is a pure function: the meta group records its results
 //! (the shard map), and storage servers use it to know which groups to host.
 
-use serde::{Deserialize, Serialize};
-
 use crate::ids::{GroupId, NodeId};
 use crate::order::Collation;
 use crate::value::Value;
@@ -38,7 +36,7 @@ pub fn default_shards(servers: usize) -> usize {
 }
 
 /// One group's replicas, preferred leader first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     /// The group.
     pub group: GroupId,

@@ -205,3 +205,25 @@ pub(crate) async fn run(
     tracing::info!(node = config.node_id, "storage server stopped");
     served.map_err(|e| Error::io(format!("gRPC server: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let groups = dir.path().join("groups");
+        // New: the format is recorded, and accepted next time.
+        check_format(dir.path(), &groups).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap().trim(), "2");
+        std::fs::create_dir_all(groups.join("1")).unwrap();
+        check_format(dir.path(), &groups).unwrap();
+        // Groups but no format file: written by format 1 (JSON).
+        std::fs::remove_file(dir.path().join(FORMAT_FILE)).unwrap();
+        let e = check_format(dir.path(), &groups).unwrap_err();
+        assert!(e.to_string().contains("format 1") && e.to_string().contains("rebuild"), "{e}");
+        std::fs::write(dir.path().join(FORMAT_FILE), "3\n").unwrap();
+        assert!(check_format(dir.path(), &groups).unwrap_err().to_string().contains("format 3"));
+    }
+}

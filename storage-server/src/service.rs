@@ -184,23 +184,26 @@ impl Node {
                     |row| batch.push(row).is_none_or(send_rows),
                 )
             }));
+            if result.is_ok() {
+                // The rows made before the statement ended go first, also
+                // when it ended in an error (SQLite hands them out before
+                // the error too).
+                let rest = batch.take();
+                if !rest.is_empty() {
+                    send_rows(rest);
+                }
+            }
             let last = match result {
                 Err(_) => Err(Status::from(Error::Internal(
                     "the storage server hit a bug while running this read and abandoned it; please report this with \
                      the statement"
                         .into(),
                 ))),
-                Ok(Ok(r)) => {
-                    let rest = batch.take();
-                    if !rest.is_empty() {
-                        send_rows(rest);
-                    }
-                    Ok(part(pb::result_part::Part::Done(pb::Done {
-                        rows_affected: r.rows_affected,
-                        last_insert_rowid: r.last_insert_rowid,
-                        txn_id: String::new(),
-                    })))
-                }
+                Ok(Ok(r)) => Ok(part(pb::result_part::Part::Done(pb::Done {
+                    rows_affected: r.rows_affected,
+                    last_insert_rowid: r.last_insert_rowid,
+                    txn_id: String::new(),
+                }))),
                 Ok(Err(Failure::Statement(e))) => Err(Status::from(e)),
                 Ok(Err(Failure::Environment(e))) => Err(Status::from(Error::io(e))),
             };

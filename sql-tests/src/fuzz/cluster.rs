@@ -10,8 +10,8 @@ use std::time::Duration;
 use drsdb_cli::local::{self, Layout, LocalCluster, Options};
 use drsdb_common::command::Statement;
 use drsdb_common::config::TlsConfig;
+use drsdb_common::stream::PartReader;
 use drsdb_common::tls::{self, Dialer};
-use drsdb_common::value;
 use drsdb_proto as pb;
 
 use super::{Cell, Findings, Kind};
@@ -170,14 +170,10 @@ impl Target {
                 let mut client =
                     pb::storage_client::StorageClient::new(dialer.lazy(&addr)?).max_decoding_message_size(MAX_MESSAGE);
                 let request = pb::ReadRequest { group, statement: Some(Statement::new(sql).into()) };
-                let mut parts = client.read(request).await?.into_inner();
+                let mut parts = PartReader::new(client.read(request).await?.into_inner());
                 let mut rows = Vec::new();
-                while let Some(part) = parts.message().await? {
-                    if let Some(pb::result_part::Part::Rows(batch)) = part.part {
-                        for row in value::rows_from(batch) {
-                            rows.push(row.iter().map(Cell::from).collect());
-                        }
-                    }
+                while let Some(row) = parts.next().await? {
+                    rows.push(row.iter().map(Cell::from).collect());
                 }
                 anyhow::Ok(rows)
             };
