@@ -65,6 +65,16 @@ pub fn replicas_of(members: &[NodeId], group: GroupId) -> Vec<NodeId> {
     (0..width).map(|i| servers[(start + i) % servers.len()]).collect()
 }
 
+/// [`replicas_of`], with `leader` (when it holds a replica) moved to the
+/// front: the order in which to try a group's replicas.
+pub fn replicas_leader_first(members: &[NodeId], group: GroupId, leader: Option<NodeId>) -> Vec<NodeId> {
+    let mut replicas = replicas_of(members, group);
+    if let Some(i) = leader.and_then(|l| replicas.iter().position(|r| *r == l)) {
+        replicas[..=i].rotate_right(1);
+    }
+    replicas
+}
+
 /// The group of the `k`-th shard (counting from 0).
 pub fn shard_group(k: usize) -> GroupId {
     GroupId(GroupId::FIRST_DATA.0 + k as u64)
@@ -148,6 +158,16 @@ mod tests {
         }
         assert!(leaders.values().all(|&n| n == 2), "{leaders:?}");
         assert_eq!(placement(&nodes(&[7]), 2)[2].replicas, nodes(&[7]));
+    }
+
+    #[test]
+    fn the_leader_is_tried_first_and_the_rest_keep_their_order() {
+        let members = nodes(&[1, 2, 3, 4]);
+        let group = GroupId(2);
+        assert_eq!(replicas_of(&members, group), nodes(&[2, 3, 4]));
+        assert_eq!(replicas_leader_first(&members, group, Some(NodeId(4))), nodes(&[4, 2, 3]));
+        assert_eq!(replicas_leader_first(&members, group, Some(NodeId(1))), nodes(&[2, 3, 4]), "not a replica");
+        assert_eq!(replicas_leader_first(&members, group, None), nodes(&[2, 3, 4]));
     }
 
     #[test]

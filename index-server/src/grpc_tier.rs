@@ -194,11 +194,8 @@ impl StorageTier for GrpcTier {
         Ok(groups
             .iter()
             .map(|g| {
-                let mut replicas: Vec<u64> = shard::replicas_of(&ids, *g).iter().map(|r| r.0).collect();
-                if let Some(i) = leaders.get(g).and_then(|l| replicas.iter().position(|r| r == l)) {
-                    replicas[..=i].rotate_right(1);
-                }
-                replicas.iter().filter_map(|r| nodes.get(r).cloned()).collect()
+                let leader = leaders.get(g).map(|l| NodeId(*l));
+                shard::replicas_leader_first(&ids, *g, leader).iter().filter_map(|r| nodes.get(&r.0).cloned()).collect()
             })
             .collect())
     }

@@ -160,8 +160,8 @@ async fn leader_crash_loses_no_acknowledged_write_and_a_lagging_follower_catches
 
 /// The data group's last log index on its leader.
 /// The sum of the last log indexes of every data shard, as their leaders
-/// report them.
-async fn data_log_total(client: &mut Client) -> i64 {
+/// report them (`shards` of them).
+async fn data_log_total(client: &mut Client, shards: usize) -> i64 {
     let rs = client.execute("SHOW GROUPS", &[]).await.unwrap();
     let leaders: Vec<i64> = rs
         .rows
@@ -169,7 +169,7 @@ async fn data_log_total(client: &mut Client) -> i64 {
         .filter(|r| r.get::<i64>(0).is_ok_and(|g| g > 0) && r.get::<String>(2).ok().as_deref() == Some("Leader"))
         .map(|r| r.get::<i64>(5).expect("a last log index"))
         .collect();
-    assert_eq!(leaders.len(), 4, "every data shard has a leader: {rs:?}");
+    assert_eq!(leaders.len(), shards, "every data shard has a leader: {rs:?}");
     leaders.iter().sum()
 }
 
@@ -177,11 +177,15 @@ async fn data_log_total(client: &mut Client) -> i64 {
 async fn concurrent_writes_share_log_entries() {
     const WRITERS: i64 = 8;
     const EACH: i64 = 40;
+    // One shard: every writer's statements meet in one group's write path.
+    // (Spread over several shards, eight writers rarely meet: batching
+    // across shards is issue 13's shared log.)
+    const SHARDS: usize = 1;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = start(dir.path(), Options::default()).await;
+    let cluster = start(dir.path(), Options { shards: Some(SHARDS), ..Options::default() }).await;
     let mut client = cluster.client().await.unwrap();
     client.execute("CREATE TABLE g(w INTEGER, i INTEGER, PRIMARY KEY (w, i))", &[]).await.unwrap();
-    let before = data_log_total(&mut client).await;
+    let before = data_log_total(&mut client, SHARDS).await;
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let mut c = cluster.client().await.unwrap();
@@ -194,12 +198,15 @@ async fn concurrent_writes_share_log_entries() {
     for w in writers {
         w.await.unwrap();
     }
-    let entries = data_log_total(&mut client).await - before;
+    let entries = data_log_total(&mut client, SHARDS).await - before;
     let n: i64 = client.execute("SELECT count(*) FROM g", &[]).await.unwrap().rows[0].get(0).unwrap();
     assert_eq!(n, WRITERS * EACH);
     println!("{} writes in {entries} log entries", WRITERS * EACH);
-    // Without group commit every write is an entry of its shard's log.
-    assert!(entries < WRITERS * EACH, "group commit put several writes in one entry ({entries} entries)");
+    // Without group commit every write is an entry of its shard's log (320
+    // or more, with a new leader's blank entry); with it, writers waiting
+    // together share entries (measured: about 220 entries in a debug build).
+    let most = WRITERS * EACH * 9 / 10;
+    assert!(entries <= most, "group commit put several writes in one entry ({entries} entries, expected <= {most})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -277,11 +277,8 @@ impl StorageTier for InProcessTier {
         Ok(groups
             .iter()
             .map(|g| {
-                let mut replicas: Vec<u64> = shard::replicas_of(&ids, *g).iter().map(|r| r.0).collect();
-                if let Some(i) = self.leader(*g).and_then(|l| replicas.iter().position(|r| *r == l)) {
-                    replicas[..=i].rotate_right(1);
-                }
-                replicas.iter().map(|r| self.addrs[r].clone()).collect()
+                let leader = self.leader(*g).map(NodeId);
+                shard::replicas_leader_first(&ids, *g, leader).iter().map(|r| self.addrs[&r.0].clone()).collect()
             })
             .collect())
     }
