@@ -4,9 +4,12 @@
 //! - `drsdb local --data DIR`: a whole cluster on this machine.
 //! - `drsdb certs --out DIR`: certificates for a cluster.
 //! - `drsdb bench`: throughput and latency against a cluster and SQLite.
+//! - `drsdb probe ADDR --certs DIR [--storage]`: whether a server answers
+//!   (container healthchecks).
 
 mod bench;
 mod local;
+mod probe;
 mod shell;
 
 use std::path::PathBuf;
@@ -91,6 +94,8 @@ enum Command {
     },
     /// Measure throughput and latency, against the cluster and plain SQLite.
     Bench(bench::BenchArgs),
+    /// Exit 0 when a server answers (for container healthchecks).
+    Probe(probe::ProbeArgs),
     /// Run a storage server (used by `drsdb local`).
     #[command(hide = true)]
     ServeStorage {
@@ -161,6 +166,7 @@ fn main() -> ExitCode {
             })
             .map_err(Into::into),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Probe(args)) => probe::run(args),
         Some(Command::ServeStorage { config, listen_fd }) => {
             drsdb_cli::local::serve(drsdb_cli::local::SERVE_STORAGE, &config, listen_fd)
         }
