@@ -38,9 +38,15 @@
 //!   read, carried by a ticket an index server signed with the cluster's
 //!   ticket key (direct streaming); every other call requires a server
 //!   certificate (`service`).
-//! - **Raft traffic**: `network` carries openraft's messages as bytes over
-//!   one gRPC channel per peer, tagged with the group id; snapshots stream
-//!   as SQLite files.
+//! - **Raft traffic**: `network` carries openraft's messages, as the
+//!   messages of `raft.proto`, over one gRPC channel per peer, tagged with
+//!   the group id; snapshots stream as SQLite files.
+//!
+//! ## In tests
+//! `InProcessTier` (`in_process`) hosts whole storage servers inside the
+//! calling process and offers them to the SQL tier through
+//! `drsdb_common::tier::StorageTier`, with fault hooks (lost or late
+//! replies, failing calls, a stopped replica, a moved leader).
 //!
 //! ## Groups
 //! A server hosts the groups the placement (`drsdb_common::shard`) gives
