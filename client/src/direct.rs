@@ -178,7 +178,11 @@ impl Direct {
             let first = tokio::time::timeout(FIRST_ANSWER_TIMEOUT, s.columns())
                 .await
                 .map_err(|_| Error::unavailable(format!("a shard gave no answer within {FIRST_ANSWER_TIMEOUT:?}")))?;
-            columns = first?.into_iter().map(Column::from).collect();
+            // A shard whose answer is empty may send no columns.
+            let shard_columns = first?;
+            if !shard_columns.is_empty() {
+                columns = shard_columns.into_iter().map(Column::from).collect();
+            }
         }
         let keys: Vec<SortKey> = f.keys.iter().map(SortKey::from).collect();
         columns.drain(..keys.len().min(columns.len()));

@@ -10,6 +10,9 @@
 //! merge. The index server combines shard streams this way when it relays
 //! rows; the driver does the same with the fragments it reads directly.
 //!
+//! The senders build their parts with [`part`], [`columns_part`] and
+//! [`rows_part`].
+//!
 //! Errors keep the stream's own type `E` (the driver tells a server's
 //! answer from a broken connection); a stream that ends before its `Done`
 //! fails with [`EndedEarly`], converted into `E`.
@@ -19,9 +22,25 @@ use std::collections::VecDeque;
 use drsdb_proto as pb;
 use futures::{Stream, StreamExt};
 
+use crate::command::Column;
 use crate::order::{self, SortKey};
 use crate::value::{self, Value};
 use crate::Error;
+
+/// A part holding `p`.
+pub fn part(p: pb::result_part::Part) -> pb::ResultPart {
+    pb::ResultPart { part: Some(p) }
+}
+
+/// The columns part a query's result starts with.
+pub fn columns_part(columns: &[Column]) -> pb::ResultPart {
+    part(pb::result_part::Part::Columns(pb::Columns { columns: columns.iter().cloned().map(Into::into).collect() }))
+}
+
+/// A part holding a batch of rows.
+pub fn rows_part(rows: Vec<Vec<Value>>) -> pb::ResultPart {
+    part(pb::result_part::Part::Rows(value::to_rows(rows)))
+}
 
 /// A result stream that ended before its `Done` part: the sender died or
 /// the connection broke, so the result is incomplete.
@@ -158,16 +177,6 @@ where
         Combined { sources, current: 0, keys, heads: None, skip: offset, left: limit }
     }
 
-    /// The sources, to read their columns before the rows.
-    pub fn sources_mut(&mut self) -> &mut [PartReader<S>] {
-        &mut self.sources
-    }
-
-    /// How many hidden sort-key columns lead every source's rows.
-    pub fn hidden(&self) -> usize {
-        self.keys.len()
-    }
-
     /// The next row of the combined result, or `None` at its end.
     pub async fn next(&mut self) -> Result<Option<Vec<Value>>, E> {
         loop {
@@ -220,23 +229,18 @@ mod tests {
 
     type Parts = futures::stream::Iter<std::vec::IntoIter<Result<pb::ResultPart, Error>>>;
 
-    fn part(p: pb::result_part::Part) -> Result<pb::ResultPart, Error> {
-        Ok(pb::ResultPart { part: Some(p) })
-    }
-
     /// A source of integer rows `(key, tag)` in batches of two, ended by
     /// `Done` unless `cut`.
     fn source(keys: &[i64], tag: &str, cut: bool) -> PartReader<Parts> {
         let columns = vec![pb::Column { name: "k".into(), decl_type: String::new() }];
         let mut parts = vec![part(pb::result_part::Part::Columns(pb::Columns { columns }))];
         for chunk in keys.chunks(2) {
-            let rows = chunk.iter().map(|k| vec![Value::Integer(*k), Value::Text(tag.into())]).collect();
-            parts.push(part(pb::result_part::Part::Rows(value::to_rows(rows))));
+            parts.push(rows_part(chunk.iter().map(|k| vec![Value::Integer(*k), Value::Text(tag.into())]).collect()));
         }
         if !cut {
             parts.push(part(pb::result_part::Part::Done(pb::Done::default())));
         }
-        PartReader::new(futures::stream::iter(parts))
+        PartReader::new(futures::stream::iter(parts.into_iter().map(Ok).collect::<Vec<_>>()))
     }
 
     async fn all(mut c: Combined<Parts>) -> Result<Vec<String>, Error> {

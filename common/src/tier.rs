@@ -77,7 +77,7 @@ pub trait StorageTier: Send + Sync {
 }
 
 /// How long a call keeps looking for a group's leader before giving up.
-pub const LEADER_DEADLINE: Duration = Duration::from_secs(10);
+const LEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause before calling again when no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 

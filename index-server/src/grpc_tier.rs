@@ -5,10 +5,9 @@
 //!
 //! Leaders are learned from `NotLeader` replies and from `Status` calls,
 //! never configured. A request that meets a follower goes to the leader it
-//! names; one that meets a dead server tries the next server. Writes are
-//! re-sent only when the first attempt certainly did not reach a leader
-//! (a `NotLeader` refusal or a failed connect), so a write is never
-//! applied twice by a retry here.
+//! names; one that meets a dead server tries the next server. When a call
+//! is made again is `drsdb_common::tier::with_leader`'s rule: a write whose
+//! outcome is unknown only when the storage tier deduplicates it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
@@ -77,13 +76,16 @@ impl GrpcTier {
         Ok(status)
     }
 
-    /// Refreshes the node list from any reachable storage server, and
-    /// returns that server's status.
-    async fn refresh(&self) -> Result<pb::StatusResponse> {
+    /// Learns the node list from any reachable storage server, unless it
+    /// is known already.
+    async fn learn_nodes(&self) -> Result<()> {
+        if !self.nodes.read().expect("nodes lock").is_empty() {
+            return Ok(());
+        }
         let mut last = Error::unavailable("no storage server configured");
         for (_, addr) in self.addresses() {
             match self.status_of(&addr).await {
-                Ok(s) => return Ok(s),
+                Ok(_) => return Ok(()),
                 Err(e) => last = e,
             }
         }
@@ -133,9 +135,8 @@ impl GrpcTier {
         F: FnMut(pb::storage_client::StorageClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        if self.nodes.read().expect("nodes lock").is_empty() {
-            let _ = self.refresh().await;
-        }
+        // Without the node list, the seeds are tried.
+        let _ = self.learn_nodes().await;
         let mut attempt = 0;
         tier::with_leader(group, idempotent, || {
             attempt += 1;
@@ -185,9 +186,7 @@ impl StorageTier for GrpcTier {
     }
 
     async fn replicas(&self, groups: &[GroupId]) -> Result<Vec<Vec<String>>> {
-        if self.nodes.read().expect("nodes lock").is_empty() {
-            self.refresh().await?;
-        }
+        self.learn_nodes().await?;
         let nodes = self.nodes.read().expect("nodes lock");
         let leaders = self.leaders.read().expect("leaders lock");
         let ids: Vec<NodeId> = nodes.keys().map(|id| NodeId(*id)).collect();
@@ -201,15 +200,16 @@ impl StorageTier for GrpcTier {
     }
 
     async fn status(&self) -> Vec<ServerStatus> {
-        let _ = self.refresh().await;
+        // Known nodes are listed by id; without them, the seeds answer.
+        let _ = self.learn_nodes().await;
         let addrs = self.addresses();
         let answers = futures::future::join_all(addrs.iter().map(|(_, addr)| self.status_of(addr))).await;
         addrs.into_iter().zip(answers).map(|((id, addr), status)| ServerStatus { id, addr, status }).collect()
     }
 
     async fn refresh_leaders(&self) {
-        let addrs = self.addresses();
-        futures::future::join_all(addrs.iter().map(|(_, addr)| self.status_of(addr))).await;
+        // Each answer teaches the leaders its server knows (`status_of`).
+        self.status().await;
     }
 }
 

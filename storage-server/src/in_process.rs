@@ -19,7 +19,7 @@
 //! - [`InProcessTier::change_leader`]: a group's leadership moves.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,8 +67,6 @@ pub struct InProcessTier {
     servers: Mutex<BTreeMap<u64, Hosted>>,
     addrs: BTreeMap<u64, String>,
     faults: Mutex<Faults>,
-    /// The certificates of the cluster (for clients reading fragments).
-    pub certs: PathBuf,
 }
 
 impl InProcessTier {
@@ -109,7 +107,7 @@ impl InProcessTier {
             let opened = server::open(&config).await?;
             hosted.insert(member.id, run(opened, config, listener));
         }
-        let tier = Arc::new(InProcessTier { servers: Mutex::new(hosted), addrs, faults: Mutex::default(), certs });
+        let tier = Arc::new(InProcessTier { servers: Mutex::new(hosted), addrs, faults: Mutex::default() });
         let mut groups = vec![GroupId::META];
         groups.extend(shard::shard_groups(shards));
         for g in groups {
@@ -199,9 +197,7 @@ impl InProcessTier {
     /// running replica of it: it will name the leader).
     fn target(&self, group: GroupId) -> std::result::Result<Arc<Node>, CallFailure> {
         let unreachable = |m: &str| CallFailure { error: Error::unavailable(m), arrived: false };
-        let failing =
-            self.faults.lock().expect("faults lock").failing.get_mut(&group).filter(|n| **n > 0).map(|n| *n -= 1);
-        if failing.is_some() {
+        if take_one(&mut self.faults.lock().expect("faults lock").failing, group) {
             let error = Error::io(format!("group {group} failed (fault injected)"));
             return Err(CallFailure { error, arrived: true });
         }
@@ -216,7 +212,7 @@ impl InProcessTier {
     async fn reply<T>(&self, group: GroupId, write: bool, answer: Result<T>) -> std::result::Result<T, CallFailure> {
         let (lose, delay) = {
             let mut faults = self.faults.lock().expect("faults lock");
-            let lose = write && faults.lost.get_mut(&group).filter(|n| **n > 0).map(|n| *n -= 1).is_some();
+            let lose = write && take_one(&mut faults.lost, group);
             faults.lost_so_far += usize::from(lose);
             (lose, faults.delayed.get(&group).copied())
         };
@@ -228,6 +224,18 @@ impl InProcessTier {
             return Err(CallFailure { error, arrived: true });
         }
         answer.map_err(|error| CallFailure { error, arrived: true })
+    }
+}
+
+/// Takes one from `group`'s count of faults still to inject; false when
+/// none is left.
+fn take_one(counts: &mut HashMap<GroupId, usize>, group: GroupId) -> bool {
+    match counts.get_mut(&group) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
     }
 }
 

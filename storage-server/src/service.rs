@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use drsdb_common::config::Member;
 use drsdb_common::error::catch_panic;
+use drsdb_common::stream::part;
 use drsdb_common::ticket::TicketKey;
 use drsdb_common::tls;
-use drsdb_common::value::{self, Batch};
 use drsdb_common::{Error, GroupId, NodeId};
 use drsdb_proto as pb;
 use openraft::async_runtime::WatchReceiver;
@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use drsdb_common::command::{Column, Command, Statement};
+use drsdb_common::command::{Command, Statement};
 use drsdb_sqlite::{Failure, Limits};
 
 use crate::codec;
@@ -169,30 +169,10 @@ impl Node {
         tokio::task::spawn_blocking(move || {
             let _finished = finished;
             let _running = running;
-            let mut batch = Batch::new(ROWS_PER_PART);
-            let send_rows =
-                |rows| tx.blocking_send(Ok(part(pb::result_part::Part::Rows(value::to_rows(rows))))).is_ok();
             // A panic (a bug) ends this read with an error, not the process.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                db.run(
-                    &statement,
-                    limits,
-                    |columns| {
-                        // A gone reader shows up when the first rows are sent.
-                        let _ = tx.blocking_send(Ok(columns_part(columns)));
-                    },
-                    |row| batch.push(row).is_none_or(send_rows),
-                )
+                db.run_parts(&statement, limits, ROWS_PER_PART, |p| tx.blocking_send(Ok(p)).is_ok())
             }));
-            if result.is_ok() {
-                // The rows made before the statement ended go first, also
-                // when it ended in an error (SQLite hands them out before
-                // the error too).
-                let rest = batch.take();
-                if !rest.is_empty() {
-                    send_rows(rest);
-                }
-            }
             let last = match result {
                 Err(_) => Err(Status::from(Error::Internal(
                     "the storage server hit a bug while running this read and abandoned it; please report this with \
@@ -219,16 +199,6 @@ pub(crate) type PartStream = Pin<Box<dyn Stream<Item = Result<pb::ResultPart, St
 /// The `Storage` service (index server → storage server; clients call
 /// `ReadFragment` only).
 pub struct StorageService(pub Arc<Node>);
-
-fn part(p: pb::result_part::Part) -> pb::ResultPart {
-    pb::ResultPart { part: Some(p) }
-}
-
-fn columns_part(columns: &[Column]) -> pb::ResultPart {
-    part(pb::result_part::Part::Columns(pb::Columns {
-        columns: columns.iter().map(|c| pb::Column { name: c.name.clone(), decl_type: c.decl_type.clone() }).collect(),
-    }))
-}
 
 #[tonic::async_trait]
 impl pb::storage_server::Storage for StorageService {

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use drsdb_common::stream::{columns_part, rows_part};
+use drsdb_common::value::Batch;
 use drsdb_common::{Error, Value};
+use drsdb_proto as pb;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rusqlite::functions::FunctionFlags;
@@ -301,6 +304,37 @@ impl Db {
     /// True outside any open SQLite transaction.
     pub fn is_autocommit(&self) -> bool {
         self.conn.is_autocommit()
+    }
+
+    /// Runs `stmt` like [`Db::run`], handing its result to `send` as the
+    /// parts of a result stream: the columns, then the rows in batches
+    /// (`value::Batch`, at most `rows_per_part` rows). The rows made before
+    /// the statement ended are sent also when it failed, as SQLite hands
+    /// them out before its error. `send` returning false (the reader left)
+    /// stops the statement. The caller sends the last part: `Done`, or the
+    /// error.
+    pub fn run_parts(
+        &self,
+        stmt: &Statement,
+        limits: Limits,
+        rows_per_part: usize,
+        send: impl Fn(pb::ResultPart) -> bool,
+    ) -> Result<StatementResult, Failure> {
+        let mut batch = Batch::new(rows_per_part);
+        let result = self.run(
+            stmt,
+            limits,
+            |columns| {
+                // A reader that left shows up when the first rows are sent.
+                send(columns_part(columns));
+            },
+            |row| batch.push(row).is_none_or(|rows| send(rows_part(rows))),
+        );
+        let rest = batch.take();
+        if !rest.is_empty() {
+            send(rows_part(rest));
+        }
+        result
     }
 
     /// Runs one user statement, handing each row to `on_row` (return false

@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use drsdb_common::command::{Command, Statement};
-use drsdb_common::value::{self, Batch};
+use drsdb_common::value;
 use drsdb_common::{sql, Error, GroupId, Result, TxnId, Value};
 use drsdb_proto as pb;
 use drsdb_sqlite::{Db, Limits};
 use futures::future::join_all;
 use tokio::sync::mpsc;
 
-use super::output::{columns_part, done, rows_part, PartSender};
+use super::output::{done, PartSender};
 use super::{failure, with_sql, Executor};
 use crate::catalog;
 use crate::planner::Plan;
@@ -39,20 +39,7 @@ impl Executor {
         let cancel = CancelOnDrop::default();
         let limits = Limits { cancel: Some(cancel.0.clone()), deadline: None };
         let result = tokio::task::spawn_blocking(move || {
-            let mut batch = Batch::new(rows_per_batch);
-            let send_rows = |rows| out.blocking_send(Ok(rows_part(rows))).is_ok();
-            let r = db.run(
-                &statement,
-                limits,
-                |columns| {
-                    let _ = out.blocking_send(Ok(columns_part(columns)));
-                },
-                |row| batch.push(row).is_none_or(send_rows),
-            );
-            let rest = batch.take();
-            if !rest.is_empty() {
-                send_rows(rest);
-            }
+            let r = db.run_parts(&statement, limits, rows_per_batch, |p| out.blocking_send(Ok(p)).is_ok());
             r.map(|_| {
                 let _ = out.blocking_send(Ok(done(0, 0, done_txn.as_ref())));
             })

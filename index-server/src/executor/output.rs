@@ -1,8 +1,9 @@
 //! What the executor sends the client: result parts (columns, row
 //! batches, `Done`) on the client's stream, batched by rows and bytes.
 
-use drsdb_common::command::{Column, StatementResult};
-use drsdb_common::value::{self, Batch};
+use drsdb_common::command::StatementResult;
+use drsdb_common::stream::{part, rows_part};
+use drsdb_common::value::Batch;
 use drsdb_common::{Error, Result, TxnId, Value};
 use drsdb_proto as pb;
 use tokio::sync::mpsc;
@@ -12,11 +13,6 @@ use super::Executor;
 
 /// Where a statement's result parts go (the client's stream).
 pub type PartSender = mpsc::Sender<std::result::Result<pb::ResultPart, Status>>;
-
-/// A part holding `p`.
-pub(super) fn part(p: pb::result_part::Part) -> pb::ResultPart {
-    pb::ResultPart { part: Some(p) }
-}
 
 /// A `Done` part.
 pub fn done(rows_affected: u64, last_insert_rowid: i64, txn: Option<&TxnId>) -> pb::ResultPart {
@@ -30,18 +26,6 @@ pub fn done(rows_affected: u64, last_insert_rowid: i64, txn: Option<&TxnId>) -> 
 /// Sends one part to the client; fails once the client has gone.
 pub(super) async fn send(out: &PartSender, p: pb::ResultPart) -> Result<()> {
     out.send(Ok(p)).await.map_err(|_| Error::unavailable("client went away"))
-}
-
-/// A part holding a batch of rows.
-pub(super) fn rows_part(rows: Vec<Vec<Value>>) -> pb::ResultPart {
-    part(pb::result_part::Part::Rows(value::to_rows(rows)))
-}
-
-/// The columns part of a result.
-pub(super) fn columns_part(columns: &[Column]) -> pb::ResultPart {
-    part(pb::result_part::Part::Columns(pb::Columns {
-        columns: columns.iter().map(|c| pb::Column { name: c.name.clone(), decl_type: c.decl_type.clone() }).collect(),
-    }))
 }
 
 /// Sends a complete result: columns, rows in batches, then `Done`.
@@ -99,8 +83,7 @@ impl<'a> Batcher<'a> {
 
 impl Executor {
     pub(super) async fn send_result(&self, out: &PartSender, r: StatementResult, txn: Option<&TxnId>) -> Result<()> {
-        let columns =
-            r.columns.iter().map(|c| pb::Column { name: c.name.clone(), decl_type: c.decl_type.clone() }).collect();
+        let columns = r.columns.into_iter().map(Into::into).collect();
         send_rows(out, columns, r.rows, self.rows_per_batch, done(r.rows_affected, r.last_insert_rowid, txn)).await
     }
 }

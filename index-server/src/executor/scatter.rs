@@ -7,7 +7,7 @@
 
 use drsdb_common::command::{Command, Statement};
 use drsdb_common::order::Collation;
-use drsdb_common::stream::{Combined, PartReader};
+use drsdb_common::stream::{part, Combined, PartReader};
 use drsdb_common::tier::Parts;
 use drsdb_common::{Error, GroupId, Result, TxnId};
 use drsdb_proto as pb;
@@ -15,7 +15,7 @@ use drsdb_sqlite::Db;
 use futures::future::join_all;
 use futures::StreamExt;
 
-use super::output::{done, part, send, Batcher, PartSender};
+use super::output::{done, send, Batcher, PartSender};
 use super::{with_sql, Executor};
 use crate::grpc_tier::read_request;
 use crate::metrics::Metrics;
