@@ -2,9 +2,12 @@
 //! the wire between replicas and in the files a replica keeps: log
 //! entries, the vote, the applied state, snapshot metadata.
 //!
-//! Every record written to disk carries [`FORMAT_VERSION`]; one in another
-//! format is refused, never misread. A storage server also refuses at
-//! start a data directory whose marker names another format (`server`).
+//! The records of a group's log store (entries, vote, committed and
+//! purged ids), its applied state and its snapshot record carry
+//! [`FORMAT_VERSION`]; one in another format is refused, never misread.
+//! The outcomes a group records for deduplication are bare `Outcome`
+//! messages: like everything in a data directory, they are covered by its
+//! format marker, which a storage server checks at start (`server`).
 //! Decoding fails with [`Malformed`], which callers turn into a corrupt-
 //! data error (disk) or an invalid-argument answer (network).
 
