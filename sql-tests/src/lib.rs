@@ -13,6 +13,8 @@
 //! The engine label is `sqlite`: `skipif sqlite` records are skipped,
 //! `onlyif sqlite` ones run, `onlyif <other>` ones are skipped.
 
+pub mod rng;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 

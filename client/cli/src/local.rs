@@ -321,6 +321,37 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The servers' names (`storage-N`, `index-N`).
+    pub fn server_names(&self) -> Vec<String> {
+        self.processes.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// Stops the server `name` as an operator would (SIGTERM, then SIGKILL
+    /// after a grace period).
+    pub fn stop_server(&mut self, name: &str) -> anyhow::Result<()> {
+        if let Some(child) = self.process(name)?.child.take() {
+            stop_all(vec![(name.to_string(), child)]);
+        }
+        Ok(())
+    }
+
+    /// Freezes the server `name` (SIGSTOP): it holds its connections and
+    /// answers nothing until [`LocalCluster::resume`].
+    pub fn pause(&mut self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&mut self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&mut self, name: &str, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let Some(child) = &self.process(name)?.child else { anyhow::bail!("{name} is not running") };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)?;
+        Ok(())
+    }
+
     /// Stops every server (SIGTERM, then SIGKILL after a grace period).
     pub fn stop(&mut self) {
         let children: Vec<(String, Child)> =
@@ -394,6 +425,8 @@ fn stop_all(mut children: Vec<(String, Child)>) {
     use nix::unistd::Pid;
     for (_, child) in &children {
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        // A paused server would not act on SIGTERM before the deadline.
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
     }
     let deadline = Instant::now() + STOP_GRACE;
     for (name, child) in &mut children {
