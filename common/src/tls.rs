@@ -23,6 +23,14 @@ use crate::error::{Error, Result};
 
 /// Time allowed to open a connection before the peer counts as down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Every open connection is probed this often (HTTP/2 PING), busy or idle.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// A peer that does not answer a probe within this long counts as gone:
+/// the connection is closed and the calls on it fail at once, so a frozen
+/// or cut-off server (SIGSTOP, a partition) holds no caller for longer
+/// than about `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT`. A merely slow
+/// server still answers probes (they are handled apart from requests).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// File names inside a certificate directory made by [`generate`].
 pub mod files {
@@ -207,7 +215,10 @@ impl Dialer {
         }
         let identity = Identity::from_pem(read(&tls.cert, "certificate")?, read(&tls.key, "key")?);
         let ca = Certificate::from_pem(read(&tls.ca, "CA certificate")?);
-        Ok(Dialer { tls: Some(ClientTlsConfig::new().ca_certificate(ca).identity(identity)) })
+        // The handshake is bounded too: a frozen server accepts TCP
+        // connections (its kernel does) but never answers the handshake.
+        let tls = ClientTlsConfig::new().ca_certificate(ca).identity(identity).timeout(CONNECT_TIMEOUT);
+        Ok(Dialer { tls: Some(tls) })
     }
 
     /// An endpoint for `addr` (`host:port`), TLS unless insecure.
@@ -216,6 +227,9 @@ impl Dialer {
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| Error::invalid(format!("bad address {addr}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             ep = ep.tls_config(tls.clone()).map_err(|e| Error::invalid(format!("TLS setup for {addr}: {e}")))?;

@@ -8,9 +8,17 @@
 //! names; one that meets a dead server tries the next server. When a call
 //! is made again is `drsdb_common::tier::with_leader`'s rule: a write whose
 //! outcome is unknown only when the storage tier deduplicates it.
+//!
+//! A server whose connection failed (it died, froze or was cut off: the
+//! transport's keepalive notices within seconds) is *suspect* for
+//! [`SUSPECT_FOR`]: requests for every group avoid it, even where it was
+//! the cached leader or a follower still names it, while another replica
+//! can be tried. So a frozen leader costs each caller one failed call, not
+//! one per group it led, and not the length of the freeze.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use drsdb_common::command::{Command, CommandResult, Statement};
 use drsdb_common::tier::{self, CallFailure, Parts, ServerStatus, StorageTier};
@@ -22,6 +30,8 @@ use tonic::transport::Channel;
 
 /// Largest message from a storage server.
 const MAX_MESSAGE: usize = 64 << 20;
+/// How long a server whose connection failed is avoided.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
 /// Storage servers and group leaders as this index server knows them.
 pub struct GrpcTier {
@@ -29,6 +39,8 @@ pub struct GrpcTier {
     seeds: Vec<String>,
     nodes: RwLock<BTreeMap<u64, String>>,
     leaders: RwLock<HashMap<GroupId, u64>>,
+    /// Addresses whose connection failed, and until when they are avoided.
+    suspects: RwLock<HashMap<String, Instant>>,
 }
 
 impl GrpcTier {
@@ -39,6 +51,7 @@ impl GrpcTier {
             seeds,
             nodes: RwLock::new(BTreeMap::new()),
             leaders: RwLock::new(HashMap::new()),
+            suspects: RwLock::new(HashMap::new()),
         }
     }
 
@@ -60,7 +73,11 @@ impl GrpcTier {
     /// Asks one storage server for its status and learns the node list and
     /// the leaders it knows.
     async fn status_of(&self, addr: &str) -> Result<pb::StatusResponse> {
-        let status = self.client(addr)?.status(pb::StatusRequest {}).await?.into_inner();
+        let answer = self.client(addr)?.status(pb::StatusRequest {}).await;
+        // The periodic status calls (`refresh_leaders`) find frozen servers
+        // before requests have to.
+        self.heard(addr, answer.as_ref().err());
+        let status = answer?.into_inner();
         if !status.nodes.is_empty() {
             let mut nodes = self.nodes.write().expect("nodes lock");
             for n in &status.nodes {
@@ -94,25 +111,52 @@ impl GrpcTier {
 
     /// The address to try for `group`'s leader: the cached leader, or the
     /// `attempt`-th server holding a replica of it (of any known server
-    /// while only the seeds are known).
+    /// while only the seeds are known); suspects only when nothing else is
+    /// left.
     fn target(&self, group: GroupId, attempt: usize) -> Option<String> {
         let nodes = self.addresses();
         if nodes.is_empty() {
             return None;
         }
+        let suspect = |addr: &str| self.is_suspect(addr);
         if let Some(leader) = self.leaders.read().expect("leaders lock").get(&group) {
-            if let Some((_, addr)) = nodes.iter().find(|(id, _)| id == leader) {
+            if let Some((_, addr)) = nodes.iter().find(|(id, _)| id == leader).filter(|(_, a)| !suspect(a)) {
                 return Some(addr.clone());
             }
         }
         let ids: Vec<NodeId> = nodes.iter().map(|(id, _)| NodeId(*id)).filter(|id| id.0 != 0).collect();
-        let holders: Vec<&String> = shard::replicas_of(&ids, group)
+        let mut holders: Vec<&String> = shard::replicas_of(&ids, group)
             .iter()
             .filter_map(|r| nodes.iter().find(|(id, _)| *id == r.0).map(|(_, a)| a))
             .collect();
-        match holders.is_empty() {
-            true => Some(nodes[attempt % nodes.len()].1.clone()),
-            false => Some(holders[attempt % holders.len()].clone()),
+        if holders.is_empty() {
+            holders = nodes.iter().map(|(_, a)| a).collect();
+        }
+        let healthy: Vec<&String> = holders.iter().copied().filter(|a| !suspect(a)).collect();
+        let choices = if healthy.is_empty() { holders } else { healthy };
+        Some(choices[attempt % choices.len()].clone())
+    }
+
+    /// True while `addr` is suspect.
+    fn is_suspect(&self, addr: &str) -> bool {
+        self.suspects.read().expect("suspects lock").get(addr).is_some_and(|until| *until > Instant::now())
+    }
+
+    /// True while node `id` is suspect.
+    fn is_suspect_node(&self, id: u64) -> bool {
+        let addr = self.nodes.read().expect("nodes lock").get(&id).cloned();
+        addr.is_some_and(|a| self.is_suspect(&a))
+    }
+
+    /// Notes how a call to `addr` went: a connection that failed makes it
+    /// suspect; any answer clears it.
+    fn heard(&self, addr: &str, status: Option<&tonic::Status>) {
+        let failed = status.is_some_and(|s| !drsdb_common::error::is_answer(s));
+        let mut suspects = self.suspects.write().expect("suspects lock");
+        if failed {
+            suspects.insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
+        } else if suspects.contains_key(addr) {
+            suspects.remove(addr);
         }
     }
 
@@ -148,10 +192,19 @@ impl GrpcTier {
                 };
                 tracing::debug!(%group, %addr, attempt, "calling storage server");
                 let sent = sent.map_err(|error| CallFailure { error, arrived: false })?;
-                sent.await.map_err(|status| {
+                let answer = sent.await;
+                self.heard(&addr, answer.as_ref().err());
+                answer.map_err(|status| {
                     let arrived = !drsdb_common::error::never_arrived(&status);
-                    let error = Error::from(status);
+                    let mut error = Error::from(status);
                     self.learn(group, &error);
+                    if let Error::NotLeader { leader: Some(l), .. } = error {
+                        // A follower that still names a suspect leader has
+                        // not seen the election yet: wait for it.
+                        if self.is_suspect_node(l.0) {
+                            error = Error::NotLeader { group, leader: None };
+                        }
+                    }
                     CallFailure { error, arrived }
                 })
             }

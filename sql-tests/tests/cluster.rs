@@ -228,6 +228,44 @@ async fn a_full_cluster_restart_keeps_every_row() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_dies_is_restarted_and_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(dir.path(), Options::default()).await;
+    let mut client = cluster.client().await.unwrap();
+    client.execute("CREATE TABLE t(a INTEGER PRIMARY KEY)", &[]).await.unwrap();
+    // Killed from outside, as an operator or the OOM killer would.
+    let pid = cluster.pid("storage-2").unwrap().expect("storage-2 runs");
+    let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + READY;
+    let mut said = Vec::new();
+    while !said.iter().any(|l: &String| l == "storage-2 restarted") {
+        assert!(Instant::now() < deadline, "storage-2 was not restarted: {said:?}");
+        said.extend(cluster.restart_exited());
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(said[0].starts_with("storage-2 exited"), "{said:?}");
+    assert_ne!(cluster.pid("storage-2").unwrap(), Some(pid));
+    // SHOW NODES shows it answering again, and writes go on.
+    loop {
+        let nodes = client.execute("SHOW NODES", &[]).await.unwrap();
+        let states: Vec<String> = nodes.rows.iter().map(|r| r.get(2).unwrap()).collect();
+        if states.iter().all(|s| s == "up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "storage-2 did not rejoin: {states:?}");
+        tokio::time::sleep(POLL).await;
+    }
+    for i in 0..20i64 {
+        client.execute("INSERT INTO t VALUES (?1)", params![i]).await.unwrap();
+    }
+    // A server stopped through the cluster is not restarted.
+    cluster.kill("index-2").unwrap();
+    assert!(cluster.restart_exited().is_empty());
+    assert_eq!(cluster.pid("index-2").unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_carries_on_when_an_index_server_dies() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = start(dir.path(), Options::default()).await;

@@ -27,6 +27,14 @@ use drsdb_client::Client;
 pub const CERTS_DIR: &str = "certs";
 const LAYOUT_FILE: &str = "cluster.json";
 const LOGS_DIR: &str = "logs";
+/// A server that ran at least this long before exiting is restarted at
+/// once; one that exits sooner waits [`RESTART_BACKOFF`], doubled for each
+/// such exit in a row, up to [`MAX_RESTART_BACKOFF`].
+const STABLE_RUN: Duration = Duration::from_secs(10);
+/// The first wait before restarting a server that exited soon after start.
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest such wait.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 /// Pause between readiness checks.
 const READY_POLL: Duration = Duration::from_millis(200);
 /// How long a server may take to stop after SIGTERM before it is killed.
@@ -136,6 +144,12 @@ struct Process {
     /// A socket already bound for it (first start of a new cluster).
     listener: Option<std::net::TcpListener>,
     child: Option<Child>,
+    /// When it was last started.
+    started: Option<Instant>,
+    /// Exits in a row soon after starting (for the restart backoff).
+    quick_exits: u32,
+    /// When [`LocalCluster::restart_exited`] may start it again.
+    restart_at: Option<Instant>,
 }
 
 /// A running local cluster. Dropping it stops every server.
@@ -200,6 +214,9 @@ impl LocalCluster {
                 subcommand: SERVE_STORAGE,
                 listener: listeners.next().flatten(),
                 child: None,
+                started: None,
+                quick_exits: 0,
+                restart_at: None,
             });
         }
         for (i, addr) in layout.index.iter().enumerate() {
@@ -222,6 +239,9 @@ impl LocalCluster {
                 subcommand: SERVE_INDEX,
                 listener: listeners.next().flatten(),
                 child: None,
+                started: None,
+                quick_exits: 0,
+                restart_at: None,
             });
         }
         let mut cluster = LocalCluster { dir, exe: exe.to_path_buf(), layout, client_tls, processes };
@@ -307,6 +327,8 @@ impl LocalCluster {
             });
         }
         p.child = Some(command.spawn().map_err(|e| anyhow::anyhow!("cannot start {name}: {e}"))?);
+        p.started = Some(Instant::now());
+        p.restart_at = None;
         // The child has its own copy of the socket now.
         drop(listener);
         Ok(())
@@ -350,6 +372,56 @@ impl LocalCluster {
         let Some(child) = &self.process(name)?.child else { anyhow::bail!("{name} is not running") };
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)?;
         Ok(())
+    }
+
+    /// Restarts the servers whose processes exited on their own (not those
+    /// stopped through this cluster): a server that had run for a while
+    /// at once, one that keeps exiting soon after start with a growing
+    /// delay. Returns a line per server that exited or was restarted.
+    pub fn restart_exited(&mut self) -> Vec<String> {
+        let mut said = Vec::new();
+        let now = Instant::now();
+        let logs = self.dir.join(LOGS_DIR);
+        let mut due = Vec::new();
+        for p in &mut self.processes {
+            if let Some(child) = &mut p.child {
+                let Ok(Some(status)) = child.try_wait() else { continue };
+                p.child = None;
+                let ran = p.started.map_or(Duration::ZERO, |s| now - s);
+                p.quick_exits = if ran < STABLE_RUN { p.quick_exits + 1 } else { 0 };
+                let delay = match p.quick_exits {
+                    0 => Duration::ZERO,
+                    n => RESTART_BACKOFF.saturating_mul(1 << (n - 1).min(16)).min(MAX_RESTART_BACKOFF),
+                };
+                p.restart_at = Some(now + delay);
+                said.push(format!(
+                    "{} exited ({status}) after {:.0?}; restarting it in {delay:?} (log: {})",
+                    p.name,
+                    ran,
+                    logs.join(format!("{}.log", p.name)).display()
+                ));
+            }
+            if p.child.is_none() && p.restart_at.is_some_and(|at| at <= now) {
+                due.push(p.name.clone());
+            }
+        }
+        for name in due {
+            match self.start_server(&name) {
+                Ok(()) => said.push(format!("{name} restarted")),
+                Err(e) => {
+                    said.push(format!("{name} could not be restarted: {e}"));
+                    if let Ok(p) = self.process(&name) {
+                        p.restart_at = Some(now + MAX_RESTART_BACKOFF);
+                    }
+                }
+            }
+        }
+        said
+    }
+
+    /// The process id of server `name`, while it runs.
+    pub fn pid(&mut self, name: &str) -> anyhow::Result<Option<u32>> {
+        Ok(self.process(name)?.child.as_ref().map(Child::id))
     }
 
     /// Stops every server (SIGTERM, then SIGKILL after a grace period).

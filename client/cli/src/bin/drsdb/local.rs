@@ -1,6 +1,7 @@
 //! `drsdb local`: start a local cluster and open the shell.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drsdb_cli::local::{LocalCluster, Options, CERTS_DIR};
@@ -9,6 +10,8 @@ use crate::shell;
 
 /// How long the cluster may take to answer after start.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// How often the servers are checked for exits (and restarted).
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 
 /// Options of `drsdb local`.
 #[derive(clap::Args)]
@@ -65,17 +68,37 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     if !cluster.layout().insecure {
         println!("         or:  drsdb --connect {index} --certs {dir}/{CERTS_DIR}");
     }
-    let result = if args.no_shell {
-        println!("running until SIGTERM or SIGINT");
-        runtime.block_on(drsdb_common::logging::terminated());
-        Ok(())
-    } else {
-        runtime
-            .block_on(cluster.client())
+    let shell_client = (!args.no_shell).then(|| runtime.block_on(cluster.client()));
+    // Servers that die are restarted while the cluster runs.
+    let cluster = Arc::new(Mutex::new(cluster));
+    let supervisor = runtime.spawn(supervise(cluster.clone()));
+    let result = match shell_client {
+        None => {
+            println!("running until SIGTERM or SIGINT");
+            runtime.block_on(drsdb_common::logging::terminated());
+            Ok(())
+        }
+        Some(connected) => connected
             .map_err(anyhow::Error::from)
-            .and_then(|mut client| shell::interactive(&runtime, &mut client, shell::Mode::Table))
+            .and_then(|mut client| shell::interactive(&runtime, &mut client, shell::Mode::Table)),
     };
+    supervisor.abort();
     println!("stopping the cluster");
-    cluster.stop();
+    lock(&cluster).stop();
     result
+}
+
+fn lock(cluster: &Mutex<LocalCluster>) -> std::sync::MutexGuard<'_, LocalCluster> {
+    cluster.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Restarts servers that exit, saying so on stderr.
+async fn supervise(cluster: Arc<Mutex<LocalCluster>>) {
+    let mut every = tokio::time::interval(SUPERVISE_EVERY);
+    loop {
+        every.tick().await;
+        for line in lock(&cluster).restart_exited() {
+            eprintln!("drsdb local: {line}");
+        }
+    }
 }
