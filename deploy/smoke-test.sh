@@ -24,7 +24,7 @@ cleanup() {
 trap cleanup EXIT
 
 deploy/build-image.sh
-cargo build --release --bin drsdb -p drsdb-sql-tests --bin faults
+cargo build --release --bin drsdb --bin faults
 "${compose[@]}" up -d
 
 # Wait for every server's healthcheck.
