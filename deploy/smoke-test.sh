@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The compose cluster's smoke test (CI runs it): builds the image, brings
-# the cluster up under its own project name, writes and reads from the
+# the cluster up under its own project name with three index servers
+# (deploy/compose.sh --index-servers 3), writes and reads from the
 # host with the shell, runs the fault suite's register and set workloads
 # while storage and index servers are cut off by network partitions, and
 # tears everything down (volumes included), also on failure.
@@ -11,11 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 project=${DRSDB_SMOKE_PROJECT:-drsdbsmoke}
-if command -v docker-compose >/dev/null 2>&1; then
-    compose=(docker-compose -p "$project" -f deploy/docker-compose.yml)
-else
-    compose=(docker compose -p "$project" -f deploy/docker-compose.yml)
-fi
+# Three index servers: the third added by compose.sh's flag.
+compose=(env DRSDB_PROJECT="$project" deploy/compose.sh --index-servers 3)
 work=$(mktemp -d)
 cleanup() {
     "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
@@ -30,7 +28,7 @@ cargo build --release --bin drsdb --bin faults
 # Wait for every server's healthcheck.
 for _ in $(seq 1 120); do
     unhealthy=0
-    for c in $("${compose[@]}" ps -q storage1 storage2 storage3 index1 index2); do
+    for c in $("${compose[@]}" ps -q storage1 storage2 storage3 index1 index2 index3); do
         [ "$(docker inspect -f '{{.State.Health.Status}}' "$c")" = healthy ] || unhealthy=1
     done
     [ "$unhealthy" = 0 ] && break
@@ -50,7 +48,7 @@ for f in ca.pem client.pem client.key; do
     docker cp "$certs_container:/certs/$f" "$work/certs/"
 done
 
-shell=(./target/release/drsdb --connect localhost:7201,localhost:7202 --certs "$work/certs")
+shell=(./target/release/drsdb --connect localhost:7201,localhost:7202,localhost:7203 --certs "$work/certs")
 "${shell[@]}" -e "CREATE TABLE smoke(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO smoke VALUES (1, 'one'), (2, 'two'), (3, 'three');"
 answer=$("${shell[@]}" --mode list -e "SELECT count(*), group_concat(v, ',') FROM (SELECT v FROM smoke ORDER BY id)")
 if [ "$answer" != "3|one,two,three" ]; then
@@ -58,7 +56,19 @@ if [ "$answer" != "3|one,two,three" ]; then
     exit 1
 fi
 echo "wrote and read from the host: $answer"
+# The third index server announced itself, and clients reach it.
+for _ in $(seq 1 60); do
+    servers=$("${shell[@]}" --mode list -e "SHOW INDEX SERVERS" | sort | tr '\n' ' ')
+    [ "$servers" = "localhost:7201 localhost:7202 localhost:7203 " ] && break
+    sleep 1
+done
+if [ "$servers" != "localhost:7201 localhost:7202 localhost:7203 " ]; then
+    echo "expected three index servers, SHOW INDEX SERVERS says: $servers" >&2
+    exit 1
+fi
+./target/release/drsdb --connect localhost:7203 --certs "$work/certs" -e "SELECT count(*) FROM smoke"
 
 ./target/release/faults --target compose --project "$project" --certs "$work/certs" \
+    --connect localhost:7201,localhost:7202,localhost:7203 \
     --workload register,set --time 40 --interval 3 --hold 6 \
     --faults partition-storage,partition-majority,partition-index --out "$work/faults"

@@ -209,10 +209,11 @@ impl Client {
                 Err(_) => {}
             },
             Kind::Commit | Kind::Rollback => {
-                if let (Err(e), Some(txn)) = (&result, self.txn.clone()) {
-                    if e.is_transient() {
-                        self.abandon(txn).await;
-                    }
+                // Whatever went wrong (a shard that did not confirm, a lost
+                // reply), shards where the transaction is still open are
+                // released now rather than at their idle timeout.
+                if let (Err(_), Some(txn)) = (&result, self.txn.clone()) {
+                    self.abandon(txn).await;
                 }
                 self.txn = None;
             }

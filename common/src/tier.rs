@@ -76,8 +76,10 @@ pub trait StorageTier: Send + Sync {
     }
 }
 
-/// How long a call keeps looking for a group's leader before giving up.
-const LEADER_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a call keeps looking for a group's leader before giving up:
+/// a few election timeouts. (Longer only delays the caller's failover to
+/// another index server when this one is cut off from the leader.)
+const LEADER_DEADLINE: Duration = Duration::from_secs(5);
 /// Pause before calling again when no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 

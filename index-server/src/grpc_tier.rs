@@ -14,7 +14,9 @@
 //! [`SUSPECT_FOR`]: requests for every group avoid it, even where it was
 //! the cached leader or a follower still names it, while another replica
 //! can be tried. So a frozen leader costs each caller one failed call, not
-//! one per group it led, and not the length of the freeze.
+//! one per group it led, and not the length of the freeze. When every
+//! storage server is suspect, requests fail at once: this index server is
+//! cut off, and the client's next index server may not be.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
@@ -181,6 +183,15 @@ impl GrpcTier {
     {
         // Without the node list, the seeds are tried.
         let _ = self.learn_nodes().await;
+        let nodes = self.addresses();
+        if !nodes.is_empty() && nodes.iter().all(|(_, a)| self.is_suspect(a)) {
+            // Cut off from the whole storage tier: say so at once (nothing
+            // was sent), so that the client turns to another index server.
+            return Err(Error::unavailable(format!(
+                "this index server cannot reach any storage server (their connections failed in the last \
+                 {SUSPECT_FOR:?}); nothing was sent: send the statement to another index server"
+            )));
+        }
         let mut attempt = 0;
         tier::with_leader(group, idempotent, || {
             attempt += 1;

@@ -212,6 +212,15 @@ async fn a_write_whose_reply_was_lost_is_sent_again_and_applies_once() {
     let e = c.run(&mut s, "UPDATE t SET v = 1 WHERE id = 1").await.expect_err("the reply was lost");
     assert!(e.to_string().contains("may or may not have been applied"), "{e}");
     c.ok(&mut s, "ROLLBACK").await;
+    // A COMMIT that the last shard did not confirm has an unknown outcome
+    // as a whole: the error says so, and never to try again.
+    c.ok(&mut s, "BEGIN").await;
+    c.ok(&mut s, "UPDATE t SET v = 2").await;
+    c.tier.lose_replies(GroupId(SHARDS as u64), 1);
+    let e = c.run(&mut s, "COMMIT").await.expect_err("the last shard's reply was lost");
+    let m = e.to_string();
+    assert!(m.contains("outcome of COMMIT is unknown") && m.contains(&format!("{} of {SHARDS}", SHARDS - 1)), "{m}");
+    assert!(!m.contains("try again"), "{m}");
     c.tier.shutdown().await;
 }
 

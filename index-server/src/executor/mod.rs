@@ -214,11 +214,11 @@ impl Executor {
                 send(out, done(0, 0, Some(&t))).await
             }
             (Kind::Commit, Some(t)) => {
-                self.end(shards, |_| Command::Commit(t.clone())).await?;
+                self.end(shards, Command::Commit(t.clone())).await?;
                 send(out, done(0, 0, None)).await
             }
             (Kind::Rollback, Some(t)) => {
-                self.end(shards, |_| Command::Rollback(t.clone())).await?;
+                self.end(shards, Command::Rollback(t.clone())).await?;
                 send(out, done(0, 0, None)).await
             }
             _ => {

@@ -28,14 +28,31 @@ impl Executor {
     }
 
     /// Commits or rolls back on every shard, in shard order.
-    pub(super) async fn end(&self, shards: usize, command: impl Fn(GroupId) -> Command) -> Result<()> {
+    ///
+    /// A COMMIT that failed on some shard has an unknown outcome as a
+    /// whole (shards before it committed; the failed one may have): the
+    /// error says so, never to try again.
+    pub(super) async fn end(&self, shards: usize, command: Command) -> Result<()> {
+        let committing = matches!(command, Command::Commit(_));
         let mut first_error = None;
+        let mut ended = 0;
         for g in shard::shard_groups(shards) {
-            if let Err(e) = self.txn_command(g, command(g)).await {
-                first_error.get_or_insert(e);
+            match self.txn_command(g, command.clone()).await {
+                Ok(_) => ended += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        match first_error {
+            None => Ok(()),
+            Some(Error::InvalidInput(m)) if ended == 0 => Err(Error::InvalidInput(m)),
+            Some(e) if committing => Err(Error::io(format!(
+                "the outcome of COMMIT is unknown: {ended} of {shards} shard(s) confirmed it, then {e}; commits \
+                 over several shards are not atomic yet: check the transaction's rows before running it again"
+            ))),
+            Some(e) => Err(e),
+        }
     }
 
     pub(super) async fn txn_command(&self, group: GroupId, command: Command) -> Result<StatementResult> {
