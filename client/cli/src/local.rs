@@ -152,6 +152,28 @@ struct Process {
     restart_at: Option<Instant>,
 }
 
+impl Process {
+    fn new(
+        name: String,
+        addr: String,
+        config: PathBuf,
+        subcommand: &'static str,
+        listener: Option<std::net::TcpListener>,
+    ) -> Process {
+        Process {
+            name,
+            addr,
+            config,
+            subcommand,
+            listener,
+            child: None,
+            started: None,
+            quick_exits: 0,
+            restart_at: None,
+        }
+    }
+}
+
 /// A running local cluster. Dropping it stops every server.
 pub struct LocalCluster {
     dir: PathBuf,
@@ -207,17 +229,7 @@ impl LocalCluster {
             let name = format!("storage-{}", m.id);
             let path = dir.join(format!("{name}.toml"));
             std::fs::write(&path, toml_string(&config)?)?;
-            processes.push(Process {
-                name,
-                addr: m.addr.clone(),
-                config: path,
-                subcommand: SERVE_STORAGE,
-                listener: listeners.next().flatten(),
-                child: None,
-                started: None,
-                quick_exits: 0,
-                restart_at: None,
-            });
+            processes.push(Process::new(name, m.addr.clone(), path, SERVE_STORAGE, listeners.next().flatten()));
         }
         for (i, addr) in layout.index.iter().enumerate() {
             let config = IndexConfig {
@@ -232,17 +244,7 @@ impl LocalCluster {
             let name = format!("index-{}", i + 1);
             let path = dir.join(format!("{name}.toml"));
             std::fs::write(&path, toml_string(&config)?)?;
-            processes.push(Process {
-                name,
-                addr: addr.clone(),
-                config: path,
-                subcommand: SERVE_INDEX,
-                listener: listeners.next().flatten(),
-                child: None,
-                started: None,
-                quick_exits: 0,
-                restart_at: None,
-            });
+            processes.push(Process::new(name, addr.clone(), path, SERVE_INDEX, listeners.next().flatten()));
         }
         let mut cluster = LocalCluster { dir, exe: exe.to_path_buf(), layout, client_tls, processes };
         let names: Vec<String> = cluster.processes.iter().map(|p| p.name.clone()).collect();
