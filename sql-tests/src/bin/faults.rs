@@ -97,7 +97,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    // On SIGINT or SIGTERM the run is dropped: the local cluster stops and
+    // its directory goes; the history written so far stays.
+    let interrupted = async {
+        drsdb_common::logging::terminated().await;
+        Err(anyhow::anyhow!("interrupted"))
+    };
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = run(args) => r,
+            r = interrupted => r,
+        }
+    });
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
