@@ -110,25 +110,36 @@ where
     Fut: Future<Output = std::result::Result<T, CallFailure>>,
 {
     let deadline = tokio::time::Instant::now() + LEADER_DEADLINE;
+    // Whether some attempt reached a server and got no answer: a write's
+    // outcome is then unknown, whatever the later attempts said.
+    let mut unknown = false;
     loop {
         let CallFailure { error, arrived } = match call().await {
             Ok(v) => return Ok(v),
             Err(f) => f,
         };
         tracing::debug!(%group, "storage call failed: {error}");
+        unknown |= arrived && matches!(error, Error::Unavailable(_));
         let retry = match &error {
             Error::NotLeader { .. } => true,
             Error::Unavailable(_) => idempotent || !arrived,
             _ => false,
         };
         if !retry || tokio::time::Instant::now() >= deadline {
-            return Err(match error {
-                Error::Unavailable(m) if !idempotent && arrived => Error::Unavailable(format!(
-                    "{m}; the write may or may not have been applied, check before sending it again"
-                )),
+            let error = match error {
+                Error::NotLeader { group, .. } if unknown => {
+                    Error::unavailable(format!("group {group} has no leader right now"))
+                }
                 Error::NotLeader { group, .. } => {
                     Error::unavailable(format!("group {group} has no leader right now; try again shortly"))
                 }
+                other => other,
+            };
+            return Err(match error {
+                Error::Unavailable(m) if unknown => Error::Unavailable(format!(
+                    "{m}; an attempt reached a storage server and got no answer, so if this writes, it may or may \
+                     not have been applied: check before sending it again"
+                )),
                 other => other,
             });
         }
