@@ -154,11 +154,28 @@ impl GrpcTier {
     /// suspect; any answer clears it.
     fn heard(&self, addr: &str, status: Option<&tonic::Status>) {
         let failed = status.is_some_and(|s| !drsdb_common::error::is_answer(s));
-        let mut suspects = self.suspects.write().expect("suspects lock");
         if failed {
-            suspects.insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
-        } else if suspects.contains_key(addr) {
-            suspects.remove(addr);
+            self.suspects.write().expect("suspects lock").insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
+        } else if self.suspects.read().expect("suspects lock").contains_key(addr) {
+            // Every call passes here: the write lock only when there is
+            // something to clear.
+            self.suspects.write().expect("suspects lock").remove(addr);
+        }
+    }
+
+    /// True when every known storage server is suspect: this index server
+    /// is cut off from the storage tier.
+    fn cut_off(&self) -> bool {
+        let suspects = self.suspects.read().expect("suspects lock");
+        if suspects.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let suspect = |addr: &String| suspects.get(addr).is_some_and(|until| *until > now);
+        let nodes = self.nodes.read().expect("nodes lock");
+        match nodes.is_empty() {
+            true => !self.seeds.is_empty() && self.seeds.iter().all(suspect),
+            false => nodes.values().all(suspect),
         }
     }
 
@@ -183,8 +200,7 @@ impl GrpcTier {
     {
         // Without the node list, the seeds are tried.
         let _ = self.learn_nodes().await;
-        let nodes = self.addresses();
-        if !nodes.is_empty() && nodes.iter().all(|(_, a)| self.is_suspect(a)) {
+        if self.cut_off() {
             // Cut off from the whole storage tier: say so at once (nothing
             // was sent), so that the client turns to another index server.
             return Err(Error::unavailable(format!(

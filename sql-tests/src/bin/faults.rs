@@ -126,7 +126,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(path) = &args.check {
         let [kind] = args.workload.as_slice() else { anyhow::bail!("--check takes the one --workload that wrote it") };
         let check = faults::report(&Workload::new(*kind), faults::history::read(path)?, args.concurrency, None);
-        return Ok((check.violations > 0) == args.expect_violations.contains(kind) && check.inconclusive == 0);
+        return Ok(as_expected(&check, args.expect_violations.contains(kind)));
     }
     std::fs::create_dir_all(&args.out)?;
     let mut all_good = true;
@@ -155,9 +155,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         };
         let check = run.run(target).await?;
         let expected = args.expect_violations.contains(kind);
-        let violated = check.violations > 0;
-        let good = violated == expected && check.inconclusive == 0;
-        if expected && !violated {
+        let good = as_expected(&check, expected);
+        if expected && check.violations == 0 {
             println!("{}: expected violations (a known anomaly) but found none", kind.name());
         }
         all_good &= good;
@@ -168,4 +167,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         println!("{name}: {violations} violations: {}", if good { "as expected" } else { "FAILED" });
     }
     Ok(all_good)
+}
+
+/// Whether a checked history is what was expected: decided, and with
+/// violations exactly when they were expected (a known anomaly).
+fn as_expected(check: &faults::workload::Check, violations_expected: bool) -> bool {
+    (check.violations > 0) == violations_expected && check.inconclusive == 0
 }

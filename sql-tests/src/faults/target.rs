@@ -176,41 +176,40 @@ impl Target {
 
     /// Kills `server` with SIGKILL.
     pub fn kill(&mut self, server: &Server) -> anyhow::Result<()> {
-        match self {
-            Target::Local { cluster, .. } => cluster.kill(&server.name),
-            Target::Compose { .. } => docker(&["kill", "-s", "KILL", &server.name]).map(drop),
-        }
+        self.lever(server, LocalCluster::kill, &["kill", "-s", "KILL"])
     }
 
     /// Stops `server` gracefully (SIGTERM).
     pub fn stop(&mut self, server: &Server) -> anyhow::Result<()> {
-        match self {
-            Target::Local { cluster, .. } => cluster.stop_server(&server.name),
-            Target::Compose { .. } => docker(&["stop", &server.name]).map(drop),
-        }
+        self.lever(server, LocalCluster::stop_server, &["stop"])
     }
 
     /// Starts `server` if it is not running.
     pub fn start(&mut self, server: &Server) -> anyhow::Result<()> {
-        match self {
-            Target::Local { cluster, .. } => cluster.start_server(&server.name),
-            Target::Compose { .. } => docker(&["start", &server.name]).map(drop),
-        }
+        self.lever(server, LocalCluster::start_server, &["start"])
     }
 
     /// Freezes `server`.
     pub fn pause(&mut self, server: &Server) -> anyhow::Result<()> {
-        match self {
-            Target::Local { cluster, .. } => cluster.pause(&server.name),
-            Target::Compose { .. } => docker(&["pause", &server.name]).map(drop),
-        }
+        self.lever(server, LocalCluster::pause, &["pause"])
     }
 
     /// Unfreezes `server`.
     pub fn resume(&mut self, server: &Server) -> anyhow::Result<()> {
+        self.lever(server, LocalCluster::resume, &["unpause"])
+    }
+
+    /// Acts on `server`: through the local cluster, or with the docker
+    /// command `verb` on its container.
+    fn lever(
+        &mut self,
+        server: &Server,
+        local: fn(&mut LocalCluster, &str) -> anyhow::Result<()>,
+        verb: &[&str],
+    ) -> anyhow::Result<()> {
         match self {
-            Target::Local { cluster, .. } => cluster.resume(&server.name),
-            Target::Compose { .. } => docker(&["unpause", &server.name]).map(drop),
+            Target::Local { cluster, .. } => local(cluster, &server.name),
+            Target::Compose { .. } => docker(&[verb, &[server.name.as_str()]].concat()).map(drop),
         }
     }
 
