@@ -27,6 +27,11 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a statement may take to produce its first answer (a write may
 /// wait for a transaction holding its group, or for a leader election).
 const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often an autocommit statement that lost a conflict (a retryable
+/// error: it applied nothing) is run again, and the pause before the
+/// first time (doubling after each).
+const CONFLICT_RETRIES: u32 = 4;
+const CONFLICT_PAUSE: Duration = Duration::from_millis(20);
 /// After the storage servers could not be reached for a direct read, the
 /// session asks for relayed rows this long before trying again.
 const RELAY_AFTER_UNREACHABLE: Duration = Duration::from_secs(30);
@@ -35,6 +40,15 @@ struct Server {
     addr: String,
     failures: u32,
     client: pb::sql_client::SqlClient<Channel>,
+}
+
+/// A transaction open in a session: its id and the shards it holds, as
+/// the last `Done` of it said (the index servers keep no transaction
+/// state: each statement carries it).
+#[derive(Debug, Clone)]
+struct OpenTxn {
+    id: String,
+    groups: Vec<u64>,
 }
 
 /// A client of a drsdb cluster.
@@ -53,7 +67,8 @@ pub struct Client {
     /// Servers dropped from the rotation, and when.
     dropped: HashMap<String, Instant>,
     next: usize,
-    txn: Option<String>,
+    /// The open transaction, if any.
+    txn: Option<OpenTxn>,
     /// This session's id, the prefix of its request ids.
     session: String,
     /// Statements sent so far (the suffix of request ids).
@@ -174,16 +189,71 @@ impl Client {
         let req = pb::ExecuteRequest {
             sql: statement.clone(),
             params: params.iter().cloned().map(Into::into).collect(),
-            txn_id: self.txn.clone().unwrap_or_default(),
+            txn_id: self.txn.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
             request_id: format!("{}-{}", self.session, self.sent),
             accept_fragments: self.direct && self.relay_until.is_none(),
+            txn_groups: self.txn.as_ref().map(|t| t.groups.clone()).unwrap_or_default(),
         };
         // Outside a transaction a statement may be sent again after a lost
         // reply: reads are harmless, writes are deduplicated by request id.
         // Transaction statements are not (their order matters).
         let resendable = self.txn.is_none() && !kind.is_transaction_control();
-        let request_id = req.request_id.clone();
-        let result = match self.send(req.clone(), resendable).await {
+        let mut result = self.attempt(&req, resendable).await;
+        // A conflict (another transaction won the shard) applied nothing:
+        // an autocommit statement runs again, under the same request id.
+        let mut pause = CONFLICT_PAUSE;
+        for _ in 0..CONFLICT_RETRIES {
+            match &result {
+                Err(Error::Retryable(m)) if resendable => tracing::debug!("conflict, running the statement again: {m}"),
+                _ => break,
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            result = self.attempt(&req, resendable).await;
+        }
+        match (kind, self.txn.take()) {
+            (Kind::Begin, None) => {
+                self.txn = result.as_ref().ok().and_then(|rs| rs.txn()).map(|(id, groups)| OpenTxn { id, groups })
+            }
+            (Kind::Commit | Kind::Rollback, Some(txn)) => {
+                // Whatever went wrong (a shard that did not confirm, a lost
+                // reply), shards where the transaction is still open are
+                // released now rather than at their idle timeout.
+                if result.is_err() {
+                    self.abandon(txn).await;
+                }
+            }
+            (_, Some(txn)) => match result {
+                // The shards the transaction holds now come with the
+                // statement's end, so its result is read whole.
+                Ok(rows) => match rows.read_whole().await {
+                    Ok(rows) => {
+                        self.txn = Some(match rows.txn() {
+                            Some((id, groups)) => OpenTxn { id, groups },
+                            None => txn,
+                        });
+                        return Ok(rows);
+                    }
+                    Err(e) => return Err(self.abandoned(txn, e).await),
+                },
+                // The statement's own error leaves the transaction open,
+                // as in SQLite; any other ended it (the index server rolled
+                // it back, or the outcome is unknown).
+                Err(Error::InvalidInput(m)) => {
+                    self.txn = Some(txn);
+                    return Err(Error::InvalidInput(m));
+                }
+                Err(e) => return Err(self.abandoned(txn, e).await),
+            },
+            (_, txn) => self.txn = txn,
+        }
+        result
+    }
+
+    /// Sends `req` (failing over when safe), opening the fragments of a
+    /// direct result; when they cannot be read, asks for the rows relayed.
+    async fn attempt(&mut self, req: &pb::ExecuteRequest, resendable: bool) -> Result<RowStream> {
+        match self.send(req.clone(), resendable).await {
             Ok(mut rows) if rows.has_fragments() => match rows.open_fragments(&self.storage).await {
                 Ok(()) => Ok(rows),
                 // Only reads outside transactions come as fragments, so
@@ -195,43 +265,36 @@ impl Client {
                     if self.storage.any_unreachable() {
                         self.relay_until = Some(Instant::now() + RELAY_AFTER_UNREACHABLE);
                     }
-                    self.send(pb::ExecuteRequest { accept_fragments: false, ..req }, resendable).await
+                    self.send(pb::ExecuteRequest { accept_fragments: false, ..req.clone() }, resendable).await
                 }
             },
             other => other,
-        };
-        match kind {
-            Kind::Begin => match &result {
-                Ok(rs) => self.txn = rs.txn_id(),
-                // The transaction (named by the request id) may have begun:
-                // end it rather than leave it holding its group.
-                Err(e) if e.is_transient() => self.abandon(request_id).await,
-                Err(_) => {}
-            },
-            Kind::Commit | Kind::Rollback => {
-                // Whatever went wrong (a shard that did not confirm, a lost
-                // reply), shards where the transaction is still open are
-                // released now rather than at their idle timeout.
-                if let (Err(_), Some(txn)) = (&result, self.txn.clone()) {
-                    self.abandon(txn).await;
-                }
-                self.txn = None;
-            }
-            _ => {}
         }
-        result
+    }
+
+    /// Rolls back `txn` after `e` ended it, and says so.
+    async fn abandoned(&mut self, txn: OpenTxn, e: Error) -> Error {
+        self.abandon(txn).await;
+        match e {
+            Error::Retryable(m) if m.contains("rolled back") => Error::Retryable(m),
+            Error::Retryable(m) => Error::Retryable(format!("{m}; the transaction was rolled back")),
+            Error::Unavailable(m) => Error::Unavailable(format!("{m}; the transaction was rolled back")),
+            Error::Io(m) => Error::Io(format!("{m}; the transaction was rolled back")),
+            other => other,
+        }
     }
 
     /// Best effort: rolls back transaction `txn` whose state is unknown
     /// (rolling back a transaction that already ended changes nothing).
-    async fn abandon(&mut self, txn: String) {
+    async fn abandon(&mut self, txn: OpenTxn) {
         self.sent += 1;
         let req = pb::ExecuteRequest {
             sql: "ROLLBACK".into(),
             params: Vec::new(),
-            txn_id: txn,
+            txn_id: txn.id,
             request_id: format!("{}-{}", self.session, self.sent),
             accept_fragments: false,
+            txn_groups: txn.groups,
         };
         if let Err(e) = self.send(req, true).await {
             tracing::debug!("could not roll back an abandoned transaction: {e}");

@@ -243,9 +243,26 @@ impl RowStream {
         Ok(ResultSet { columns: self.columns, rows, summary })
     }
 
-    /// The transaction open after the statement, if its `Done` names one.
-    pub(crate) fn txn_id(&self) -> Option<String> {
-        self.answer.done().map(|d| d.txn_id.clone()).filter(|t| !t.is_empty())
+    /// The transaction open after the statement and the shards it holds,
+    /// if its `Done` names one.
+    pub(crate) fn txn(&self) -> Option<(String, Vec<u64>)> {
+        self.answer.done().filter(|d| !d.txn_id.is_empty()).map(|d| (d.txn_id.clone(), d.txn_groups.clone()))
+    }
+
+    /// This result read whole (so that its `Done` is known).
+    pub(crate) async fn read_whole(mut self) -> Result<RowStream> {
+        let mut rows = Vec::new();
+        while let Some(r) = self.next().await? {
+            rows.push(r.into_values());
+        }
+        let done = self.answer.done().cloned().unwrap_or_default();
+        let columns = self.columns.iter().map(|c| pb::Column { name: c.name.clone(), decl_type: c.decl_type.clone() });
+        Ok(RowStream {
+            answer: PartReader::whole(columns.collect(), rows, done),
+            columns: self.columns,
+            fragments: None,
+            direct: None,
+        })
     }
 
     /// How the statement ended; `None` until the stream is consumed.

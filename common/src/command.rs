@@ -14,7 +14,7 @@ use std::fmt;
 
 use drsdb_proto as pb;
 
-use crate::{Error, Result, TxnId, Value};
+use crate::{Error, GroupId, Result, TxnId, Value};
 
 /// One SQL statement with everything needed to run it deterministically.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,25 +72,83 @@ pub enum Command {
     /// Autocommit statements from several clients, applied in one SQLite
     /// transaction (group commit); each statement is atomic on its own.
     Batch(Vec<Statement>),
-    /// Opens an explicit transaction; it holds the group until it ends.
-    Begin(TxnId),
-    /// A statement inside an open transaction.
-    InTxn(TxnId, Statement),
-    /// Commits a transaction.
-    Commit(TxnId),
-    /// Rolls a transaction back (by the client's ROLLBACK, or by the
-    /// leader when the transaction sat idle too long).
-    Rollback(TxnId),
+    /// Steps of one transaction on this group.
+    Txn(TxnCommand),
 }
+
+/// Steps of transaction `txn` on one group, applied in order; the first
+/// that fails ends the command (and, when the command opened the
+/// transaction here, rolls it back here).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxnCommand {
+    /// The transaction (a ULID: an older transaction has a smaller id).
+    pub txn: TxnId,
+    /// The proposer's clock in ms since the Unix epoch: dates the
+    /// transaction's record (records are forgotten after
+    /// [`TXN_RECORD_MEMORY_MS`] by these clocks, alike on every replica).
+    pub now_ms: i64,
+    /// What to do, in order.
+    pub steps: Vec<Step>,
+}
+
+/// One step of a transaction on one group (see `TxnStep` in
+/// `storage.proto`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Opens the transaction on this group. A group holds one transaction
+    /// at a time: while a prepared or an older transaction holds it the
+    /// command answers [`CommandResult::Busy`] (and is proposed again once
+    /// the group is free); a younger one that has not prepared is rolled
+    /// back (wound-wait), so waits never form a cycle.
+    Begin,
+    /// Runs a statement in the open transaction.
+    Run(Statement),
+    /// Promises to commit: the transaction can no longer fail here, and
+    /// only the decision recorded at `anchor` ends it.
+    Prepare {
+        /// The group whose record holds the decision.
+        anchor: GroupId,
+    },
+    /// Commits, recording the commit with every participant. Where the
+    /// transaction is not prepared, this is the decision itself.
+    Commit {
+        /// Every group the transaction wrote to.
+        participants: Vec<GroupId>,
+    },
+    /// Rolls back an open transaction (the client's ROLLBACK, an idle
+    /// timeout); refused once it is prepared.
+    Rollback,
+    /// Rolls back a prepared transaction whose anchor decided to abort.
+    Abort,
+    /// Asks this group (the anchor) for the decision: the recorded one, or
+    /// an abort recorded now when there is none (presumed abort).
+    Resolve,
+}
+
+/// How long a transaction's record (committed or rolled back) is kept, by
+/// the clocks of the commands that write and forget them. A participant
+/// left prepared for longer than this would find no decision and abort.
+pub const TXN_RECORD_MEMORY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Batch(s) => write!(f, "batch of {}", s.len()),
-            Command::Begin(t) => write!(f, "begin {t}"),
-            Command::InTxn(t, s) => write!(f, "in {t}: {}", s.sql),
-            Command::Commit(t) => write!(f, "commit {t}"),
-            Command::Rollback(t) => write!(f, "rollback {t}"),
+            Command::Txn(t) => {
+                write!(f, "{}:", t.txn)?;
+                for step in &t.steps {
+                    match step {
+                        Step::Begin => write!(f, " begin")?,
+                        Step::Run(s) => write!(f, " run `{}`", s.sql)?,
+                        Step::Prepare { anchor } => write!(f, " prepare (anchor {anchor})")?,
+                        Step::Commit { participants } => write!(f, " commit ({} participants)", participants.len())?,
+                        Step::Rollback => write!(f, " rollback")?,
+                        Step::Abort => write!(f, " abort")?,
+                        Step::Resolve => write!(f, " resolve")?,
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -131,8 +189,20 @@ pub enum CommandResult {
     /// A transaction holds the group; the command did nothing and must be
     /// proposed again once the group is free.
     Busy,
-    /// The outcome of `Begin`, `InTxn`, `Commit` or `Rollback`.
+    /// The outcome of a transaction command: its last statement's result,
+    /// or the error of the step that failed.
     Txn(Outcome),
+    /// The decision a [`Step::Resolve`] found or made.
+    Resolved(Decision),
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Committed everywhere it wrote (or to be, where still prepared).
+    Committed,
+    /// Rolled back everywhere.
+    Aborted,
 }
 
 /// A required field missing from a message: the peer sent something this
@@ -176,10 +246,11 @@ impl From<Command> for pb::Command {
             Command::Batch(statements) => {
                 Kind::Batch(pb::Batch { statements: statements.into_iter().map(Into::into).collect() })
             }
-            Command::Begin(t) => Kind::Begin(t.0),
-            Command::InTxn(t, s) => Kind::InTxn(pb::InTransaction { txn: t.0, statement: Some(s.into()) }),
-            Command::Commit(t) => Kind::Commit(t.0),
-            Command::Rollback(t) => Kind::Rollback(t.0),
+            Command::Txn(t) => Kind::Txn(pb::TxnCommand {
+                txn: t.txn.0,
+                now_ms: t.now_ms,
+                steps: t.steps.into_iter().map(Into::into).collect(),
+            }),
         };
         pb::Command { kind: Some(kind) }
     }
@@ -191,10 +262,45 @@ impl TryFrom<pb::Command> for Command {
         use pb::command::Kind;
         Ok(match c.kind.ok_or_else(|| missing("the command"))? {
             Kind::Batch(b) => Command::Batch(b.statements.into_iter().map(Into::into).collect()),
-            Kind::Begin(t) => Command::Begin(TxnId(t)),
-            Kind::InTxn(t) => Command::InTxn(TxnId(t.txn), t.statement.ok_or_else(|| missing("the statement"))?.into()),
-            Kind::Commit(t) => Command::Commit(TxnId(t)),
-            Kind::Rollback(t) => Command::Rollback(TxnId(t)),
+            Kind::Txn(t) => Command::Txn(TxnCommand {
+                txn: TxnId(t.txn),
+                now_ms: t.now_ms,
+                steps: t.steps.into_iter().map(Step::try_from).collect::<Result<_>>()?,
+            }),
+        })
+    }
+}
+
+impl From<Step> for pb::TxnStep {
+    fn from(s: Step) -> Self {
+        use pb::txn_step::Kind;
+        let kind = match s {
+            Step::Begin => Kind::Begin(pb::Unit {}),
+            Step::Run(s) => Kind::Run(s.into()),
+            Step::Prepare { anchor } => Kind::Prepare(anchor.0),
+            Step::Commit { participants } => {
+                Kind::Commit(pb::Participants { groups: participants.into_iter().map(|g| g.0).collect() })
+            }
+            Step::Rollback => Kind::Rollback(pb::Unit {}),
+            Step::Abort => Kind::Abort(pb::Unit {}),
+            Step::Resolve => Kind::Resolve(pb::Unit {}),
+        };
+        pb::TxnStep { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<pb::TxnStep> for Step {
+    type Error = Error;
+    fn try_from(s: pb::TxnStep) -> Result<Self> {
+        use pb::txn_step::Kind;
+        Ok(match s.kind.ok_or_else(|| missing("the transaction step"))? {
+            Kind::Begin(_) => Step::Begin,
+            Kind::Run(s) => Step::Run(s.into()),
+            Kind::Prepare(g) => Step::Prepare { anchor: GroupId(g) },
+            Kind::Commit(p) => Step::Commit { participants: p.groups.into_iter().map(GroupId).collect() },
+            Kind::Rollback(_) => Step::Rollback,
+            Kind::Abort(_) => Step::Abort,
+            Kind::Resolve(_) => Step::Resolve,
         })
     }
 }
@@ -263,6 +369,7 @@ impl From<CommandResult> for pb::CommandResult {
             }
             CommandResult::Busy => Some(Kind::Busy(pb::Busy {})),
             CommandResult::Txn(o) => Some(Kind::Txn(outcome_to_pb(o))),
+            CommandResult::Resolved(d) => Some(Kind::Resolved(d == Decision::Committed)),
         };
         pb::CommandResult { kind }
     }
@@ -279,6 +386,9 @@ impl TryFrom<pb::CommandResult> for CommandResult {
             }
             Some(Kind::Busy(_)) => CommandResult::Busy,
             Some(Kind::Txn(o)) => CommandResult::Txn(outcome_from_pb(o)?),
+            Some(Kind::Resolved(committed)) => {
+                CommandResult::Resolved(if committed { Decision::Committed } else { Decision::Aborted })
+            }
         })
     }
 }
@@ -302,12 +412,18 @@ mod tests {
     #[test]
     fn every_command_round_trips() {
         let txn = TxnId("01J".into());
+        let steps = vec![
+            Step::Begin,
+            Step::Run(statement()),
+            Step::Prepare { anchor: GroupId(3) },
+            Step::Commit { participants: vec![GroupId(1), GroupId(3)] },
+            Step::Rollback,
+            Step::Abort,
+            Step::Resolve,
+        ];
         for c in [
             Command::Batch(vec![statement(), Statement::new("SELECT 1")]),
-            Command::Begin(txn.clone()),
-            Command::InTxn(txn.clone(), statement()),
-            Command::Commit(txn.clone()),
-            Command::Rollback(txn),
+            Command::Txn(TxnCommand { txn, now_ms: -7, steps }),
         ] {
             assert_eq!(Command::try_from(pb::Command::from(c.clone())), Ok(c));
         }
@@ -326,6 +442,8 @@ mod tests {
             CommandResult::Busy,
             CommandResult::Batch(vec![Ok(rows.clone()), Err(Error::StaleSchema { version: 3 })]),
             CommandResult::Txn(Ok(rows)),
+            CommandResult::Resolved(Decision::Committed),
+            CommandResult::Resolved(Decision::Aborted),
             CommandResult::Txn(Err(Error::invalid("UNIQUE constraint failed: t.a"))),
         ] {
             assert_eq!(CommandResult::try_from(pb::CommandResult::from(r.clone())), Ok(r));

@@ -13,9 +13,15 @@
 //! - `SHOW SHARDS OF t`: how many rows of table `t` each shard holds.
 //! - `SHOW SHARD OF t KEY v1, v2…`: the shard that holds the row of `t`
 //!   whose primary key is (v1, v2…).
+//! - `SHOW TRANSACTIONS`: the transactions holding shards now, as the
+//!   shards' leaders see them: open, prepared, or in doubt (prepared, with
+//!   its coordinator quiet: the resolver is finishing it), the shards each
+//!   holds, its age, how long it has been idle, and its anchor once
+//!   prepared.
 //! - `SHOW METRICS`: the counters of the index server that answers
 //!   (`metrics`): statements, rows it sent to clients, fragments it handed
-//!   out for direct streaming.
+//!   out for direct streaming, commits (on one shard, on several),
+//!   aborts, conflict retries, in-doubt transactions resolved.
 
 use drsdb_common::command::Statement;
 use drsdb_common::sql::{self, Kind};
@@ -30,7 +36,7 @@ use crate::planner;
 
 /// What `SHOW` accepts, for the error message.
 const USAGE: &str =
-    "use SHOW NODES, SHOW GROUPS, SHOW SHARDS, SHOW SHARDS OF table, SHOW INDEX SERVERS, SHOW TABLES or SHOW METRICS";
+    "use SHOW NODES, SHOW GROUPS, SHOW SHARDS, SHOW SHARDS OF table, SHOW INDEX SERVERS, SHOW TABLES, SHOW TRANSACTIONS or SHOW METRICS";
 
 fn columns(names: &[&str]) -> Vec<pb::Column> {
     names.iter().map(|n| pb::Column { name: n.to_string(), decl_type: String::new() }).collect()
@@ -107,6 +113,35 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
                 ]),
                 rows,
             )
+        }
+        ["TRANSACTIONS"] => {
+            // One row per transaction: the shards it holds, as their leaders see it.
+            let mut txns: std::collections::BTreeMap<String, Vec<crate::executor::Held>> = Default::default();
+            for held in ex.held().await {
+                txns.entry(held.holder.txn.clone()).or_default().push(held);
+            }
+            let rows = txns
+                .into_iter()
+                .map(|(txn, held)| {
+                    let state =
+                        match (held.iter().any(|h| h.in_doubt()), held.iter().any(|h| h.holder.anchor.is_some())) {
+                            (true, _) => "in doubt",
+                            (false, true) => "prepared",
+                            (false, false) => "open",
+                        };
+                    let shards = held.iter().map(|h| h.group.to_string()).collect::<Vec<_>>().join(",");
+                    let anchor = held.iter().find_map(|h| h.holder.anchor).map(|a| a as i64);
+                    vec![
+                        Value::Text(txn),
+                        Value::Text(state.into()),
+                        Value::Text(shards),
+                        Value::Integer(held.iter().map(|h| h.holder.age_ms).max().unwrap_or(0) as i64),
+                        Value::Integer(held.iter().map(|h| h.holder.idle_ms).min().unwrap_or(0) as i64),
+                        anchor.into(),
+                    ]
+                })
+                .collect();
+            (columns(&["txn", "state", "shards", "age_ms", "idle_ms", "anchor"]), rows)
         }
         ["SHARDS"] => {
             // Each group's leader and database size, as its leader reports them.

@@ -18,6 +18,18 @@ pub struct Metrics {
     pub direct_results: AtomicU64,
     /// Fragments handed out (one per shard of a direct result).
     pub fragments_issued: AtomicU64,
+    /// Transactions committed on one shard (no two-phase commit round).
+    pub commits_single_shard: AtomicU64,
+    /// Transactions committed on several shards by two-phase commit
+    /// (statements run as their own transaction included).
+    pub commits_multi_shard: AtomicU64,
+    /// Transactions rolled back or aborted by this server.
+    pub aborts: AtomicU64,
+    /// Statements run again after a transaction conflict (wound-wait).
+    pub conflict_retries: AtomicU64,
+    /// Prepared transactions this server's resolver finished after their
+    /// coordinator went quiet.
+    pub in_doubt_resolved: AtomicU64,
 }
 
 impl Metrics {
@@ -34,6 +46,11 @@ impl Metrics {
             ("rows_sent", read(&self.rows_sent)),
             ("direct_results", read(&self.direct_results)),
             ("fragments_issued", read(&self.fragments_issued)),
+            ("commits_single_shard", read(&self.commits_single_shard)),
+            ("commits_multi_shard", read(&self.commits_multi_shard)),
+            ("aborts", read(&self.aborts)),
+            ("conflict_retries", read(&self.conflict_retries)),
+            ("in_doubt_resolved", read(&self.in_doubt_resolved)),
         ]
     }
 }

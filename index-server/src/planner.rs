@@ -112,25 +112,13 @@ pub enum Plan {
         /// Where the rows come from.
         source: Source,
     },
-    /// A schema change: the first shard, then the others.
+    /// A schema change on every shard, as one transaction.
     Schema {
-        /// Every shard, first one first.
+        /// Every shard.
         groups: Vec<GroupId>,
         /// For CREATE TABLE: the table, and whether it is a reference table.
         creates: Option<(String, bool)>,
-        /// For CREATE TABLE/INDEX/VIEW: how to take it back on the shards
-        /// that applied it when others could not.
-        undo: Option<Undo>,
     },
-}
-
-/// The object a CREATE statement makes, and the statement that drops it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Undo {
-    /// The object's name.
-    pub name: String,
-    /// `DROP … IF EXISTS name`.
-    pub sql: String,
 }
 
 impl Plan {
@@ -173,14 +161,13 @@ impl Plan {
                     Source::Query(_, plan) => plan.fmt_tree(f, depth + 1),
                 }
             }
-            Plan::Schema { groups, creates, undo } => {
+            Plan::Schema { groups, creates } => {
                 let what = match creates {
                     Some((t, true)) => format!(", creates reference table {t}"),
                     Some((t, false)) => format!(", creates sharded table {t}"),
                     None => String::new(),
                 };
-                let undone = if undo.is_some() { "; dropped again if a shard cannot apply it" } else { "" };
-                writeln!(f, "{pad}Schema change on {} shards, first shard first{what}{undone}", groups.len())
+                writeln!(f, "{pad}Schema change on {} shards{what}", groups.len())
             }
         }
     }
@@ -232,15 +219,13 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
                     drsdb_common::sql::VIRTUAL_TABLE_MODULES.join(", ")
                 )));
             }
-            let undo = Undo { sql: format!("DROP TABLE IF EXISTS {}", drsdb_common::sql::quote_name(&name)), name };
-            return Ok(Plan::Schema { groups, creates: Some((undo.name.clone(), true)), undo: Some(undo) });
+            return Ok(Plan::Schema { groups, creates: Some((name, true)) });
         }
         let stripped = drsdb_common::sql::strip_reference(sql);
         let reference = stripped.is_some();
         let statement = parse(stripped.as_deref().unwrap_or(sql)).ok();
         let creates = statement.as_ref().and_then(created_table).map(|t| (t, reference));
-        let undo = statement.as_ref().and_then(undo_of);
-        return Ok(Plan::Schema { groups, creates, undo });
+        return Ok(Plan::Schema { groups, creates });
     }
     if cx.shards == 1 {
         return Ok(Plan::Single { group: groups[0], why: "the only shard".into() });
@@ -359,18 +344,6 @@ fn created_table(statement: &Statement) -> Option<String> {
         Statement::CreateTable(c) => Some(last_name(&c.name)),
         _ => None,
     }
-}
-
-/// How to drop what a CREATE TABLE/INDEX/VIEW makes.
-fn undo_of(statement: &Statement) -> Option<Undo> {
-    let (kind, name) = match statement {
-        Statement::CreateTable(c) => ("TABLE", last_name(&c.name)),
-        Statement::CreateIndex(c) => ("INDEX", last_name(c.name.as_ref()?)),
-        Statement::CreateView(v) => ("VIEW", last_name(&v.name)),
-        _ => return None,
-    };
-    let sql = format!("DROP {kind} IF EXISTS {}", drsdb_common::sql::quote_name(&name));
-    Some(Undo { name, sql })
 }
 
 /// Plans a query whose text (placeholders numbered) is `source`.

@@ -61,6 +61,17 @@ async fn follow_leaders(executor: Arc<Executor>, interval: Duration) {
     }
 }
 
+/// Finishes prepared transactions whose coordinator went quiet.
+async fn resolve_in_doubt(executor: Arc<Executor>) {
+    loop {
+        tokio::time::sleep(RESOLVE_PERIOD).await;
+        executor.resolve_in_doubt().await;
+    }
+}
+
+/// How often this server looks for in-doubt transactions.
+const RESOLVE_PERIOD: Duration = Duration::from_secs(1);
+
 /// Runs an index server on `listener` until `shutdown` completes.
 pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
@@ -77,6 +88,7 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
     let interval = Duration::from_millis(config.announce_interval_ms);
     let maintenance = tokio::spawn(maintain(executor.clone(), advertise, interval));
     let leaders = tokio::spawn(follow_leaders(executor.clone(), interval));
+    let resolver = tokio::spawn(resolve_in_doubt(executor.clone()));
     let mut builder = Server::builder();
     if let Some(tls) = tls::server_config(&config.tls, config.connections.handshake_timeout())? {
         builder = builder.tls_config(tls).map_err(|e| Error::invalid(format!("TLS: {e}")))?;
@@ -94,6 +106,7 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
         .await;
     maintenance.abort();
     leaders.abort();
+    resolver.abort();
     tracing::info!(%addr, "index server stopped");
     served.map_err(|e| Error::io(format!("gRPC server: {e}")))
 }

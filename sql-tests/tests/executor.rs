@@ -3,10 +3,10 @@
 //! process (`drsdb_storage::InProcessTier`: openraft, SQLite files, TLS on
 //! loopback), with a failure injected at an exact step.
 //!
-//! What each test checks is what drsdb promises today: a statement over
-//! several shards is not atomic yet (see README), but an error never hides
-//! that some shards applied it, and sending the statement again with the
-//! same request id completes it exactly once.
+//! What each test checks is what drsdb promises: a statement over several
+//! shards is atomic (one shard's failure rolls back the others), sending
+//! it again with the same request id applies it once, and an error never
+//! says "try again" about a write that may have applied.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +33,12 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-/// One client session: its open transaction and its request ids.
+/// One client session: its open transaction (and the shards it holds)
+/// and its request ids.
 #[derive(Default)]
 struct Session {
     txn: String,
+    groups: Vec<u64>,
     sent: u64,
 }
 
@@ -65,9 +67,11 @@ impl Cluster {
     /// lost reply uses the same id).
     async fn send(&self, session: &mut Session, sql: &str, id: &str) -> Result<Answer, Error> {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let in_txn = !session.txn.is_empty();
         let req = pb::ExecuteRequest {
             sql: sql.into(),
             txn_id: session.txn.clone(),
+            txn_groups: session.groups.clone(),
             request_id: id.into(),
             ..Default::default()
         };
@@ -85,9 +89,21 @@ impl Cluster {
             Ok::<_, tonic::Status>((rows, reader.done().cloned().unwrap_or_default()))
         };
         let (ran, read) = tokio::join!(run, read);
-        ran?;
+        if let Err(e) = ran {
+            // As the driver does: only a statement's own error leaves a
+            // transaction open.
+            if !matches!(e, Error::InvalidInput(_)) || !in_txn {
+                session.txn.clear();
+                session.groups.clear();
+            }
+            return Err(e);
+        }
         let (rows, done) = read.map_err(Error::from)?;
-        session.txn = done.txn_id;
+        let control = ["BEGIN", "COMMIT", "ROLLBACK"].contains(&sql);
+        if control || !done.txn_id.is_empty() {
+            session.txn = done.txn_id;
+            session.groups = done.txn_groups;
+        }
         Ok(Answer { rows, rows_affected: done.rows_affected })
     }
 
@@ -114,6 +130,20 @@ impl Cluster {
         }
     }
 
+    /// Waits until no transaction holds any shard (aborted ones are
+    /// rolled back by the statement that failed, or by the resolver).
+    async fn no_transactions(&self) {
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        loop {
+            let held = self.ok(&mut Session::default(), "SHOW TRANSACTIONS").await.rows;
+            if held.is_empty() {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still held: {held:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// How many rows of `table` each data shard holds.
     async fn spread(&self, table: &str) -> Vec<i64> {
         let shown = self.ok(&mut Session::default(), &format!("SHOW SHARDS OF {table}")).await;
@@ -128,28 +158,29 @@ fn insert_rows(n: i64) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_multi_shard_insert_with_a_failing_shard_completes_once_when_sent_again() {
+async fn a_multi_shard_insert_with_a_failing_shard_applies_nowhere_then_once() {
     let c = Cluster::start().await;
     let mut s = Session::default();
     c.ok(&mut s, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
-    let failing = GroupId(3);
-    c.tier.fail_calls(failing, 1);
+    c.tier.fail_calls(GroupId(3), 1);
     let e = c.send(&mut s, &insert_rows(40), "insert-1").await.expect_err("one shard failed");
-    assert!(e.to_string().contains("fault injected"), "{e}");
-    let applied: i64 = c.spread("t").await.iter().sum();
-    assert!(applied > 0 && applied < 40, "the other shards applied their rows: {applied}");
-    // Sent again with the same request id: the shards that applied it
-    // return their first outcome, the failed one applies its rows.
+    assert!(matches!(&e, Error::Unavailable(m) if m.contains("fault injected") && m.contains("nothing")), "{e:?}");
+    c.no_transactions().await;
+    assert_eq!(c.spread("t").await, vec![0; SHARDS], "no shard kept its rows");
+    // Sent again with the same request id: applied once.
     let again = c.send(&mut s, &insert_rows(40), "insert-1").await.expect("sent again");
     assert_eq!(again.rows_affected, 40);
-    assert_eq!(c.number("SELECT count(*) FROM t").await, 40);
     assert_eq!(c.number("SELECT count(DISTINCT id) FROM t").await, 40);
     assert!(c.spread("t").await.iter().all(|n| *n > 0), "rows on every shard");
+    // A constraint failure on one shard undoes the others.
+    let e = c.run(&mut s, "INSERT INTO t(id, v) VALUES (41, 0), (42, 0), (43, 0), (44, 0), (1, 0)").await;
+    assert!(matches!(&e, Err(Error::InvalidInput(m)) if m.contains("UNIQUE")), "{e:?}");
+    assert_eq!(c.number("SELECT count(*) FROM t").await, 40);
     c.tier.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broadcast_update_with_a_failing_shard_completes_once_when_sent_again() {
+async fn a_broadcast_update_with_a_failing_shard_applies_nowhere_then_once() {
     let c = Cluster::start().await;
     let mut s = Session::default();
     c.ok(&mut s, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
@@ -158,8 +189,8 @@ async fn a_broadcast_update_with_a_failing_shard_completes_once_when_sent_again(
     let update = "UPDATE t SET v = v + 1";
     let e = c.send(&mut s, update, "update-1").await.expect_err("one shard failed");
     assert!(e.to_string().contains("fault injected"), "{e}");
-    let bumped = c.number("SELECT count(*) FROM t WHERE v = 1").await;
-    assert!(bumped > 0 && bumped < 40, "other shards applied it: {bumped}");
+    c.no_transactions().await;
+    assert_eq!(c.number("SELECT count(*) FROM t WHERE v = 0").await, 40, "no shard kept the update");
     let again = c.send(&mut s, update, "update-1").await.expect("sent again");
     assert_eq!(again.rows_affected, 40);
     assert_eq!(c.number("SELECT count(*) FROM t WHERE v = 1").await, 40, "every row updated exactly once");
@@ -167,13 +198,13 @@ async fn a_broadcast_update_with_a_failing_shard_completes_once_when_sent_again(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_create_that_fails_on_one_shard_is_taken_back_everywhere() {
+async fn a_create_that_fails_on_one_shard_is_made_nowhere() {
     let c = Cluster::start().await;
     let mut s = Session::default();
-    // The first shard creates it; the third fails; the undo drops it again.
     c.tier.fail_calls(GroupId(3), 1);
     let e = c.run(&mut s, "CREATE TABLE u(id INTEGER PRIMARY KEY, v TEXT)").await.expect_err("one shard failed");
-    assert!(matches!(&e, Error::Retryable(m) if m.contains("nothing changed")), "{e:?}");
+    assert!(matches!(&e, Error::Unavailable(m) if m.contains("nothing")), "{e:?}");
+    c.no_transactions().await;
     for g in 1..=SHARDS as u64 {
         let probe = Statement::new("SELECT count(*) FROM sqlite_schema WHERE name = 'u'");
         let rows = c.tier.read_rows(GroupId(g), probe).await.expect("shard answers");
@@ -188,39 +219,80 @@ async fn a_create_that_fails_on_one_shard_is_taken_back_everywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_whose_reply_was_lost_is_sent_again_and_applies_once() {
+async fn a_write_whose_reply_was_lost_applies_once_or_nowhere() {
     let c = Cluster::start().await;
     let mut s = Session::default();
     c.ok(&mut s, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
-    // Every shard loses its next reply: the executor sends each part again
-    // with the same request id, and the storage tier returns the first
-    // outcome instead of applying it twice.
-    for g in 1..=SHARDS as u64 {
-        c.tier.lose_replies(GroupId(g), 1);
-    }
-    let answer = c.ok(&mut s, &insert_rows(20)).await;
-    assert_eq!(c.tier.replies_lost(), SHARDS, "every shard's first reply was lost");
-    assert_eq!(answer.rows_affected, 20);
-    assert_eq!(c.number("SELECT count(*) FROM t").await, 20);
-    // Inside a transaction statements carry no request id: a lost reply
-    // leaves the outcome unknown, and the error says so.
+    // On one shard, an autocommit write is deduplicated by request id: the
+    // executor sends it again and the first outcome comes back.
     let Value::Integer(shard) = c.ok(&mut Session::default(), "SHOW SHARD OF t KEY 1").await.rows[0][0] else {
         panic!("no shard")
     };
+    let shard = GroupId(shard as u64);
+    c.tier.lose_replies(shard, 1);
+    assert_eq!(c.ok(&mut s, "INSERT INTO t VALUES (1, 0)").await.rows_affected, 1);
+    assert_eq!(c.tier.replies_lost(), 1);
+    // Over several shards, a lost reply before the decision aborts the
+    // statement everywhere: it applied nothing, and says so.
+    for g in 1..=SHARDS as u64 {
+        c.tier.lose_replies(GroupId(g), 1);
+    }
+    let e = c.run(&mut s, &insert_rows(20).replace("VALUES (1, 0), ", "VALUES ")).await.expect_err("replies lost");
+    assert!(matches!(&e, Error::Unavailable(m) if m.contains("nothing")), "{e:?}");
+    c.no_transactions().await;
+    assert_eq!(c.number("SELECT count(*) FROM t").await, 1);
+    // Inside a transaction, a lost reply rolls the transaction back.
     c.ok(&mut s, "BEGIN").await;
-    c.tier.lose_replies(GroupId(shard as u64), 1);
+    c.tier.lose_replies(shard, 1);
     let e = c.run(&mut s, "UPDATE t SET v = 1 WHERE id = 1").await.expect_err("the reply was lost");
-    assert!(e.to_string().contains("may or may not have been applied"), "{e}");
-    c.ok(&mut s, "ROLLBACK").await;
-    // A COMMIT that the last shard did not confirm has an unknown outcome
-    // as a whole: the error says so, and never to try again.
+    assert!(matches!(&e, Error::Retryable(m) if m.contains("rolled back")), "{e:?}");
+    c.no_transactions().await;
+    assert_eq!(c.number("SELECT v FROM t WHERE id = 1").await, 0);
+    // A COMMIT whose decision reply was lost asks the anchor: committed.
     c.ok(&mut s, "BEGIN").await;
-    c.ok(&mut s, "UPDATE t SET v = 2").await;
-    c.tier.lose_replies(GroupId(SHARDS as u64), 1);
-    let e = c.run(&mut s, "COMMIT").await.expect_err("the last shard's reply was lost");
-    let m = e.to_string();
-    assert!(m.contains("outcome of COMMIT is unknown") && m.contains(&format!("{} of {SHARDS}", SHARDS - 1)), "{m}");
-    assert!(!m.contains("try again"), "{m}");
+    c.ok(&mut s, &insert_rows(20).replace("VALUES (1, 0), ", "VALUES ")).await;
+    assert_eq!(s.groups.len(), SHARDS, "the transaction holds every shard it wrote: {:?}", s.groups);
+    c.tier.lose_replies(GroupId(1), 1);
+    c.ok(&mut s, "COMMIT").await;
+    c.no_transactions().await;
+    assert_eq!(c.number("SELECT count(*) FROM t").await, 20);
+    c.tier.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_on_disjoint_shards_run_side_by_side_and_the_older_one_wins_a_conflict() {
+    let c = Cluster::start().await;
+    let mut setup = Session::default();
+    c.ok(&mut setup, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
+    c.ok(&mut setup, &insert_rows(40)).await;
+    let shard_of = |rows: &Vec<Vec<Value>>| match rows[0][0] {
+        Value::Integer(g) => g,
+        _ => panic!("{rows:?}"),
+    };
+    // Two keys on different shards, and one on the first key's shard.
+    let mut keys: std::collections::BTreeMap<i64, i64> = Default::default();
+    for id in 1..=40 {
+        let g = shard_of(&c.ok(&mut Session::default(), &format!("SHOW SHARD OF t KEY {id}")).await.rows);
+        keys.entry(g).or_insert(id);
+    }
+    let ids: Vec<i64> = keys.values().copied().collect();
+    let (a, b) = (ids[0], ids[1]);
+    let mut older = Session::default();
+    let mut younger = Session::default();
+    c.ok(&mut older, "BEGIN").await;
+    c.ok(&mut younger, "BEGIN").await;
+    c.ok(&mut older, &format!("UPDATE t SET v = 1 WHERE id = {a}")).await;
+    c.ok(&mut younger, &format!("UPDATE t SET v = 2 WHERE id = {b}")).await;
+    assert_eq!(c.ok(&mut Session::default(), "SHOW TRANSACTIONS").await.rows.len(), 2, "both hold a shard");
+    // The older one needs the younger one's shard: the younger is rolled
+    // back, and learns it at its next statement there.
+    c.ok(&mut older, &format!("UPDATE t SET v = 1 WHERE id = {b}")).await;
+    let e = c.run(&mut younger, &format!("UPDATE t SET v = 3 WHERE id = {b}")).await.expect_err("wounded");
+    assert!(matches!(&e, Error::Retryable(m) if m.contains("rolled back")), "{e:?}");
+    c.ok(&mut older, "COMMIT").await;
+    c.no_transactions().await;
+    assert_eq!(c.number(&format!("SELECT v FROM t WHERE id = {a}")).await, 1);
+    assert_eq!(c.number(&format!("SELECT v FROM t WHERE id = {b}")).await, 1);
     c.tier.shutdown().await;
 }
 

@@ -268,7 +268,7 @@ pub fn snapshot_response_from_pb(m: pb::SnapshotResponse) -> Decoded<Result<Snap
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drsdb_common::command::Statement;
+    use drsdb_common::command::{Statement, Step, TxnCommand};
     use drsdb_common::TxnId;
 
     fn log_id(term: u64, index: u64) -> LogId {
@@ -285,7 +285,11 @@ mod tests {
         for payload in [
             EntryPayload::Blank,
             EntryPayload::Membership(members),
-            EntryPayload::Normal(Command::InTxn(TxnId("t".into()), Statement::new("SELECT 1"))),
+            EntryPayload::Normal(Command::Txn(TxnCommand {
+                txn: TxnId("t".into()),
+                now_ms: 5,
+                steps: vec![Step::Begin, Step::Run(Statement::new("SELECT 1"))],
+            })),
         ] {
             let e = Entry { log_id: log_id(3, 9), payload };
             let bytes = entry_to_pb(e.clone()).encode_to_vec();

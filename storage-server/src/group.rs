@@ -17,7 +17,7 @@ use crate::log_store::LogStore;
 use crate::network::{Network, Peers};
 use crate::state_machine::{Reader, Shared, StateMachine};
 use crate::types::{Raft, TypeConfig};
-use drsdb_common::command::{Command, CommandResult, Outcome, Statement};
+use drsdb_common::command::{Command, CommandResult, Outcome, Statement, Step, TxnCommand};
 
 /// Batches proposed at once by one group's write path; later writes queue
 /// behind them and form the next batch.
@@ -229,6 +229,11 @@ impl Group {
         })
     }
 
+    /// The transaction holding the group on this replica, if any.
+    pub fn holder(&self) -> Option<crate::state_machine::Holder> {
+        self.proposer.shared.holder().borrow().clone()
+    }
+
     /// Bytes of this replica's database file; 0 when it cannot be read.
     pub fn size_bytes(&self) -> u64 {
         std::fs::metadata(self.proposer.shared.current_db()).map_or(0, |m| m.len())
@@ -262,9 +267,15 @@ impl Proposer {
         }
     }
 
+    /// Waits until the transaction holding the group now (if any) no
+    /// longer does: the group is free, or held by another transaction that
+    /// a `Begin` may wound.
     async fn wait_until_free(&self, deadline: tokio::time::Instant) -> Result<()> {
         let mut holder = self.shared.holder();
-        let free = tokio::time::timeout_at(deadline, holder.wait_for(|h| h.is_none())).await.map(|r| r.is_ok());
+        let Some(held_by) = holder.borrow_and_update().as_ref().map(|h| h.txn.clone()) else { return Ok(()) };
+        let free = tokio::time::timeout_at(deadline, holder.wait_for(|h| h.as_ref().map(|h| &h.txn) != Some(&held_by)))
+            .await
+            .map(|r| r.is_ok());
         match free {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::unavailable("server is shutting down")),
@@ -312,7 +323,8 @@ async fn batcher(group: Proposer, mut queue: mpsc::Receiver<PendingWrite>, max_b
 }
 
 /// On the leader, rolls back a transaction that has been idle longer than
-/// `idle` or open longer than `longest`.
+/// `idle` or open longer than `longest`, unless it is prepared (then only
+/// its anchor's decision ends it: index servers resolve it).
 async fn reaper(group: Proposer, idle: Duration, longest: Duration, mut stopped: watch::Receiver<bool>) {
     let holder = group.shared.holder();
     loop {
@@ -320,7 +332,7 @@ async fn reaper(group: Proposer, idle: Duration, longest: Duration, mut stopped:
             _ = tokio::time::sleep(REAPER_PERIOD) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
-        let stale = holder.borrow().clone().and_then(|h| {
+        let stale = holder.borrow().clone().filter(|h| h.prepared.is_none()).and_then(|h| {
             let why = if h.last_activity.elapsed() > idle {
                 "idle longer than txn_idle_timeout_ms"
             } else if h.started.elapsed() > longest {
@@ -333,7 +345,9 @@ async fn reaper(group: Proposer, idle: Duration, longest: Duration, mut stopped:
         if let Some((h, why)) = stale {
             if group.raft.is_leader() {
                 tracing::info!(group = %group.id, txn = %h.txn, "rolling back a transaction {why}");
-                if let Err(e) = group.raft.client_write(Command::Rollback(h.txn.clone())).await {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let rollback = Command::Txn(TxnCommand { txn: h.txn.clone(), now_ms, steps: vec![Step::Rollback] });
+                if let Err(e) = group.raft.client_write(rollback).await {
                     tracing::warn!(group = %group.id, "cannot roll back a transaction {why}: {e}");
                 }
             }

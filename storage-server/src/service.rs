@@ -123,6 +123,12 @@ impl Node {
                     snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
                     size_bytes: g.size_bytes(),
                     replication: self.replication(g, &m),
+                    holder: g.holder().map(|h| pb::HolderStatus {
+                        txn: h.txn.0,
+                        age_ms: h.started.elapsed().as_millis() as u64,
+                        idle_ms: h.last_activity.elapsed().as_millis() as u64,
+                        anchor: h.prepared.map(|g| g.0),
+                    }),
                 }
             })
             .collect();
@@ -182,7 +188,7 @@ impl Node {
                 Ok(Ok(r)) => Ok(part(pb::result_part::Part::Done(pb::Done {
                     rows_affected: r.rows_affected,
                     last_insert_rowid: r.last_insert_rowid,
-                    txn_id: String::new(),
+                    ..Default::default()
                 }))),
                 Ok(Err(Failure::Statement(e))) => Err(Status::from(e)),
                 Ok(Err(Failure::Environment(e))) => Err(Status::from(Error::io(e))),

@@ -7,16 +7,16 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use drsdb_common::command::{Command, Statement};
+use drsdb_common::command::Statement;
 use drsdb_common::value;
-use drsdb_common::{sql, Error, GroupId, Result, TxnId, Value};
+use drsdb_common::{sql, Error, GroupId, Result, Value};
 use drsdb_proto as pb;
 use drsdb_sqlite::{Db, Limits};
 use futures::future::join_all;
 use tokio::sync::mpsc;
 
 use super::output::{done, PartSender};
-use super::{failure, with_sql, Executor};
+use super::{failure, with_sql, Executor, Txn};
 use crate::catalog;
 use crate::planner::Plan;
 
@@ -26,13 +26,13 @@ impl Executor {
         &self,
         db: Db,
         mut statement: Statement,
-        txn: Option<&TxnId>,
+        txn: Option<&Txn>,
         out: &PartSender,
     ) -> Result<()> {
         // The scratch database has a schema of its own.
         statement.schema_version = None;
         let out = out.clone();
-        let done_txn = txn.cloned();
+        let done_part = done(0, 0, txn);
         let rows_per_batch = self.rows_per_batch;
         // Dropped with this future (statement timeout, client gone): the
         // query stops.
@@ -41,7 +41,7 @@ impl Executor {
         let result = tokio::task::spawn_blocking(move || {
             let r = db.run_parts(&statement, limits, rows_per_batch, |p| out.blocking_send(Ok(p)).is_ok());
             r.map(|_| {
-                let _ = out.blocking_send(Ok(done(0, 0, done_txn.as_ref())));
+                let _ = out.blocking_send(Ok(done_part));
             })
         })
         .await
@@ -65,7 +65,7 @@ impl Executor {
         &self,
         plan: &Plan,
         statement: Statement,
-        txn: Option<&TxnId>,
+        txn: Option<&Txn>,
     ) -> Result<Vec<Vec<Value>>> {
         match plan {
             Plan::Single { group, .. } => self.fetch(*group, statement, txn).await,
@@ -104,10 +104,10 @@ impl Executor {
         &self,
         group: GroupId,
         statement: Statement,
-        txn: Option<&TxnId>,
+        txn: Option<&Txn>,
     ) -> Result<Vec<Vec<Value>>> {
         if let Some(t) = txn {
-            return Ok(self.txn_command(group, Command::InTxn(t.clone(), statement)).await?.rows);
+            return Ok(self.apply(group, statement, Some(t)).await?.rows);
         }
         self.tier.read_rows(group, statement).await
     }
@@ -123,7 +123,7 @@ impl Executor {
         filters: &BTreeMap<String, String>,
         groups: &[GroupId],
         statement: &Statement,
-        txn: Option<&TxnId>,
+        txn: Option<&Txn>,
     ) -> Result<Db> {
         let catalog = self.catalog();
         let mut loads = Vec::new();

@@ -6,7 +6,7 @@
 //! - `txn`: a statement on one shard, autocommit or in a transaction, and
 //!   BEGIN/COMMIT/ROLLBACK;
 //! - `write`: INSERTs split by shard, UPDATE/DELETE broadcast;
-//! - `ddl`: schema changes on every shard, and their undo;
+//! - `ddl`: schema changes on every shard;
 //! - `scatter`: queries split over shards and combined, or handed to the
 //!   client as fragments;
 //! - `gather`: queries answered in a scratch database here;
@@ -25,16 +25,17 @@ mod write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use drsdb_common::command::{Command, Statement};
+use drsdb_common::command::Statement;
 use drsdb_common::config::IndexConfig;
 use drsdb_common::sql::{self, Kind};
 use drsdb_common::ticket::TicketKey;
 use drsdb_common::tier::StorageTier;
-use drsdb_common::{Error, NodeId, Result, TxnId, Value};
+use drsdb_common::{Error, NodeId, Result, Value};
 use drsdb_proto as pb;
 use drsdb_sqlite::Failure;
 
 pub use output::{done, send_rows, PartSender};
+pub use txn::{Held, Txn};
 
 use crate::catalog::Catalog;
 use crate::introspection;
@@ -59,6 +60,8 @@ pub struct Executor {
     /// Every statement's memory budget in bytes (`statement_memory_mb`).
     statement_memory: u64,
     rowids: RowidGenerator,
+    /// Makes transaction ids.
+    txn_ids: std::sync::Mutex<ulid::Generator>,
     /// Signs direct-streaming tickets; `None`: every row is relayed.
     tickets: Option<Tickets>,
     /// What this server has done.
@@ -95,6 +98,7 @@ impl Executor {
             rows_per_batch: config.rows_per_batch,
             statement_memory: config.statement_memory_mb << 20,
             rowids: RowidGenerator::new(rand::random()),
+            txn_ids: std::sync::Mutex::new(ulid::Generator::new()),
             tickets,
             metrics: Metrics::default(),
             address,
@@ -180,10 +184,10 @@ impl Executor {
     pub async fn execute(&self, req: pb::ExecuteRequest, out: &PartSender) -> Result<()> {
         sql::check_size(&req.sql)?;
         let kind = sql::classify(&req.sql)?;
-        let txn = (!req.txn_id.is_empty()).then(|| TxnId(req.txn_id.clone()));
+
         // Reads inside a transaction must see its writes: they run in its
         // shards' logs, through here.
-        let direct = self.tickets.is_some() && req.accept_fragments && txn.is_none();
+        let direct = self.tickets.is_some() && req.accept_fragments && req.txn_id.is_empty();
         let statement = Statement {
             sql: req.sql,
             params: req.params.into_iter().map(Into::into).collect(),
@@ -197,28 +201,26 @@ impl Executor {
             return introspection::show(self, &statement.sql, out, self.rows_per_batch).await;
         }
         let shards = self.shard_count().await?;
+        let txn = match req.txn_id.is_empty() {
+            true => None,
+            false => Some(Txn::from_client(&req.txn_id, &req.txn_groups, shards)?),
+        };
         match (kind, &txn) {
             (Kind::Begin, Some(_)) => Err(Error::invalid("cannot start a transaction within a transaction")),
             (Kind::Commit, None) => Err(Error::invalid("cannot commit - no transaction is active")),
             (Kind::Rollback, None) => Err(Error::invalid("cannot rollback - no transaction is active")),
             (Kind::Begin, None) => {
-                // The client's request id names the transaction, so that a
-                // client whose BEGIN reply was lost can still roll it back.
-                let t = TxnId(statement.request_id.clone().unwrap_or_else(|| ulid::Ulid::generate().to_string()));
-                self.begin(&t, shards).await?;
-                // The transaction holds every shard now: the schema it sees
-                // is this one until its own DDL.
-                if let Ok(c) = meta::sync_catalog(self.tier.as_ref()).await {
-                    self.set_catalog(c);
-                }
+                // Nothing is held yet: the transaction opens on each shard
+                // with its first statement there.
+                let t = Txn::begin(self.txn_id());
                 send(out, done(0, 0, Some(&t))).await
             }
             (Kind::Commit, Some(t)) => {
-                self.end(shards, Command::Commit(t.clone())).await?;
+                self.commit(t).await?;
                 send(out, done(0, 0, None)).await
             }
             (Kind::Rollback, Some(t)) => {
-                self.end(shards, Command::Rollback(t.clone())).await?;
+                self.roll_back(t).await;
                 send(out, done(0, 0, None)).await
             }
             _ => {
@@ -252,7 +254,7 @@ impl Executor {
         &self,
         kind: Kind,
         statement: Statement,
-        txn: Option<&TxnId>,
+        txn: Option<&Txn>,
         shards: usize,
         direct: bool,
         out: &PartSender,
@@ -263,13 +265,19 @@ impl Executor {
             let plan = self.plan(&catalog, &statement.sql, &statement.params, kind, shards, direct)?;
             tracing::debug!(sql = %statement.sql, plan = %plan, "planned");
             let mut planned = statement.clone();
-            // Inside a transaction (which holds every shard, so no other
-            // DDL interleaves; its catalog is read at BEGIN) its own DDL
-            // would make the check refuse its later statements.
+            // Inside a transaction its own DDL would make the check refuse
+            // its later statements, so they are not checked. (Not done
+            // yet: another index server's DDL on a shard the transaction
+            // has not touched can then go unnoticed by its plans.)
             if matches!(kind, Kind::Read | Kind::Write) && txn.is_none() {
                 planned.schema_version = catalog.version;
             }
-            match self.run(plan, kind, planned, txn, shards, out).await {
+            let ran = self.run(plan, kind, planned, txn, shards, out).await;
+            let ran = match txn {
+                Some(t) => self.settle(t, ran).await,
+                None => ran,
+            };
+            match ran {
                 Err(Error::StaleSchema { version }) if txn.is_none() && attempt < STALE_SCHEMA_RETRIES => {
                     attempt += 1;
                     tracing::debug!(version, attempt, "schema changed under the plan; reloading the catalog");
@@ -308,7 +316,7 @@ impl Executor {
         plan: Plan,
         kind: Kind,
         statement: Statement,
-        txn: Option<&TxnId>,
+        txn: Option<&Txn>,
         shards: usize,
         out: &PartSender,
     ) -> Result<()> {
@@ -322,8 +330,8 @@ impl Executor {
             }
             Plan::Scatter { groups, split, direct: true } => self.hand_out(&groups, split, statement, out).await,
             Plan::Scatter { groups, split, direct: false } => self.scatter(&groups, split, statement, txn, out).await,
-            Plan::Schema { groups, creates, undo } => {
-                let r = self.schema_change(statement, &groups, creates, undo, txn).await?;
+            Plan::Schema { groups, creates } => {
+                let r = self.schema_change(statement, &groups, creates, txn).await?;
                 self.send_result(out, r, txn).await
             }
             Plan::Insert { table, source } => {
@@ -335,7 +343,9 @@ impl Executor {
                 self.send_result(out, r, txn).await
             }
             Plan::Broadcast { groups, same_seed } => {
-                let r = self.broadcast(&groups, statement, same_seed, txn).await?;
+                let own = self.own_txn(txn, &groups);
+                let r = self.broadcast(&groups, statement, same_seed, txn.or(own.as_ref())).await;
+                let r = self.finish_own(own, r).await?;
                 self.send_result(out, r, txn).await
             }
         }

@@ -4,22 +4,24 @@
 use drsdb_common::command::StatementResult;
 use drsdb_common::stream::{part, rows_part};
 use drsdb_common::value::Batch;
-use drsdb_common::{Error, Result, TxnId, Value};
+use drsdb_common::{Error, Result, Value};
 use drsdb_proto as pb;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::Executor;
+use super::{Executor, Txn};
 
 /// Where a statement's result parts go (the client's stream).
 pub type PartSender = mpsc::Sender<std::result::Result<pb::ResultPart, Status>>;
 
-/// A `Done` part.
-pub fn done(rows_affected: u64, last_insert_rowid: i64, txn: Option<&TxnId>) -> pb::ResultPart {
+/// A `Done` part, naming the transaction the client is in afterwards and
+/// the shards it holds.
+pub fn done(rows_affected: u64, last_insert_rowid: i64, txn: Option<&Txn>) -> pb::ResultPart {
     part(pb::result_part::Part::Done(pb::Done {
         rows_affected,
         last_insert_rowid,
-        txn_id: txn.map(|t| t.0.clone()).unwrap_or_default(),
+        txn_id: txn.map(|t| t.id.0.clone()).unwrap_or_default(),
+        txn_groups: txn.map(|t| t.held().into_iter().map(|g| g.0).collect()).unwrap_or_default(),
     }))
 }
 
@@ -82,7 +84,7 @@ impl<'a> Batcher<'a> {
 }
 
 impl Executor {
-    pub(super) async fn send_result(&self, out: &PartSender, r: StatementResult, txn: Option<&TxnId>) -> Result<()> {
+    pub(super) async fn send_result(&self, out: &PartSender, r: StatementResult, txn: Option<&Txn>) -> Result<()> {
         let columns = r.columns.into_iter().map(Into::into).collect();
         send_rows(out, columns, r.rows, self.rows_per_batch, done(r.rows_affected, r.last_insert_rowid, txn)).await
     }

@@ -5,18 +5,18 @@
 //! as fragments to read from the storage servers itself (direct
 //! streaming). A one-shard read is relayed as its leader streams it.
 
-use drsdb_common::command::{Command, Statement};
+use drsdb_common::command::Statement;
 use drsdb_common::order::Collation;
 use drsdb_common::stream::{part, Combined, PartReader};
 use drsdb_common::tier::Parts;
-use drsdb_common::{Error, GroupId, Result, TxnId};
+use drsdb_common::{Error, GroupId, Result};
 use drsdb_proto as pb;
 use drsdb_sqlite::Db;
 use futures::future::join_all;
 use futures::StreamExt;
 
 use super::output::{done, send, Batcher, PartSender};
-use super::{with_sql, Executor};
+use super::{with_sql, Executor, Txn};
 use crate::grpc_tier::read_request;
 use crate::metrics::Metrics;
 use crate::pushdown::{Combine, PartialColumn, Split};
@@ -29,7 +29,7 @@ impl Executor {
         groups: &[GroupId],
         split: Split,
         statement: Statement,
-        txn: Option<&TxnId>,
+        txn: Option<&Txn>,
         out: &PartSender,
     ) -> Result<()> {
         let part = with_sql(&statement, split.shard_sql)?;
@@ -86,9 +86,9 @@ impl Executor {
     /// One shard's answer to a query, row by row: streamed from the
     /// shard's leader, or (inside a transaction, where reads are log
     /// entries) whole.
-    async fn open_shard(&self, group: GroupId, statement: Statement, txn: Option<&TxnId>) -> Result<PartReader<Parts>> {
+    async fn open_shard(&self, group: GroupId, statement: Statement, txn: Option<&Txn>) -> Result<PartReader<Parts>> {
         if let Some(t) = txn {
-            let r = self.txn_command(group, Command::InTxn(t.clone(), statement)).await?;
+            let r = self.apply(group, statement, Some(t)).await?;
             let columns = r.columns.into_iter().map(Into::into).collect();
             return Ok(PartReader::whole(columns, r.rows, pb::Done::default()));
         }

@@ -1,62 +1,292 @@
-//! Statements on one shard, autocommit or inside an explicit transaction,
-//! and the transaction's BEGIN, COMMIT and ROLLBACK on every shard.
+//! Transactions: statements on the shards a transaction touches, and its
+//! COMMIT by two-phase commit.
 //!
-//! A transaction holds every shard from BEGIN to its end: each shard
-//! opens it in its own log (in shard order, so two transactions never wait
-//! for each other in a cycle), and its statements, reads included, are
-//! entries of the logs of the shards they touch. COMMIT is applied shard by
-//! shard: not atomic across shards yet.
+//! A transaction holds only the shards it touched (each shard holds one
+//! transaction at a time; module `txn` of the storage state machine has
+//! the per-shard rules: wound-wait, prepare, records). The index servers
+//! keep no transaction state: the client sends the transaction's id and
+//! the shards it holds with each statement, and gets them back, grown, in
+//! the statement's `Done`.
+//!
+//! - A statement on a shard not yet held opens the transaction there in
+//!   the same log entry (`[Begin, Run]`).
+//! - COMMIT on one shard is one entry. On several, the shards but one are
+//!   prepared, then the anchor (the lowest shard) commits, which records
+//!   the decision; then the others commit. A coordinator that dies after
+//!   preparing leaves the decision to the resolver (module `resolver`),
+//!   which asks the anchor.
+//! - A statement without a transaction that writes several shards (a
+//!   multi-shard INSERT, a broadcast UPDATE or DELETE, DDL) runs as a
+//!   transaction of its own: `[Begin, Run, Prepare]` on every shard but
+//!   the anchor, `[Begin, Run]` on the anchor, then the anchor's commit.
+//!   It is atomic: one shard's failure rolls back the others.
+//! - Inside an explicit transaction, a statement's own error on one shard
+//!   leaves the transaction open (as SQLite does); any other failure (a
+//!   statement over several shards that failed on some, a shard that did
+//!   not answer, a transaction rolled back by wound-wait) rolls the whole
+//!   transaction back and says so (a retryable error: run it again from
+//!   BEGIN).
 
-use drsdb_common::command::{Command, CommandResult, Statement, StatementResult};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use drsdb_common::command::{Command, CommandResult, Decision, Statement, StatementResult, Step, TxnCommand};
 use drsdb_common::{shard, Error, GroupId, Result, TxnId};
+use futures::future::join_all;
 
 use super::{spread_seed, Executor};
+use crate::metrics::Metrics;
+
+/// A client's transaction id older than this is refused: storage servers
+/// roll back any transaction after `txn_max_duration_ms` (5 minutes by
+/// default), and wound-wait favours older ids, so an old id must not be
+/// accepted from anyone.
+pub const MAX_TXN_AGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// A transaction, as one statement of it sees it.
+#[derive(Debug)]
+pub struct Txn {
+    /// Its id: a ULID, so that older transactions have smaller ids.
+    pub id: TxnId,
+    /// The shards where it is open.
+    held: Mutex<BTreeSet<GroupId>>,
+    /// Shards a command of it reached without an answer: it may be open
+    /// there too.
+    unsure: Mutex<BTreeSet<GroupId>>,
+    /// Shards this statement sent a command to.
+    sent: Mutex<BTreeSet<GroupId>>,
+    /// For a statement run as its own transaction: its anchor, the shard
+    /// that is not prepared before the decision.
+    anchor: Option<GroupId>,
+}
+
+impl Txn {
+    /// A new explicit transaction (its id from [`Executor::txn_id`]).
+    pub fn begin(id: TxnId) -> Txn {
+        Txn::explicit(id, [])
+    }
+
+    /// The explicit transaction a client names: its id (one an index
+    /// server made, at most [`MAX_TXN_AGE`] old) and the shards it holds
+    /// (of the cluster's `shards`).
+    pub fn from_client(id: &str, held: &[u64], shards: usize) -> Result<Txn> {
+        let started = ulid::Ulid::from_string(id)
+            .map_err(|_| Error::invalid(format!("malformed transaction id {id:?}: start a transaction with BEGIN")))?
+            .timestamp_ms();
+        let age_ms = (chrono::Utc::now().timestamp_millis() as u64).saturating_sub(started);
+        if age_ms > MAX_TXN_AGE.as_millis() as u64 {
+            return Err(Error::invalid(format!(
+                "transaction {id} began {} s ago, longer than any transaction may run: it was rolled back; start \
+                 again with BEGIN",
+                age_ms / 1000
+            )));
+        }
+        let data = shard::shard_groups(shards);
+        let held: Vec<GroupId> = held.iter().map(|g| GroupId(*g)).collect();
+        if let Some(g) = held.iter().find(|g| !data.contains(g)) {
+            return Err(Error::invalid(format!("transaction {id} names shard {g}, which this cluster does not have")));
+        }
+        Ok(Txn::explicit(TxnId(id.to_string()), held))
+    }
+
+    /// An explicit transaction open on `held`.
+    fn explicit(id: TxnId, held: impl IntoIterator<Item = GroupId>) -> Txn {
+        Txn {
+            id,
+            held: Mutex::new(held.into_iter().collect()),
+            unsure: Mutex::default(),
+            sent: Mutex::default(),
+            anchor: None,
+        }
+    }
+
+    /// A transaction of its own for a statement over `groups`.
+    fn own(id: TxnId, groups: &[GroupId]) -> Txn {
+        let mut own = Txn::begin(id);
+        own.anchor = groups.iter().min().copied();
+        own
+    }
+
+    /// The shards where it is open, in order.
+    pub fn held(&self) -> Vec<GroupId> {
+        self.held.lock().expect("txn lock").iter().copied().collect()
+    }
+
+    /// The shards where it is or may be open.
+    fn reached(&self) -> Vec<GroupId> {
+        let mut all = self.held.lock().expect("txn lock").clone();
+        all.extend(self.unsure.lock().expect("txn lock").iter());
+        all.into_iter().collect()
+    }
+
+    fn holds(&self, group: GroupId) -> bool {
+        self.held.lock().expect("txn lock").contains(&group)
+    }
+
+    fn command(&self, steps: Vec<Step>) -> Command {
+        Command::Txn(TxnCommand { txn: self.id.clone(), now_ms: chrono::Utc::now().timestamp_millis(), steps })
+    }
+}
 
 impl Executor {
-    /// Opens the transaction on every shard, in shard order (so two
-    /// transactions never wait for each other in a cycle).
-    pub(super) async fn begin(&self, t: &TxnId, shards: usize) -> Result<()> {
-        for (i, g) in shard::shard_groups(shards).into_iter().enumerate() {
-            if let Err(e) = self.txn_command(g, Command::Begin(t.clone())).await {
-                for earlier in shard::shard_groups(i) {
-                    let _ = self.txn_command(earlier, Command::Rollback(t.clone())).await;
+    /// A new transaction id: a ULID, increasing on this server even within
+    /// one millisecond (so an older transaction here has a smaller id).
+    pub(super) fn txn_id(&self) -> TxnId {
+        let mut ids = self.txn_ids.lock().expect("txn id lock");
+        TxnId(ids.generate().unwrap_or_else(|_| ulid::Ulid::generate()).to_string())
+    }
+
+    /// The transaction of its own a write over `groups` outside `txn`
+    /// runs in: one when it spans several shards, so that it is atomic.
+    pub(super) fn own_txn(&self, txn: Option<&Txn>, groups: &[GroupId]) -> Option<Txn> {
+        let distinct: BTreeSet<&GroupId> = groups.iter().collect();
+        (txn.is_none() && distinct.len() > 1).then(|| Txn::own(self.txn_id(), groups))
+    }
+
+    /// Ends a write that ran in `own`, its own transaction (see
+    /// [`Txn::own`]), with result `r`: commits it, or aborts it.
+    pub(super) async fn finish_own<T>(&self, own: Option<Txn>, r: Result<T>) -> Result<T> {
+        match (own, r) {
+            (Some(own), Ok(v)) => self.commit(&own).await.map(|_| v),
+            (Some(own), Err(e)) => {
+                self.abort(&own).await;
+                // No commit was sent, so nothing of it can commit: a
+                // failure that left some shard's outcome unknown becomes
+                // one that applied nothing.
+                Err(match e {
+                    e @ (Error::InvalidInput(_) | Error::Retryable(_) | Error::StaleSchema { .. }) => e,
+                    e => Error::Unavailable(format!(
+                        "the statement was rolled back on every shard, so nothing of it was applied ({e}); run it \
+                         again once every shard is available"
+                    )),
+                })
+            }
+            (None, r) => r,
+        }
+    }
+
+    /// Ends a statement of explicit transaction `txn` with result `r`: a
+    /// failure other than the statement's own error on one shard rolls the
+    /// transaction back.
+    pub(super) async fn settle<T>(&self, txn: &Txn, r: Result<T>) -> Result<T> {
+        let e = match r {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let own_error = matches!(e, Error::InvalidInput(_))
+            && txn.sent.lock().expect("txn lock").len() <= 1
+            && txn.unsure.lock().expect("txn lock").is_empty();
+        if own_error {
+            return Err(e);
+        }
+        self.roll_back(txn).await;
+        Err(rolled_back(e))
+    }
+
+    /// Commits `txn` on the shards it holds (see the module's essay).
+    pub(super) async fn commit(&self, txn: &Txn) -> Result<()> {
+        let held = txn.held();
+        let Some(anchor) = txn.anchor.or_else(|| held.first().copied()) else { return Ok(()) };
+        let others: Vec<GroupId> = held.iter().copied().filter(|g| *g != anchor).collect();
+        if txn.anchor.is_none() && !others.is_empty() {
+            let prepared =
+                join_all(others.iter().map(|g| self.txn_step(*g, txn, vec![Step::Prepare { anchor }]))).await;
+            if let Some((g, e)) = others.iter().zip(prepared).find_map(|(g, r)| r.err().map(|e| (g, e))) {
+                self.abort(txn).await;
+                return Err(Error::Retryable(format!(
+                    "shard {g} could not prepare the transaction ({e}); it was rolled back: run it again from BEGIN"
+                )));
+            }
+        }
+        let commit = || vec![Step::Commit { participants: held.clone() }];
+        let decision = match self.tier.write(anchor, txn.command(commit()), false).await {
+            Ok(CommandResult::Txn(Ok(_))) => Decision::Committed,
+            Ok(CommandResult::Txn(Err(e))) => {
+                self.abort(txn).await;
+                return Err(rolled_back(e));
+            }
+            Ok(other) => return Err(Error::io(format!("unexpected result of a commit: {other:?}"))),
+            // No answer: the anchor's record says what happened.
+            Err(e) => match self.resolve(anchor, &txn.id).await {
+                Ok(Decision::Committed) => Decision::Committed,
+                Ok(Decision::Aborted) => {
+                    self.abort(txn).await;
+                    return Err(rolled_back(e));
                 }
-                return Err(e);
+                Err(asking) => {
+                    return Err(Error::io(format!(
+                        "the outcome of COMMIT is unknown: shard {anchor}, which records the decision of \
+                         transaction {}, did not answer ({e}), nor when asked again ({asking}); the decision is \
+                         made and applied on every shard once they answer: check the transaction's rows \
+                         before running it again",
+                        txn.id
+                    )))
+                }
+            },
+        };
+        debug_assert_eq!(decision, Decision::Committed);
+        let counter = match held.len() {
+            1 => &self.metrics.commits_single_shard,
+            _ => &self.metrics.commits_multi_shard,
+        };
+        Metrics::add(counter, 1);
+        // Decided: shards that miss this commit get it from the resolver.
+        let finished = join_all(others.iter().map(|g| self.txn_step(*g, txn, commit()))).await;
+        for (g, r) in others.iter().zip(finished) {
+            if let Err(e) = r {
+                tracing::info!(txn = %txn.id, group = %g, "commit not confirmed; the resolver will finish it: {e}");
             }
         }
         Ok(())
     }
 
-    /// Commits or rolls back on every shard, in shard order.
-    ///
-    /// A COMMIT that failed on some shard has an unknown outcome as a
-    /// whole (shards before it committed; the failed one may have): the
-    /// error says so, never to try again.
-    pub(super) async fn end(&self, shards: usize, command: Command) -> Result<()> {
-        let committing = matches!(command, Command::Commit(_));
-        let mut first_error = None;
-        let mut ended = 0;
-        for g in shard::shard_groups(shards) {
-            match self.txn_command(g, command.clone()).await {
-                Ok(_) => ended += 1,
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+    /// Rolls back explicit transaction `txn` wherever it may be open.
+    /// Best effort: a shard that does not answer rolls it back after its
+    /// idle timeout (nothing can commit it: only COMMIT would).
+    pub(super) async fn roll_back(&self, txn: &Txn) {
+        let reached = txn.reached();
+        let done = join_all(reached.iter().map(|g| self.txn_step(*g, txn, vec![Step::Rollback]))).await;
+        for (g, r) in reached.iter().zip(done) {
+            if let Err(e) = r {
+                tracing::debug!(txn = %txn.id, group = %g, "rollback not confirmed: {e}");
             }
         }
-        match first_error {
-            None => Ok(()),
-            Some(Error::InvalidInput(m)) if ended == 0 => Err(Error::InvalidInput(m)),
-            Some(e) if committing => Err(Error::io(format!(
-                "the outcome of COMMIT is unknown: {ended} of {shards} shard(s) confirmed it, then {e}; commits \
-                 over several shards are not atomic yet: check the transaction's rows before running it again"
-            ))),
-            Some(e) => Err(e),
+        Metrics::add(&self.metrics.aborts, 1);
+    }
+
+    /// Aborts `txn`, which has no commit decision, wherever it may be open
+    /// or prepared. A shard that does not answer stays prepared until the
+    /// resolver finds the anchor's (presumed) abort.
+    async fn abort(&self, txn: &Txn) {
+        let reached = txn.reached();
+        let done = join_all(reached.iter().map(|g| self.txn_step(*g, txn, vec![Step::Abort]))).await;
+        for (g, r) in reached.iter().zip(done) {
+            if let Err(e) = r {
+                tracing::info!(txn = %txn.id, group = %g, "abort not confirmed; the resolver will finish it: {e}");
+            }
+        }
+        Metrics::add(&self.metrics.aborts, 1);
+    }
+
+    /// The decision on `txn` recorded at `anchor` (an abort, recorded now,
+    /// when it has none).
+    pub(crate) async fn resolve(&self, anchor: GroupId, txn: &TxnId) -> Result<Decision> {
+        let command = Command::Txn(TxnCommand {
+            txn: txn.clone(),
+            now_ms: chrono::Utc::now().timestamp_millis(),
+            steps: vec![Step::Resolve],
+        });
+        // Asking again is harmless: the first answer is recorded.
+        match self.tier.write(anchor, command, true).await? {
+            CommandResult::Resolved(d) => Ok(d),
+            CommandResult::Txn(Err(e)) => Err(e),
+            other => Err(Error::io(format!("unexpected result of a resolve: {other:?}"))),
         }
     }
 
-    pub(super) async fn txn_command(&self, group: GroupId, command: Command) -> Result<StatementResult> {
-        match self.tier.write(group, command, false).await? {
+    /// Sends `steps` of `txn` to `group`.
+    async fn txn_step(&self, group: GroupId, txn: &Txn, steps: Vec<Step>) -> Result<StatementResult> {
+        match self.tier.write(group, txn.command(steps), false).await? {
             CommandResult::Txn(outcome) => outcome,
             other => Err(Error::io(format!("unexpected transaction result {other:?}"))),
         }
@@ -67,10 +297,31 @@ impl Executor {
         &self,
         group: GroupId,
         statement: Statement,
-        txn: Option<&TxnId>,
+        txn: Option<&Txn>,
     ) -> Result<StatementResult> {
         if let Some(t) = txn {
-            return self.txn_command(group, Command::InTxn(t.clone(), statement)).await;
+            let mut steps = Vec::with_capacity(3);
+            if !t.holds(group) {
+                steps.push(Step::Begin);
+            }
+            steps.push(Step::Run(statement));
+            if let Some(anchor) = t.anchor.filter(|a| *a != group) {
+                steps.push(Step::Prepare { anchor });
+            }
+            t.sent.lock().expect("txn lock").insert(group);
+            return match self.tier.write(group, t.command(steps), false).await {
+                Ok(CommandResult::Txn(outcome)) => {
+                    if outcome.is_ok() {
+                        t.held.lock().expect("txn lock").insert(group);
+                    }
+                    outcome
+                }
+                Ok(other) => Err(Error::io(format!("unexpected transaction result {other:?}"))),
+                Err(e) => {
+                    t.unsure.lock().expect("txn lock").insert(group);
+                    Err(e)
+                }
+            };
         }
         // With a request id the storage tier applies it once, so it may be
         // sent again after a lost reply.
@@ -91,4 +342,84 @@ impl Executor {
         s.request_id = statement.request_id.as_ref().map(|r| format!("{r}#{group}"));
         s
     }
+}
+
+/// A prepared transaction idle this long on a shard's leader is taken for
+/// one whose coordinator died: the resolver asks its anchor for the
+/// decision (a commit normally follows its prepare within milliseconds; a
+/// coordinator looking for a new leader waits up to `LEADER_DEADLINE`).
+pub const IN_DOUBT_AFTER: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// A transaction holding a shard, as the shard's leader reports it.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// The shard.
+    pub group: GroupId,
+    /// The transaction and its state there.
+    pub holder: drsdb_proto::HolderStatus,
+}
+
+impl Held {
+    /// Prepared and idle for longer than [`IN_DOUBT_AFTER`]: its
+    /// coordinator is presumed dead.
+    pub fn in_doubt(&self) -> bool {
+        self.holder.anchor.is_some() && self.holder.idle_ms >= IN_DOUBT_AFTER.as_millis() as u64
+    }
+}
+
+impl Executor {
+    /// The transactions holding shards now, from each shard's leader.
+    pub async fn held(&self) -> Vec<Held> {
+        let mut held = Vec::new();
+        for server in self.tier.status().await {
+            let Ok(status) = server.status else { continue };
+            for g in status.groups.into_iter().filter(|g| g.leader != 0 && g.leader == g.node) {
+                if let Some(holder) = g.holder {
+                    held.push(Held { group: GroupId(g.group), holder });
+                }
+            }
+        }
+        held
+    }
+
+    /// Finishes the prepared transactions whose coordinator went quiet:
+    /// asks each one's anchor for the decision (an abort when there is
+    /// none yet) and applies it where the transaction is prepared. Any
+    /// index server may do this, at any time: the anchor's log orders the
+    /// decision before or after the coordinator's own commit, never both.
+    pub async fn resolve_in_doubt(&self) {
+        for held in self.held().await.into_iter().filter(Held::in_doubt) {
+            let Some(anchor) = held.holder.anchor else { continue };
+            let txn = TxnId(held.holder.txn.clone());
+            let decision = match self.resolve(GroupId(anchor), &txn).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::info!(%txn, anchor, "cannot learn the decision of an in-doubt transaction yet: {e}");
+                    continue;
+                }
+            };
+            let step = match decision {
+                Decision::Committed => Step::Commit { participants: vec![held.group] },
+                Decision::Aborted => Step::Abort,
+            };
+            let command = Command::Txn(TxnCommand {
+                txn: txn.clone(),
+                now_ms: chrono::Utc::now().timestamp_millis(),
+                steps: vec![step],
+            });
+            match self.tier.write(held.group, command, true).await {
+                Ok(CommandResult::Txn(Ok(_))) => {
+                    tracing::info!(%txn, group = %held.group, ?decision, "resolved an in-doubt transaction");
+                    Metrics::add(&self.metrics.in_doubt_resolved, 1);
+                }
+                Ok(other) => tracing::info!(%txn, group = %held.group, "resolving: {other:?}"),
+                Err(e) => tracing::info!(%txn, group = %held.group, "resolving failed: {e}"),
+            }
+        }
+    }
+}
+
+/// The error of a COMMIT that was refused: the transaction is rolled back.
+fn rolled_back(e: Error) -> Error {
+    Error::Retryable(format!("{e}; the transaction was rolled back: run it again from BEGIN"))
 }

@@ -1,14 +1,15 @@
 //! Writes over several shards: an INSERT's rows computed (here, or by a
 //! query over the shards), split by shard key (`insert`) and written to
 //! each shard; an UPDATE or DELETE broadcast to every shard; their results
-//! added up. Applied shard by shard: not atomic across shards yet.
+//! added up. Outside a transaction, a write over several shards runs as a
+//! transaction of its own (`txn`), so it is atomic.
 
 use drsdb_common::command::{Statement, StatementResult};
-use drsdb_common::{shard, sql, Error, GroupId, Result, TxnId, Value};
+use drsdb_common::{shard, sql, Error, GroupId, Result, Value};
 use drsdb_sqlite::Db;
 use futures::future::join_all;
 
-use super::{failure, spread_seed, Executor};
+use super::{failure, spread_seed, Executor, Txn};
 use crate::insert;
 use crate::planner::Source;
 
@@ -20,11 +21,10 @@ impl Executor {
         groups: &[GroupId],
         statement: Statement,
         same_seed: bool,
-        txn: Option<&TxnId>,
+        txn: Option<&Txn>,
     ) -> Result<StatementResult> {
         let results =
             join_all(groups.iter().map(|g| self.apply(*g, Self::for_shard(&statement, *g, same_seed), txn))).await;
-        no_partial_replan(&results)?;
         combine(results, same_seed)
     }
 
@@ -34,7 +34,7 @@ impl Executor {
         table: &str,
         source: Source,
         statement: Statement,
-        txn: Option<&TxnId>,
+        txn: Option<&Txn>,
         shards: usize,
     ) -> Result<StatementResult> {
         let catalog = self.catalog();
@@ -74,6 +74,9 @@ impl Executor {
                 last_insert_rowid: 0,
             });
         }
+        let groups: Vec<GroupId> = parts.iter().map(|p| p.group).collect();
+        let own = self.own_txn(txn, &groups);
+        let txn = txn.or(own.as_ref());
         let results = join_all(parts.iter().enumerate().map(|(i, p)| {
             let s = Statement {
                 sql: p.sql.clone(),
@@ -88,42 +91,33 @@ impl Executor {
             self.apply(p.group, s, txn)
         }))
         .await;
-        no_partial_replan(&results)?;
-        // last_insert_rowid() is that of the part holding the last row.
-        let last_part = parts.iter().enumerate().max_by_key(|(_, p)| p.last_row).map(|(i, _)| i);
-        let last_rowid = last_part.and_then(|i| results[i].as_ref().ok()).map(|r| r.last_insert_rowid);
-        // A reference table counts (and returns) its first copy's rows.
-        let first = shard::shard_group(0);
-        let results = match table.is_sharded() {
-            true => results,
-            false => {
-                let (copies, counted): (Vec<_>, Vec<_>) =
-                    parts.iter().zip(results).partition(|(p, _)| p.group != first);
-                copies.into_iter().map(|(_, r)| r).collect::<Result<Vec<_>>>()?;
-                counted.into_iter().map(|(_, r)| r).collect()
-            }
-        };
-        let mut r = combine(results, false)?;
-        r.last_insert_rowid = last_rowid.unwrap_or(0);
-        Ok(r)
+        let r = combine_parts(table.is_sharded(), &parts, results);
+        self.finish_own(own, r).await
     }
 }
 
-/// Refuses to let a write be planned again when some shards applied it
-/// and others refused it because their schema changed: planned again, it
-/// would apply twice where it did apply. (When every shard refused, it is
-/// planned again.)
-pub(super) fn no_partial_replan(results: &[Result<StatementResult>]) -> Result<()> {
-    let applied = results.iter().filter(|r| r.is_ok()).count();
-    let stale = results.iter().filter(|r| matches!(r, Err(Error::StaleSchema { .. }))).count();
-    if applied > 0 && stale > 0 {
-        return Err(Error::io(format!(
-            "the statement was applied on {applied} shard(s) but {stale} refused it because the table's schema \
-             changed meanwhile (another index server's DDL); statements over several shards are not atomic: check \
-             the rows it writes before running it again"
-        )));
-    }
-    Ok(())
+/// Adds up the results of an INSERT's parts.
+fn combine_parts(
+    sharded: bool,
+    parts: &[insert::Part],
+    results: Vec<Result<StatementResult>>,
+) -> Result<StatementResult> {
+    // last_insert_rowid() is that of the part holding the last row.
+    let last_part = parts.iter().enumerate().max_by_key(|(_, p)| p.last_row).map(|(i, _)| i);
+    let last_rowid = last_part.and_then(|i| results[i].as_ref().ok()).map(|r| r.last_insert_rowid);
+    // A reference table counts (and returns) its first copy's rows.
+    let first = shard::shard_group(0);
+    let results = match sharded {
+        true => results,
+        false => {
+            let (copies, counted): (Vec<_>, Vec<_>) = parts.iter().zip(results).partition(|(p, _)| p.group != first);
+            copies.into_iter().map(|(_, r)| r).collect::<Result<Vec<_>>>()?;
+            counted.into_iter().map(|(_, r)| r).collect()
+        }
+    };
+    let mut r = combine(results, false)?;
+    r.last_insert_rowid = last_rowid.unwrap_or(0);
+    Ok(r)
 }
 
 /// Adds up per-shard results: the first error wins; rows concatenate;

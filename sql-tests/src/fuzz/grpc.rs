@@ -537,10 +537,24 @@ fn command(rng: &mut Rng) -> pb::Command {
     use pb::command::Kind;
     const TXN: &str = "01FUZZ00000000000000000000";
     // Never a Begin: a transaction would hold the group until it timed out.
-    let kind = match rng.below(6) {
-        0 => Kind::Commit(TXN.into()),
-        1 => Kind::Rollback(TXN.into()),
-        2 => Kind::InTxn(pb::InTransaction { txn: TXN.into(), statement: Some(statement(rng, STORAGE_SQL)) }),
+    let step = |rng: &mut Rng| {
+        use pb::txn_step::Kind;
+        let kind = match rng.below(7) {
+            0 => Kind::Commit(pb::Participants { groups: (0..rng.below(3)).map(|_| rng.below(10) as u64).collect() }),
+            1 => Kind::Rollback(pb::Unit {}),
+            2 => Kind::Abort(pb::Unit {}),
+            3 => Kind::Resolve(pb::Unit {}),
+            4 => Kind::Prepare(rng.below(10) as u64),
+            _ => Kind::Run(statement(rng, STORAGE_SQL)),
+        };
+        pb::TxnStep { kind: rng.chance(95).then_some(kind) }
+    };
+    let kind = match rng.below(2) {
+        0 => Kind::Txn(pb::TxnCommand {
+            txn: TXN.into(),
+            now_ms: rng.range(0, 1 << 45),
+            steps: (0..rng.below(4)).map(|_| step(rng)).collect(),
+        }),
         _ => Kind::Batch(pb::Batch { statements: vec![statement(rng, STORAGE_SQL)] }),
     };
     pb::Command { kind: Some(kind) }
@@ -595,6 +609,7 @@ impl Material {
                     String::new()
                 },
                 accept_fragments: rng.chance(50),
+                txn_groups: (0..rng.below(3)).map(|_| rng.below(10) as u64).collect(),
             }
             .encode_to_vec(),
             Method::IndexServers => pb::IndexServersRequest {}.encode_to_vec(),

@@ -9,20 +9,26 @@
 //!
 //! Inside the database, `_drsdb_raft` holds the applied state (an
 //! `AppliedState` message) and `_drsdb_requests` the outcome of each
-//! recently applied request id (an `Outcome` message). Every record
-//! carries its format version (`codec`).
+//! recently applied request id (an `Outcome` message), `_drsdb_txns` the
+//! end of each recent transaction. Every record carries its format version
+//! (`codec`).
 //!
 //! ## Invariants
 //! - The row of `_drsdb_raft` holds the applied log id and membership, and
 //!   is written in the same SQLite transaction as the effects of the entries
 //!   it covers. So the database is always a consistent prefix of the log:
 //!   after a crash, openraft re-applies from that id.
-//! - An explicit transaction keeps a SQLite transaction open across entries.
-//!   While it is open the `_drsdb_raft` row stays at the entry before its
-//!   `Begin`; entries applied meanwhile advance only the in-memory applied
-//!   id. Other writes are answered `Busy` without effect (their proposer
-//!   re-proposes them once the group is free), so replaying from the row's
-//!   id rebuilds exactly the same state, open transaction included.
+//! - A transaction keeps a SQLite transaction open across entries (module
+//!   `txn`: its steps, two-phase commit, wound-wait). While it is open the
+//!   `_drsdb_raft` row stays at the entry before its `Begin`; entries
+//!   applied meanwhile advance only the in-memory applied id. Other writes
+//!   are answered `Busy` without effect (their proposer re-proposes them
+//!   once the group is free), so replaying from the row's id rebuilds
+//!   exactly the same state, open (and prepared) transaction included.
+//! - `_drsdb_txns` records how each transaction ended here (committed, with
+//!   its participants, or rolled back), written in the same SQLite
+//!   transaction as its effects; an anchor's record is the transaction's
+//!   decision.
 //! - Readers use their own read-only connections and see only committed
 //!   data; snapshots are taken the same way, so a snapshot never contains
 //!   an uncommitted transaction and its id is the row's id.
@@ -35,10 +41,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use drsdb_common::command::{
-    outcome_from_pb, outcome_to_pb, Command, CommandResult, Outcome, Statement, StatementResult,
-};
-use drsdb_common::{Error, TxnId};
+use drsdb_common::command::{outcome_from_pb, outcome_to_pb, Command, CommandResult, Outcome, Statement};
+use drsdb_common::{Error, GroupId, TxnId};
 use drsdb_proto as pb;
 use drsdb_sqlite::{Db, Failure};
 use futures::{Stream, TryStreamExt};
@@ -67,11 +71,17 @@ const CURRENT_FILE: &str = "CURRENT";
 const IDLE_READERS: usize = 8;
 const SNAPSHOT_META_FILE: &str = "snapshot.meta";
 
-/// The explicit transaction holding a group, as seen by this replica.
+mod txn;
+
+/// The transaction holding the group, as seen by this replica.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Holder {
     /// The transaction.
     pub txn: TxnId,
+    /// Set once it is prepared: the group whose record decides it. A
+    /// prepared transaction is never rolled back for idleness; the
+    /// resolver asks its anchor.
+    pub prepared: Option<GroupId>,
     /// When this replica last applied one of its commands (local clock;
     /// the leader uses it to roll back idle transactions).
     pub last_activity: Instant,
@@ -181,7 +191,8 @@ struct Inner {
     generation: u64,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    txn: Option<TxnId>,
+    /// The transaction holding the group.
+    txn: Option<txn::Open>,
 }
 
 /// The current snapshot: what it covers and its file's name.
@@ -219,7 +230,10 @@ fn load_applied(db: &Db) -> io::Result<(Option<LogId>, StoredMembership)> {
         c.execute_batch(
             "CREATE TABLE IF NOT EXISTS _drsdb_raft(id INTEGER PRIMARY KEY CHECK (id = 0), state BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS _drsdb_requests(id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL, outcome BLOB NOT NULL);
-             CREATE INDEX IF NOT EXISTS _drsdb_requests_at ON _drsdb_requests(at_ms);",
+             CREATE INDEX IF NOT EXISTS _drsdb_requests_at ON _drsdb_requests(at_ms);
+             CREATE TABLE IF NOT EXISTS _drsdb_txns(id TEXT PRIMARY KEY, committed INTEGER NOT NULL, \
+               at_ms INTEGER NOT NULL, participants BLOB NOT NULL);
+             CREATE INDEX IF NOT EXISTS _drsdb_txns_at ON _drsdb_txns(at_ms);",
         )
     })
     .map_err(to_io)?;
@@ -303,15 +317,22 @@ impl Inner {
         r
     }
 
+    /// Publishes the holder after a command of its (activity now).
     fn set_holder(&self, shared: &Shared) {
         let now = Instant::now();
-        let started = shared.holder.borrow().as_ref().filter(|h| Some(&h.txn) == self.txn.as_ref()).map(|h| h.started);
-        let holder = self.txn.clone().map(|txn| Holder { txn, last_activity: now, started: started.unwrap_or(now) });
+        let holding = self.txn.as_ref().map(|o| &o.id);
+        let started = shared.holder.borrow().as_ref().filter(|h| Some(&h.txn) == holding).map(|h| h.started);
+        let holder = self.txn.as_ref().map(|o| Holder {
+            txn: o.id.clone(),
+            prepared: o.prepared,
+            last_activity: now,
+            started: started.unwrap_or(now),
+        });
         shared.holder.send_replace(holder);
     }
 
     fn apply(&mut self, shared: &Shared, log_id: LogId, payload: Payload) -> io::Result<CommandResult> {
-        self.last_applied = Some(log_id);
+        let before = self.last_applied.replace(log_id);
         let command = match payload {
             EntryPayload::Blank => None,
             EntryPayload::Membership(m) => {
@@ -334,72 +355,7 @@ impl Inner {
                 let outcomes = self.in_write_txn(|me| me.run_batch(&statements))?;
                 Ok(CommandResult::Batch(outcomes))
             }
-            Command::Begin(txn) => {
-                match &self.txn {
-                    Some(t) if *t == txn => return Ok(CommandResult::Txn(Ok(StatementResult::default()))),
-                    Some(_) => return Ok(CommandResult::Busy),
-                    None => {}
-                }
-                self.db.internal(|c| c.execute_batch("BEGIN IMMEDIATE")).map_err(to_io)?;
-                self.txn = Some(txn);
-                self.set_holder(shared);
-                Ok(CommandResult::Txn(Ok(StatementResult::default())))
-            }
-            Command::InTxn(txn, statement) => {
-                if self.txn.as_ref() != Some(&txn) {
-                    return Ok(CommandResult::Txn(Err(not_open(&txn))));
-                }
-                self.set_holder(shared);
-                let outcome = match self.db.run_collect(&statement) {
-                    Ok(r) => Ok(r),
-                    Err(Failure::Statement(e)) => Err(e),
-                    Err(Failure::Environment(e)) => return Err(e),
-                };
-                if self.db.is_autocommit() {
-                    // SQLite itself rolled the whole transaction back (some
-                    // errors do): the group is free again.
-                    self.txn = None;
-                    self.in_write_txn(|_| Ok(()))?;
-                    self.set_holder(shared);
-                    return Ok(CommandResult::Txn(Err(Error::Retryable(format!(
-                        "{}; the transaction was rolled back, start again with BEGIN",
-                        outcome.err().map(|e| e.to_string()).unwrap_or_default()
-                    )))));
-                }
-                Ok(CommandResult::Txn(outcome))
-            }
-            Command::Commit(txn) => {
-                if self.txn.as_ref() != Some(&txn) {
-                    return Ok(CommandResult::Txn(Err(not_open(&txn))));
-                }
-                self.write_applied()?;
-                let committed = self.db.internal(|c| c.execute_batch("COMMIT"));
-                let outcome = match committed {
-                    Ok(()) => Ok(StatementResult::default()),
-                    Err(e) => {
-                        // A deferred constraint failed: roll back, record progress.
-                        let msg = match Failure::from(e) {
-                            Failure::Statement(e) => e.to_string(),
-                            Failure::Environment(e) => return Err(e),
-                        };
-                        self.db.internal(|c| c.execute_batch("ROLLBACK")).map_err(to_io)?;
-                        self.in_write_txn(|_| Ok(()))?;
-                        Err(Error::invalid(format!("{msg}; the transaction was rolled back")))
-                    }
-                };
-                self.txn = None;
-                self.set_holder(shared);
-                Ok(CommandResult::Txn(outcome))
-            }
-            Command::Rollback(txn) => {
-                if self.txn.as_ref() == Some(&txn) {
-                    self.db.internal(|c| c.execute_batch("ROLLBACK")).map_err(to_io)?;
-                    self.txn = None;
-                    self.in_write_txn(|_| Ok(()))?;
-                    self.set_holder(shared);
-                }
-                Ok(CommandResult::Txn(Ok(StatementResult::default())))
-            }
+            Command::Txn(command) => self.apply_txn(shared, before, command),
         }
     }
 
@@ -431,15 +387,15 @@ impl Inner {
         }
     }
 
-    /// Drops request ids older than the memory window, by the batch's clock.
+    /// Drops request ids and transaction records older than their memory
+    /// windows, by the batch's clock.
     fn forget_old_requests(&self, statements: &[Statement]) -> io::Result<()> {
+        use drsdb_common::command::{REQUEST_MEMORY_MS, TXN_RECORD_MEMORY_MS};
         let Some(now) = statements.iter().map(|s| s.now_ms).max() else { return Ok(()) };
         self.db
             .internal(|c| {
-                c.execute(
-                    "DELETE FROM _drsdb_requests WHERE at_ms < ?1",
-                    [now - drsdb_common::command::REQUEST_MEMORY_MS],
-                )
+                c.execute("DELETE FROM _drsdb_requests WHERE at_ms < ?1", [now - REQUEST_MEMORY_MS])?;
+                c.execute("DELETE FROM _drsdb_txns WHERE at_ms < ?1", [now - TXN_RECORD_MEMORY_MS])
             })
             .map_err(to_io)?;
         Ok(())
@@ -548,13 +504,6 @@ impl Inner {
         self.set_holder(shared);
         record_snapshot(shared, meta, &snapshot_path)
     }
-}
-
-fn not_open(txn: &TxnId) -> Error {
-    Error::Retryable(format!(
-        "transaction {txn} is not open (it was rolled back: perhaps it sat idle longer than txn_idle_timeout_ms, or \
-         ran longer than txn_max_duration_ms); start again with BEGIN"
-    ))
 }
 
 /// Reads the applied state recorded in a database.
@@ -694,6 +643,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drsdb_common::command::{Decision, StatementResult, Step, TxnCommand};
     use openraft::impls::leader_id_adv::LeaderId;
 
     fn log_id(index: u64) -> LogId {
@@ -772,34 +722,95 @@ mod tests {
         assert_eq!(ran[0].as_ref().map(|r| r.rows_affected), Ok(1));
     }
 
+    fn txn(id: &str, steps: Vec<Step>) -> Command {
+        Command::Txn(TxnCommand { txn: TxnId(id.into()), now_ms: 1, steps })
+    }
+
+    fn count(sm: &StateMachine) -> drsdb_common::Value {
+        let reader = Db::open_reader(&sm.shared.current_db()).unwrap();
+        reader.run_collect(&stmt("SELECT count(*) FROM t")).unwrap().rows.remove(0).remove(0)
+    }
+
+    fn holder(sm: &StateMachine) -> Option<(String, Option<GroupId>)> {
+        sm.shared.holder().borrow().as_ref().map(|h| (h.txn.0.clone(), h.prepared))
+    }
+
     #[test]
     fn an_open_transaction_holds_the_group_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let txn = TxnId("t1".into());
+        let insert = || Step::Run(stmt("INSERT INTO t VALUES (1)"));
         {
             let sm = StateMachine::open(dir.path()).unwrap();
             apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a)")]));
-            apply(&sm, 2, Command::Begin(txn.clone()));
-            apply(&sm, 3, Command::InTxn(txn.clone(), stmt("INSERT INTO t VALUES (1)")));
-            assert_eq!(apply(&sm, 4, Command::Batch(vec![stmt("INSERT INTO t VALUES (2)")])), CommandResult::Busy);
-            assert_eq!(sm.shared.holder().borrow().as_ref().map(|h| h.txn.clone()), Some(txn.clone()));
+            apply(&sm, 2, txn("t1", vec![Step::Begin, insert()]));
+            assert_eq!(apply(&sm, 3, Command::Batch(vec![stmt("INSERT INTO t VALUES (2)")])), CommandResult::Busy);
+            apply(&sm, 4, txn("t1", vec![Step::Prepare { anchor: GroupId(7) }]));
+            assert_eq!(holder(&sm), Some(("t1".into(), Some(GroupId(7)))));
         }
         // Reopened (a crash): the database holds what preceded the Begin,
-        // so openraft replays entries 2.. and rebuilds the transaction.
+        // so openraft replays entries 2.. and rebuilds the transaction,
+        // prepared.
         let sm = StateMachine::open(dir.path()).unwrap();
         let applied = sm.inner.lock().unwrap().last_applied;
         assert_eq!(applied, Some(log_id(1)));
-        apply(&sm, 2, Command::Begin(txn.clone()));
-        apply(&sm, 3, Command::InTxn(txn.clone(), stmt("INSERT INTO t VALUES (1)")));
-        assert_eq!(apply(&sm, 4, Command::Batch(vec![stmt("INSERT INTO t VALUES (2)")])), CommandResult::Busy);
-        assert!(matches!(apply(&sm, 5, Command::Commit(txn.clone())), CommandResult::Txn(Ok(_))));
-        assert!(sm.shared.holder().borrow().is_none());
-        let reader = Db::open_reader(&sm.shared.current_db()).unwrap();
-        let rows = reader.run_collect(&stmt("SELECT count(*) FROM t")).unwrap().rows;
-        assert_eq!(rows[0][0], drsdb_common::Value::Integer(1), "the busy batch had no effect");
-        assert!(matches!(
-            apply(&sm, 6, Command::InTxn(txn, stmt("SELECT 1"))),
-            CommandResult::Txn(Err(drsdb_common::Error::Retryable(_)))
-        ));
+        apply(&sm, 2, txn("t1", vec![Step::Begin, insert()]));
+        assert_eq!(apply(&sm, 3, Command::Batch(vec![stmt("INSERT INTO t VALUES (2)")])), CommandResult::Busy);
+        apply(&sm, 4, txn("t1", vec![Step::Prepare { anchor: GroupId(7) }]));
+        assert_eq!(holder(&sm), Some(("t1".into(), Some(GroupId(7)))));
+        // Prepared: no more statements, no rollback; an older transaction waits.
+        assert!(matches!(apply(&sm, 5, txn("t1", vec![insert()])), CommandResult::Txn(Err(Error::InvalidInput(_)))));
+        assert!(matches!(apply(&sm, 6, txn("t1", vec![Step::Rollback])), CommandResult::Txn(Err(_))));
+        assert_eq!(apply(&sm, 7, txn("t0", vec![Step::Begin])), CommandResult::Busy);
+        let participants = vec![GroupId(7), GroupId(8)];
+        let commit = || txn("t1", vec![Step::Commit { participants: participants.clone() }]);
+        assert_eq!(apply(&sm, 8, commit()), CommandResult::Txn(Ok(StatementResult::default())));
+        assert!(holder(&sm).is_none());
+        assert_eq!(count(&sm), drsdb_common::Value::Integer(1), "the busy batch had no effect");
+        // Repeated, the commit answers as the first did; a Begin is refused.
+        assert_eq!(apply(&sm, 9, commit()), CommandResult::Txn(Ok(StatementResult::default())));
+        assert!(matches!(apply(&sm, 10, txn("t1", vec![Step::Begin])), CommandResult::Txn(Err(_))));
+        assert_eq!(apply(&sm, 11, txn("t1", vec![Step::Resolve])), CommandResult::Resolved(Decision::Committed));
+    }
+
+    #[test]
+    fn an_older_transaction_wounds_a_younger_one_and_a_younger_one_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a)")]));
+        apply(&sm, 2, txn("b", vec![Step::Begin, Step::Run(stmt("INSERT INTO t VALUES (1)"))]));
+        assert_eq!(apply(&sm, 3, txn("c", vec![Step::Begin])), CommandResult::Busy, "younger waits");
+        let older = apply(&sm, 4, txn("a", vec![Step::Begin, Step::Run(stmt("INSERT INTO t VALUES (2)"))]));
+        assert!(matches!(older, CommandResult::Txn(Ok(_))), "{older:?}");
+        assert_eq!(holder(&sm), Some(("a".into(), None)));
+        // The wounded one learns it at its next step; its anchor's decision is abort.
+        let CommandResult::Txn(Err(e)) = apply(&sm, 5, txn("b", vec![Step::Run(stmt("SELECT 1"))])) else { panic!() };
+        assert!(matches!(e, Error::Retryable(ref m) if m.contains("rolled back")), "{e}");
+        assert_eq!(apply(&sm, 6, txn("b", vec![Step::Resolve])), CommandResult::Resolved(Decision::Aborted));
+        apply(&sm, 7, txn("a", vec![Step::Commit { participants: vec![] }]));
+        assert_eq!(count(&sm), drsdb_common::Value::Integer(1));
+        // Replayed from the row, entries 2.. give the same state.
+        drop(sm);
+        let sm = StateMachine::open(dir.path()).unwrap();
+        assert_eq!(sm.inner.lock().unwrap().last_applied, Some(log_id(7)));
+    }
+
+    #[test]
+    fn a_command_that_opened_the_transaction_and_failed_leaves_the_group_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a PRIMARY KEY)")]));
+        apply(&sm, 2, Command::Batch(vec![stmt("INSERT INTO t VALUES (1)")]));
+        let steps = vec![
+            Step::Begin,
+            Step::Run(stmt("INSERT INTO t VALUES (1)")),
+            Step::Commit { participants: vec![GroupId(1), GroupId(2)] },
+        ];
+        let r = apply(&sm, 3, txn("x", steps));
+        assert!(matches!(r, CommandResult::Txn(Err(Error::InvalidInput(ref m))) if m.contains("UNIQUE")), "{r:?}");
+        assert!(holder(&sm).is_none());
+        // Undecided, so the resolver's question records an abort (presumed abort).
+        assert_eq!(apply(&sm, 4, txn("x", vec![Step::Resolve])), CommandResult::Resolved(Decision::Aborted));
+        assert_eq!(apply(&sm, 5, txn("y", vec![Step::Resolve])), CommandResult::Resolved(Decision::Aborted));
+        assert!(matches!(apply(&sm, 6, txn("y", vec![Step::Begin])), CommandResult::Txn(Err(Error::Retryable(_)))));
     }
 }
