@@ -114,6 +114,10 @@ pub enum Step {
     Commit {
         /// Every group the transaction wrote to.
         participants: Vec<GroupId>,
+        /// For a statement run as a transaction of its own: its request id
+        /// and outcome, recorded with the commit (what a later
+        /// [`Step::Claim`] of the id answers).
+        request: Option<(String, StatementResult)>,
     },
     /// Rolls back an open transaction (the client's ROLLBACK, an idle
     /// timeout); refused once it is prepared.
@@ -123,6 +127,11 @@ pub enum Step {
     /// Asks this group (the anchor) for the decision: the recorded one, or
     /// an abort recorded now when there is none (presumed abort).
     Resolve,
+    /// Goes on only if this request id has no recorded outcome here; else
+    /// the command answers [`CommandResult::Replayed`] and changes nothing.
+    /// A statement re-sent after a lost reply is claimed at the same
+    /// group each time, so it commits once.
+    Claim(String),
 }
 
 /// How long a transaction's record (committed or rolled back) is kept, by
@@ -141,10 +150,13 @@ impl fmt::Display for Command {
                         Step::Begin => write!(f, " begin")?,
                         Step::Run(s) => write!(f, " run `{}`", s.sql)?,
                         Step::Prepare { anchor } => write!(f, " prepare (anchor {anchor})")?,
-                        Step::Commit { participants } => write!(f, " commit ({} participants)", participants.len())?,
+                        Step::Commit { participants, .. } => {
+                            write!(f, " commit ({} participants)", participants.len())?
+                        }
                         Step::Rollback => write!(f, " rollback")?,
                         Step::Abort => write!(f, " abort")?,
                         Step::Resolve => write!(f, " resolve")?,
+                        Step::Claim(r) => write!(f, " claim {r}")?,
                     }
                 }
                 Ok(())
@@ -194,6 +206,9 @@ pub enum CommandResult {
     Txn(Outcome),
     /// The decision a [`Step::Resolve`] found or made.
     Resolved(Decision),
+    /// A [`Step::Claim`] found its request applied already: its first
+    /// outcome (the command changed nothing).
+    Replayed(Outcome),
 }
 
 /// How a transaction ended.
@@ -278,12 +293,18 @@ impl From<Step> for pb::TxnStep {
             Step::Begin => Kind::Begin(pb::Unit {}),
             Step::Run(s) => Kind::Run(s.into()),
             Step::Prepare { anchor } => Kind::Prepare(anchor.0),
-            Step::Commit { participants } => {
-                Kind::Commit(pb::Participants { groups: participants.into_iter().map(|g| g.0).collect() })
+            Step::Commit { participants, request } => {
+                let (request_id, outcome) = request.map_or((None, None), |(id, r)| (Some(id), Some(r.into())));
+                Kind::Commit(pb::CommitStep {
+                    participants: Some(pb::Participants { groups: participants.into_iter().map(|g| g.0).collect() }),
+                    request_id,
+                    outcome,
+                })
             }
             Step::Rollback => Kind::Rollback(pb::Unit {}),
             Step::Abort => Kind::Abort(pb::Unit {}),
             Step::Resolve => Kind::Resolve(pb::Unit {}),
+            Step::Claim(r) => Kind::Claim(r),
         };
         pb::TxnStep { kind: Some(kind) }
     }
@@ -297,10 +318,18 @@ impl TryFrom<pb::TxnStep> for Step {
             Kind::Begin(_) => Step::Begin,
             Kind::Run(s) => Step::Run(s.into()),
             Kind::Prepare(g) => Step::Prepare { anchor: GroupId(g) },
-            Kind::Commit(p) => Step::Commit { participants: p.groups.into_iter().map(GroupId).collect() },
+            Kind::Commit(c) => Step::Commit {
+                participants: c.participants.map(|p| p.groups.into_iter().map(GroupId).collect()).unwrap_or_default(),
+                request: match (c.request_id, c.outcome) {
+                    (Some(id), Some(outcome)) => Some((id, outcome.into())),
+                    (None, _) => None,
+                    (Some(_), None) => return Err(missing("the outcome of the committed request")),
+                },
+            },
             Kind::Rollback(_) => Step::Rollback,
             Kind::Abort(_) => Step::Abort,
             Kind::Resolve(_) => Step::Resolve,
+            Kind::Claim(r) => Step::Claim(r),
         })
     }
 }
@@ -370,6 +399,7 @@ impl From<CommandResult> for pb::CommandResult {
             CommandResult::Busy => Some(Kind::Busy(pb::Busy {})),
             CommandResult::Txn(o) => Some(Kind::Txn(outcome_to_pb(o))),
             CommandResult::Resolved(d) => Some(Kind::Resolved(d == Decision::Committed)),
+            CommandResult::Replayed(o) => Some(Kind::Replayed(outcome_to_pb(o))),
         };
         pb::CommandResult { kind }
     }
@@ -389,6 +419,7 @@ impl TryFrom<pb::CommandResult> for CommandResult {
             Some(Kind::Resolved(committed)) => {
                 CommandResult::Resolved(if committed { Decision::Committed } else { Decision::Aborted })
             }
+            Some(Kind::Replayed(o)) => CommandResult::Replayed(outcome_from_pb(o)?),
         })
     }
 }
@@ -416,7 +447,9 @@ mod tests {
             Step::Begin,
             Step::Run(statement()),
             Step::Prepare { anchor: GroupId(3) },
-            Step::Commit { participants: vec![GroupId(1), GroupId(3)] },
+            Step::Commit { participants: vec![GroupId(1), GroupId(3)], request: None },
+            Step::Commit { participants: vec![], request: Some(("r-1".into(), StatementResult::default())) },
+            Step::Claim("r-1".into()),
             Step::Rollback,
             Step::Abort,
             Step::Resolve,
@@ -444,6 +477,7 @@ mod tests {
             CommandResult::Txn(Ok(rows)),
             CommandResult::Resolved(Decision::Committed),
             CommandResult::Resolved(Decision::Aborted),
+            CommandResult::Replayed(Err(Error::invalid("no such table: t"))),
             CommandResult::Txn(Err(Error::invalid("UNIQUE constraint failed: t.a"))),
         ] {
             assert_eq!(CommandResult::try_from(pb::CommandResult::from(r.clone())), Ok(r));

@@ -56,8 +56,8 @@ fn target_columns(table: &Table, insert: &Insert) -> Result<Vec<usize>> {
 }
 
 /// The parts of an INSERT into `table` of `rows` (each as wide as
-/// the target column list). `default_of` computes a column's DEFAULT
-/// expression.
+/// the target column list). `default_of(expr, i)` computes a column's
+/// DEFAULT expression for row `i`.
 pub fn split(
     table: &Table,
     insert: &Insert,
@@ -65,7 +65,7 @@ pub fn split(
     shards: usize,
     rowids: &RowidGenerator,
     now_ms: i64,
-    default_of: &dyn Fn(&str) -> Result<Value>,
+    default_of: &dyn Fn(&str, usize) -> Result<Value>,
 ) -> Result<Vec<Part>> {
     let mut columns = target_columns(table, insert)?;
     let width = columns.len();
@@ -83,13 +83,13 @@ pub fn split(
         if columns.contains(k) {
             continue;
         }
-        let default = match &table.columns[*k].default {
-            Some(expr) if !table.integer_key => default_of(expr)?,
-            _ => Value::Null,
-        };
         columns.push(*k);
-        for r in &mut rows {
-            r.push(default.clone());
+        for (i, r) in rows.iter_mut().enumerate() {
+            r.push(match &table.columns[*k].default {
+                // Evaluated once per row: `DEFAULT (ulid())` gives each row its own key.
+                Some(expr) if !table.integer_key => default_of(expr, i)?,
+                _ => Value::Null,
+            });
         }
     }
     let reference = !table.is_sharded();

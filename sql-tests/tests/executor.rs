@@ -172,6 +172,11 @@ async fn a_multi_shard_insert_with_a_failing_shard_applies_nowhere_then_once() {
     assert_eq!(again.rows_affected, 40);
     assert_eq!(c.number("SELECT count(DISTINCT id) FROM t").await, 40);
     assert!(c.spread("t").await.iter().all(|n| *n > 0), "rows on every shard");
+    // Sent once more (a client whose reply was lost after the commit): the
+    // first outcome, and nothing applied again.
+    let replayed = c.send(&mut s, &insert_rows(40), "insert-1").await.expect("sent once more");
+    assert_eq!(replayed.rows_affected, 40);
+    assert_eq!(c.number("SELECT count(*) FROM t").await, 40);
     // A constraint failure on one shard undoes the others.
     let e = c.run(&mut s, "INSERT INTO t(id, v) VALUES (41, 0), (42, 0), (43, 0), (44, 0), (1, 0)").await;
     assert!(matches!(&e, Err(Error::InvalidInput(m)) if m.contains("UNIQUE")), "{e:?}");
@@ -194,6 +199,9 @@ async fn a_broadcast_update_with_a_failing_shard_applies_nowhere_then_once() {
     let again = c.send(&mut s, update, "update-1").await.expect("sent again");
     assert_eq!(again.rows_affected, 40);
     assert_eq!(c.number("SELECT count(*) FROM t WHERE v = 1").await, 40, "every row updated exactly once");
+    let replayed = c.send(&mut s, update, "update-1").await.expect("sent once more");
+    assert_eq!(replayed.rows_affected, 40);
+    assert_eq!(c.number("SELECT count(*) FROM t WHERE v = 1").await, 40, "not applied again");
     c.tier.shutdown().await;
 }
 

@@ -216,7 +216,7 @@ impl Executor {
                 send(out, done(0, 0, Some(&t))).await
             }
             (Kind::Commit, Some(t)) => {
-                self.commit(t).await?;
+                self.commit(t, None).await?;
                 send(out, done(0, 0, None)).await
             }
             (Kind::Rollback, Some(t)) => {
@@ -343,7 +343,7 @@ impl Executor {
                 self.send_result(out, r, txn).await
             }
             Plan::Broadcast { groups, same_seed } => {
-                let own = self.own_txn(txn, &groups);
+                let own = self.own_txn(txn, &groups, &statement);
                 let r = self.broadcast(&groups, statement, same_seed, txn.or(own.as_ref())).await;
                 let r = self.finish_own(own, r).await?;
                 self.send_result(out, r, txn).await

@@ -30,8 +30,9 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use drsdb_common::command::{Command, CommandResult, Decision, Statement, StatementResult, Step, TxnCommand};
-use drsdb_common::{shard, Error, GroupId, Result, TxnId};
+use drsdb_common::command::{Command, CommandResult, Decision, Outcome, Statement, StatementResult, Step, TxnCommand};
+use drsdb_common::order::Collation;
+use drsdb_common::{shard, Error, GroupId, Result, TxnId, Value};
 use futures::future::join_all;
 
 use super::{spread_seed, Executor};
@@ -58,6 +59,13 @@ pub struct Txn {
     /// For a statement run as its own transaction: its anchor, the shard
     /// that is not prepared before the decision.
     anchor: Option<GroupId>,
+    /// For a statement run as its own transaction: its request id, claimed
+    /// at the anchor (which then depends on the id alone, so that the
+    /// statement sent again is claimed at the same shard).
+    request: Option<String>,
+    /// The first outcome the anchor answered a claim with: the statement
+    /// was applied before.
+    replayed: Mutex<Option<Outcome>>,
 }
 
 impl Txn {
@@ -97,14 +105,9 @@ impl Txn {
             unsure: Mutex::default(),
             sent: Mutex::default(),
             anchor: None,
+            request: None,
+            replayed: Mutex::default(),
         }
-    }
-
-    /// A transaction of its own for a statement over `groups`.
-    fn own(id: TxnId, groups: &[GroupId]) -> Txn {
-        let mut own = Txn::begin(id);
-        own.anchor = groups.iter().min().copied();
-        own
     }
 
     /// The shards where it is open, in order.
@@ -136,18 +139,45 @@ impl Executor {
         TxnId(ids.generate().unwrap_or_else(|_| ulid::Ulid::generate()).to_string())
     }
 
-    /// The transaction of its own a write over `groups` outside `txn`
-    /// runs in: one when it spans several shards, so that it is atomic.
-    pub(super) fn own_txn(&self, txn: Option<&Txn>, groups: &[GroupId]) -> Option<Txn> {
+    /// The transaction of its own `statement`, a write over `groups`
+    /// outside `txn`, runs in: one when it spans several shards, so that
+    /// it is atomic. With a request id, the statement is claimed at a shard
+    /// the id picks.
+    pub(super) fn own_txn(&self, txn: Option<&Txn>, groups: &[GroupId], statement: &Statement) -> Option<Txn> {
         let distinct: BTreeSet<&GroupId> = groups.iter().collect();
-        (txn.is_none() && distinct.len() > 1).then(|| Txn::own(self.txn_id(), groups))
+        if txn.is_some() || distinct.len() <= 1 {
+            return None;
+        }
+        let mut own = Txn::begin(self.txn_id());
+        let shards = self.shards.load(std::sync::atomic::Ordering::Relaxed);
+        own.anchor = match &statement.request_id {
+            Some(r) if shards > 0 => {
+                let hash = shard::key_hash(&[(Value::Text(r.clone()), Collation::Binary)]);
+                Some(shard::shard_group(shard::shard_of(hash, shards)))
+            }
+            _ => distinct.first().map(|g| **g),
+        };
+        own.request = statement.request_id.clone().filter(|_| shards > 0);
+        Some(own)
     }
 
     /// Ends a write that ran in `own`, its own transaction (see
-    /// [`Txn::own`]), with result `r`: commits it, or aborts it.
-    pub(super) async fn finish_own<T>(&self, own: Option<Txn>, r: Result<T>) -> Result<T> {
+    /// [`Executor::own_txn`]), with result `r`: commits it, or aborts it.
+    /// When the anchor found the statement applied before, the first
+    /// outcome is the answer.
+    pub(super) async fn finish_own(&self, own: Option<Txn>, r: Result<StatementResult>) -> Result<StatementResult> {
+        if let Some(first) = own.as_ref().and_then(|o| o.replayed.lock().expect("txn lock").take()) {
+            self.abort(own.as_ref().expect("checked")).await;
+            return first;
+        }
         match (own, r) {
-            (Some(own), Ok(v)) => self.commit(&own).await.map(|_| v),
+            (Some(own), Ok(v)) => {
+                let request = own.request.clone().map(|id| (id, v.clone()));
+                match self.commit(&own, request).await? {
+                    Some(first) => first,
+                    None => Ok(v),
+                }
+            }
             (Some(own), Err(e)) => {
                 self.abort(&own).await;
                 // No commit was sent, so nothing of it can commit: a
@@ -183,11 +213,28 @@ impl Executor {
         Err(rolled_back(e))
     }
 
-    /// Commits `txn` on the shards it holds (see the module's essay).
-    pub(super) async fn commit(&self, txn: &Txn) -> Result<()> {
-        let held = txn.held();
-        let Some(anchor) = txn.anchor.or_else(|| held.first().copied()) else { return Ok(()) };
+    /// Commits `txn` on the shards it holds (see the module's essay);
+    /// `request`: the id and outcome of the statement it is the own
+    /// transaction of. Returns the first outcome when the anchor found
+    /// that statement applied before (then this one is rolled back).
+    pub(super) async fn commit(
+        &self,
+        txn: &Txn,
+        request: Option<(String, StatementResult)>,
+    ) -> Result<Option<Outcome>> {
+        let mut held = txn.held();
+        let Some(anchor) = txn.anchor.or_else(|| held.first().copied()) else { return Ok(None) };
         let others: Vec<GroupId> = held.iter().copied().filter(|g| *g != anchor).collect();
+        // An anchor picked by the request id may have had nothing to write:
+        // it joins to claim the request and record the decision.
+        let mut decide = Vec::new();
+        if !held.contains(&anchor) {
+            decide.push(Step::Begin);
+            decide.extend(txn.request.clone().map(Step::Claim));
+            held.push(anchor);
+            held.sort();
+        }
+        decide.push(Step::Commit { participants: held.clone(), request });
         if txn.anchor.is_none() && !others.is_empty() {
             let prepared =
                 join_all(others.iter().map(|g| self.txn_step(*g, txn, vec![Step::Prepare { anchor }]))).await;
@@ -198,9 +245,12 @@ impl Executor {
                 )));
             }
         }
-        let commit = || vec![Step::Commit { participants: held.clone() }];
-        let decision = match self.tier.write(anchor, txn.command(commit()), false).await {
+        let decision = match self.tier.write(anchor, txn.command(decide), false).await {
             Ok(CommandResult::Txn(Ok(_))) => Decision::Committed,
+            Ok(CommandResult::Replayed(first)) => {
+                self.abort(txn).await;
+                return Ok(Some(first));
+            }
             Ok(CommandResult::Txn(Err(e))) => {
                 self.abort(txn).await;
                 return Err(rolled_back(e));
@@ -231,13 +281,14 @@ impl Executor {
         };
         Metrics::add(counter, 1);
         // Decided: shards that miss this commit get it from the resolver.
+        let commit = || vec![Step::Commit { participants: held.clone(), request: None }];
         let finished = join_all(others.iter().map(|g| self.txn_step(*g, txn, commit()))).await;
         for (g, r) in others.iter().zip(finished) {
             if let Err(e) = r {
                 tracing::info!(txn = %txn.id, group = %g, "commit not confirmed; the resolver will finish it: {e}");
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Rolls back explicit transaction `txn` wherever it may be open.
@@ -304,6 +355,9 @@ impl Executor {
             if !t.holds(group) {
                 steps.push(Step::Begin);
             }
+            if t.anchor == Some(group) {
+                steps.extend(t.request.clone().map(Step::Claim));
+            }
             steps.push(Step::Run(statement));
             if let Some(anchor) = t.anchor.filter(|a| *a != group) {
                 steps.push(Step::Prepare { anchor });
@@ -315,6 +369,10 @@ impl Executor {
                         t.held.lock().expect("txn lock").insert(group);
                     }
                     outcome
+                }
+                Ok(CommandResult::Replayed(first)) => {
+                    *t.replayed.lock().expect("txn lock") = Some(first);
+                    Err(Error::Retryable(format!("statement {:?} was applied before", t.request)))
                 }
                 Ok(other) => Err(Error::io(format!("unexpected transaction result {other:?}"))),
                 Err(e) => {
@@ -399,7 +457,7 @@ impl Executor {
                 }
             };
             let step = match decision {
-                Decision::Committed => Step::Commit { participants: vec![held.group] },
+                Decision::Committed => Step::Commit { participants: vec![held.group], request: None },
                 Decision::Aborted => Step::Abort,
             };
             let command = Command::Txn(TxnCommand {

@@ -57,14 +57,22 @@ impl Executor {
         let Some(sqlparser::ast::Statement::Insert(ins)) = sql::parse_one(&numbered).ok() else {
             return Err(Error::invalid("not an INSERT"));
         };
-        let defaults = |expr: &str| -> Result<Value> {
-            let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
-            let s =
-                Statement { sql: format!("SELECT {expr}"), params: vec![], schema_version: None, ..statement.clone() };
-            let r = db.run_collect(&s).map_err(failure)?;
-            Ok(r.rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
+        let parts = {
+            let scratch = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
+            let defaults = |expr: &str, row: usize| -> Result<Value> {
+                let s = Statement {
+                    sql: format!("SELECT {expr}"),
+                    params: vec![],
+                    schema_version: None,
+                    // Each row draws its own random values.
+                    seed: statement.seed ^ spread_seed(row as u64 + 1),
+                    ..statement.clone()
+                };
+                let r = scratch.run_collect(&s).map_err(failure)?;
+                Ok(r.rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
+            };
+            insert::split(&table, &ins, rows, shards, &self.rowids, statement.now_ms, &defaults)?
         };
-        let parts = insert::split(&table, &ins, rows, shards, &self.rowids, statement.now_ms, &defaults)?;
         if parts.is_empty() {
             // An INSERT … SELECT whose query found no rows changes nothing.
             return Ok(StatementResult {
@@ -75,7 +83,7 @@ impl Executor {
             });
         }
         let groups: Vec<GroupId> = parts.iter().map(|p| p.group).collect();
-        let own = self.own_txn(txn, &groups);
+        let own = self.own_txn(txn, &groups, &statement);
         let txn = txn.or(own.as_ref());
         let results = join_all(parts.iter().enumerate().map(|(i, p)| {
             let s = Statement {

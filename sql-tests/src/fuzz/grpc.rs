@@ -539,12 +539,19 @@ fn command(rng: &mut Rng) -> pb::Command {
     // Never a Begin: a transaction would hold the group until it timed out.
     let step = |rng: &mut Rng| {
         use pb::txn_step::Kind;
-        let kind = match rng.below(7) {
-            0 => Kind::Commit(pb::Participants { groups: (0..rng.below(3)).map(|_| rng.below(10) as u64).collect() }),
+        let kind = match rng.below(8) {
+            0 => Kind::Commit(pb::CommitStep {
+                participants: Some(pb::Participants {
+                    groups: (0..rng.below(3)).map(|_| rng.below(10) as u64).collect(),
+                }),
+                request_id: rng.chance(50).then(|| format!("fz-{}", rng.next_u64())),
+                outcome: rng.chance(50).then(pb::StatementResult::default),
+            }),
             1 => Kind::Rollback(pb::Unit {}),
             2 => Kind::Abort(pb::Unit {}),
             3 => Kind::Resolve(pb::Unit {}),
             4 => Kind::Prepare(rng.below(10) as u64),
+            5 => Kind::Claim(format!("fz-{}", rng.below(100))),
             _ => Kind::Run(statement(rng, STORAGE_SQL)),
         };
         pb::TxnStep { kind: rng.chance(95).then_some(kind) }

@@ -405,16 +405,8 @@ impl Inner {
     /// already, in which case the first outcome is returned again.
     fn run_once(&mut self, statement: &Statement) -> io::Result<Outcome> {
         let Some(id) = &statement.request_id else { return self.run_in_savepoint(statement) };
-        let seen: Option<Vec<u8>> = self
-            .db
-            .internal(|c| {
-                c.query_row("SELECT outcome FROM _drsdb_requests WHERE id = ?1", [id], |r| r.get(0)).optional()
-            })
-            .map_err(to_io)?;
-        if let Some(outcome) = seen {
-            let outcome = codec::decode(&outcome, "a request record")?;
-            return outcome_from_pb(outcome)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt request record: {e}")));
+        if let Some(outcome) = self.request_outcome(id)? {
+            return Ok(outcome);
         }
         let outcome = self.run_in_savepoint(statement)?;
         if self.db.is_autocommit() {
@@ -427,16 +419,38 @@ impl Inner {
             // the same id.
             return Ok(outcome);
         }
+        self.record_request(id, statement.now_ms, &outcome)?;
+        Ok(outcome)
+    }
+
+    /// The recorded outcome of request `id`, if it was applied here (and
+    /// is still remembered).
+    fn request_outcome(&self, id: &str) -> io::Result<Option<Outcome>> {
+        let seen: Option<Vec<u8>> = self
+            .db
+            .internal(|c| {
+                c.query_row("SELECT outcome FROM _drsdb_requests WHERE id = ?1", [id], |r| r.get(0)).optional()
+            })
+            .map_err(to_io)?;
+        let Some(outcome) = seen else { return Ok(None) };
+        let outcome = codec::decode(&outcome, "a request record")?;
+        outcome_from_pb(outcome)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt request record: {e}")))
+    }
+
+    /// Records the outcome of request `id`, in the open SQLite transaction.
+    fn record_request(&self, id: &str, at_ms: i64, outcome: &Outcome) -> io::Result<()> {
         let recorded = outcome_to_pb(outcome.clone()).encode_to_vec();
         self.db
             .internal(|c| {
                 c.execute(
                     "INSERT INTO _drsdb_requests(id, at_ms, outcome) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![id, statement.now_ms, recorded],
+                    rusqlite::params![id, at_ms, recorded],
                 )
             })
             .map_err(to_io)?;
-        Ok(outcome)
+        Ok(())
     }
 
     /// Runs one autocommit statement of a batch inside a savepoint, so that
@@ -762,7 +776,7 @@ mod tests {
         assert!(matches!(apply(&sm, 6, txn("t1", vec![Step::Rollback])), CommandResult::Txn(Err(_))));
         assert_eq!(apply(&sm, 7, txn("t0", vec![Step::Begin])), CommandResult::Busy);
         let participants = vec![GroupId(7), GroupId(8)];
-        let commit = || txn("t1", vec![Step::Commit { participants: participants.clone() }]);
+        let commit = || txn("t1", vec![Step::Commit { participants: participants.clone(), request: None }]);
         assert_eq!(apply(&sm, 8, commit()), CommandResult::Txn(Ok(StatementResult::default())));
         assert!(holder(&sm).is_none());
         assert_eq!(count(&sm), drsdb_common::Value::Integer(1), "the busy batch had no effect");
@@ -786,7 +800,7 @@ mod tests {
         let CommandResult::Txn(Err(e)) = apply(&sm, 5, txn("b", vec![Step::Run(stmt("SELECT 1"))])) else { panic!() };
         assert!(matches!(e, Error::Retryable(ref m) if m.contains("rolled back")), "{e}");
         assert_eq!(apply(&sm, 6, txn("b", vec![Step::Resolve])), CommandResult::Resolved(Decision::Aborted));
-        apply(&sm, 7, txn("a", vec![Step::Commit { participants: vec![] }]));
+        apply(&sm, 7, txn("a", vec![Step::Commit { participants: vec![], request: None }]));
         assert_eq!(count(&sm), drsdb_common::Value::Integer(1));
         // Replayed from the row, entries 2.. give the same state.
         drop(sm);
@@ -803,7 +817,7 @@ mod tests {
         let steps = vec![
             Step::Begin,
             Step::Run(stmt("INSERT INTO t VALUES (1)")),
-            Step::Commit { participants: vec![GroupId(1), GroupId(2)] },
+            Step::Commit { participants: vec![GroupId(1), GroupId(2)], request: None },
         ];
         let r = apply(&sm, 3, txn("x", steps));
         assert!(matches!(r, CommandResult::Txn(Err(Error::InvalidInput(ref m))) if m.contains("UNIQUE")), "{r:?}");
@@ -812,5 +826,24 @@ mod tests {
         assert_eq!(apply(&sm, 4, txn("x", vec![Step::Resolve])), CommandResult::Resolved(Decision::Aborted));
         assert_eq!(apply(&sm, 5, txn("y", vec![Step::Resolve])), CommandResult::Resolved(Decision::Aborted));
         assert!(matches!(apply(&sm, 6, txn("y", vec![Step::Begin])), CommandResult::Txn(Err(Error::Retryable(_)))));
+    }
+
+    #[test]
+    fn a_claimed_request_commits_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a)")]));
+        let outcome = StatementResult { rows_affected: 1, ..StatementResult::default() };
+        let first = vec![
+            Step::Begin,
+            Step::Claim("r".into()),
+            Step::Run(stmt("INSERT INTO t VALUES (1)")),
+            Step::Commit { participants: vec![GroupId(1), GroupId(2)], request: Some(("r".into(), outcome.clone())) },
+        ];
+        assert!(matches!(apply(&sm, 2, txn("x", first)), CommandResult::Txn(Ok(_))));
+        let again = vec![Step::Begin, Step::Claim("r".into()), Step::Run(stmt("INSERT INTO t VALUES (1)"))];
+        assert_eq!(apply(&sm, 3, txn("y", again)), CommandResult::Replayed(Ok(outcome)));
+        assert!(holder(&sm).is_none(), "the claim's transaction is rolled back here");
+        assert_eq!(count(&sm), drsdb_common::Value::Integer(1));
     }
 }

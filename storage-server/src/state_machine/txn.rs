@@ -28,6 +28,12 @@
 //!   of an ended transaction is refused.
 //! - A command that opened the transaction here and then failed rolls it
 //!   back here, so a failed first statement leaves the group as it was.
+//! - **Exactly once.** A statement run as a transaction of its own claims
+//!   its request id at one group (`Claim`), whose commit records the
+//!   statement's outcome under that id; the same statement sent again
+//!   claims the id there again and gets that outcome back instead of
+//!   running. (A group holds one transaction at a time, so two attempts
+//!   cannot both pass the claim and commit.)
 //!
 //! Not implemented yet: foreign keys are off in drsdb, so no deferred
 //! constraint can fail a COMMIT after `Prepare`; when they are turned on,
@@ -95,7 +101,18 @@ impl Inner {
                 },
                 Step::Run(statement) => self.run(shared, &txn, &statement, now_ms)?.map(|r| result = r),
                 Step::Prepare { anchor } => self.prepare(shared, &txn, anchor)?,
-                Step::Commit { participants } => self.commit(shared, &txn, &participants, now_ms)?,
+                Step::Commit { participants, request } => {
+                    self.commit(shared, &txn, &participants, request.as_ref(), now_ms)?
+                }
+                Step::Claim(request) => match self.request_outcome(&request)? {
+                    None => Ok(()),
+                    Some(first) => {
+                        if began && self.holds(&txn) {
+                            self.end_open(shared, &txn, now_ms, false)?;
+                        }
+                        return Ok(CommandResult::Replayed(first));
+                    }
+                },
                 Step::Rollback => self.roll_back(shared, &txn, now_ms, false)?,
                 Step::Abort => self.roll_back(shared, &txn, now_ms, true)?,
                 Step::Resolve => {
@@ -186,7 +203,14 @@ impl Inner {
         }
     }
 
-    fn commit(&mut self, shared: &Shared, txn: &TxnId, participants: &[GroupId], now_ms: i64) -> StepResult<()> {
+    fn commit(
+        &mut self,
+        shared: &Shared,
+        txn: &TxnId,
+        participants: &[GroupId],
+        request: Option<&(String, StatementResult)>,
+        now_ms: i64,
+    ) -> StepResult<()> {
         if !self.holds(txn) {
             return Ok(match self.recorded(txn)? {
                 Some(true) => Ok(()),
@@ -194,6 +218,9 @@ impl Inner {
             });
         }
         self.record(txn, true, now_ms, participants)?;
+        if let Some((id, outcome)) = request {
+            self.record_request(id, now_ms, &Ok(outcome.clone()))?;
+        }
         self.write_applied()?;
         let committed = self.db.internal(|c| c.execute_batch("COMMIT"));
         let outcome = match committed {
