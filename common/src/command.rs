@@ -198,9 +198,9 @@ pub enum CommandResult {
     None,
     /// One outcome per statement of a `Batch`, in order.
     Batch(Vec<Outcome>),
-    /// A transaction holds the group; the command did nothing and must be
-    /// proposed again once the group is free.
-    Busy,
+    /// Transaction `.0` holds the group; the command did nothing and must
+    /// be proposed again once that transaction no longer holds it.
+    Busy(TxnId),
     /// The outcome of a transaction command: its last statement's result,
     /// or the error of the step that failed.
     Txn(Outcome),
@@ -396,7 +396,7 @@ impl From<CommandResult> for pb::CommandResult {
             CommandResult::Batch(outcomes) => {
                 Some(Kind::Batch(pb::Outcomes { outcomes: outcomes.into_iter().map(outcome_to_pb).collect() }))
             }
-            CommandResult::Busy => Some(Kind::Busy(pb::Busy {})),
+            CommandResult::Busy(holder) => Some(Kind::Busy(pb::Busy { holder: holder.0 })),
             CommandResult::Txn(o) => Some(Kind::Txn(outcome_to_pb(o))),
             CommandResult::Resolved(d) => Some(Kind::Resolved(d == Decision::Committed)),
             CommandResult::Replayed(o) => Some(Kind::Replayed(outcome_to_pb(o))),
@@ -414,7 +414,7 @@ impl TryFrom<pb::CommandResult> for CommandResult {
             Some(Kind::Batch(b)) => {
                 CommandResult::Batch(b.outcomes.into_iter().map(outcome_from_pb).collect::<Result<_>>()?)
             }
-            Some(Kind::Busy(_)) => CommandResult::Busy,
+            Some(Kind::Busy(b)) => CommandResult::Busy(TxnId(b.holder)),
             Some(Kind::Txn(o)) => CommandResult::Txn(outcome_from_pb(o)?),
             Some(Kind::Resolved(committed)) => {
                 CommandResult::Resolved(if committed { Decision::Committed } else { Decision::Aborted })
@@ -472,7 +472,7 @@ mod tests {
         };
         for r in [
             CommandResult::None,
-            CommandResult::Busy,
+            CommandResult::Busy(TxnId("t".into())),
             CommandResult::Batch(vec![Ok(rows.clone()), Err(Error::StaleSchema { version: 3 })]),
             CommandResult::Txn(Ok(rows)),
             CommandResult::Resolved(Decision::Committed),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drsdb_common::config::StorageConfig;
-use drsdb_common::{Error, GroupId, NodeId, Result};
+use drsdb_common::{Error, GroupId, NodeId, Result, TxnId};
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ReadPolicy, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -261,19 +261,17 @@ impl Proposer {
                 })?
                 .map_err(|e| write_error(self.id, e))?;
             match response.data {
-                CommandResult::Busy => self.wait_until_free(deadline).await?,
+                CommandResult::Busy(holder) => self.wait_until_free(&holder, deadline).await?,
                 result => return Ok(result),
             }
         }
     }
 
-    /// Waits until the transaction holding the group now (if any) no
-    /// longer does: the group is free, or held by another transaction that
-    /// a `Begin` may wound.
-    async fn wait_until_free(&self, deadline: tokio::time::Instant) -> Result<()> {
+    /// Waits until transaction `held_by` no longer holds the group: it is
+    /// free, or held by another transaction (which a `Begin` may wound).
+    async fn wait_until_free(&self, held_by: &TxnId, deadline: tokio::time::Instant) -> Result<()> {
         let mut holder = self.shared.holder();
-        let Some(held_by) = holder.borrow_and_update().as_ref().map(|h| h.txn.clone()) else { return Ok(()) };
-        let free = tokio::time::timeout_at(deadline, holder.wait_for(|h| h.as_ref().map(|h| &h.txn) != Some(&held_by)))
+        let free = tokio::time::timeout_at(deadline, holder.wait_for(|h| h.as_ref().map(|h| &h.txn) != Some(held_by)))
             .await
             .map(|r| r.is_ok());
         match free {

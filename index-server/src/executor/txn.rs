@@ -17,9 +17,11 @@
 //!   which asks the anchor.
 //! - A statement without a transaction that writes several shards (a
 //!   multi-shard INSERT, a broadcast UPDATE or DELETE, DDL) runs as a
-//!   transaction of its own: `[Begin, Run, Prepare]` on every shard but
-//!   the anchor, `[Begin, Run]` on the anchor, then the anchor's commit.
-//!   It is atomic: one shard's failure rolls back the others.
+//!   transaction of its own, committed the same way: atomic, one shard's
+//!   failure rolls back the others. A shard is prepared only once the
+//!   transaction holds every shard it needs: a prepared transaction cannot
+//!   be rolled back for an older one, so preparing earlier could make two
+//!   prepared transactions wait for each other.
 //! - Inside an explicit transaction, a statement's own error on one shard
 //!   leaves the transaction open (as SQLite does); any other failure (a
 //!   statement over several shards that failed on some, a shard that did
@@ -235,7 +237,7 @@ impl Executor {
             held.sort();
         }
         decide.push(Step::Commit { participants: held.clone(), request });
-        if txn.anchor.is_none() && !others.is_empty() {
+        if !others.is_empty() {
             let prepared =
                 join_all(others.iter().map(|g| self.txn_step(*g, txn, vec![Step::Prepare { anchor }]))).await;
             if let Some((g, e)) = others.iter().zip(prepared).find_map(|(g, r)| r.err().map(|e| (g, e))) {
@@ -343,6 +345,36 @@ impl Executor {
         }
     }
 
+    /// Opens `txn`, the own transaction of a statement over `groups`, at its
+    /// anchor too when that has nothing to write (a shard picked by the
+    /// request id), claiming the request there: run beside the statement's
+    /// parts, so that the transaction holds every shard it needs before
+    /// any is prepared.
+    pub(super) async fn join_anchor(&self, txn: Option<&Txn>, groups: &[GroupId]) -> Result<()> {
+        let Some(t) = txn else { return Ok(()) };
+        let (Some(anchor), Some(request)) = (t.anchor, t.request.clone()) else { return Ok(()) };
+        if groups.contains(&anchor) {
+            return Ok(());
+        }
+        t.sent.lock().expect("txn lock").insert(anchor);
+        match self.tier.write(anchor, t.command(vec![Step::Begin, Step::Claim(request)]), false).await {
+            Ok(CommandResult::Txn(Ok(_))) => {
+                t.held.lock().expect("txn lock").insert(anchor);
+                Ok(())
+            }
+            Ok(CommandResult::Txn(Err(e))) => Err(e),
+            Ok(CommandResult::Replayed(first)) => {
+                *t.replayed.lock().expect("txn lock") = Some(first);
+                Err(Error::Retryable(format!("statement {:?} was applied before", t.request)))
+            }
+            Ok(other) => Err(Error::io(format!("unexpected transaction result {other:?}"))),
+            Err(e) => {
+                t.unsure.lock().expect("txn lock").insert(anchor);
+                Err(e)
+            }
+        }
+    }
+
     /// Applies one statement to one shard, autocommit or in `txn`.
     pub(super) async fn apply(
         &self,
@@ -359,9 +391,6 @@ impl Executor {
                 steps.extend(t.request.clone().map(Step::Claim));
             }
             steps.push(Step::Run(statement));
-            if let Some(anchor) = t.anchor.filter(|a| *a != group) {
-                steps.push(Step::Prepare { anchor });
-            }
             t.sent.lock().expect("txn lock").insert(group);
             return match self.tier.write(group, t.command(steps), false).await {
                 Ok(CommandResult::Txn(outcome)) => {

@@ -85,7 +85,7 @@ impl Executor {
         let groups: Vec<GroupId> = parts.iter().map(|p| p.group).collect();
         let own = self.own_txn(txn, &groups, &statement);
         let txn = txn.or(own.as_ref());
-        let results = join_all(parts.iter().enumerate().map(|(i, p)| {
+        let parts_done = join_all(parts.iter().enumerate().map(|(i, p)| {
             let s = Statement {
                 sql: p.sql.clone(),
                 params: p.params.clone(),
@@ -97,9 +97,9 @@ impl Executor {
                 memory_limit: statement.memory_limit,
             };
             self.apply(p.group, s, txn)
-        }))
-        .await;
-        let r = combine_parts(table.is_sharded(), &parts, results);
+        }));
+        let (results, anchor) = futures::join!(parts_done, self.join_anchor(txn, &groups));
+        let r = anchor.and_then(|_| combine_parts(table.is_sharded(), &parts, results));
         self.finish_own(own, r).await
     }
 }

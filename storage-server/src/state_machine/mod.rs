@@ -193,6 +193,11 @@ struct Inner {
     membership: StoredMembership,
     /// The transaction holding the group.
     txn: Option<txn::Open>,
+    /// Aborts decided (by `Resolve`) while another transaction held the
+    /// group, so that no write of their own could record them: written
+    /// with the next write (`write_applied`). Replaying the log rebuilds
+    /// them like the open transaction.
+    unrecorded: Vec<(TxnId, i64)>,
 }
 
 /// The current snapshot: what it covers and its file's name.
@@ -259,7 +264,14 @@ impl StateMachine {
         let (last_applied, membership) = load_applied(&db)?;
         let (holder, _) = watch::channel(None);
         Ok(StateMachine {
-            inner: Arc::new(Mutex::new(Inner { db, generation, last_applied, membership, txn: None })),
+            inner: Arc::new(Mutex::new(Inner {
+                db,
+                generation,
+                last_applied,
+                membership,
+                txn: None,
+                unrecorded: Vec::new(),
+            })),
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 current: Mutex::new(path),
@@ -288,8 +300,12 @@ impl StateMachine {
 }
 
 impl Inner {
-    /// Writes the applied state into the open SQLite transaction.
+    /// Writes the applied state into the open SQLite transaction, with the
+    /// aborts not recorded yet (cleared once it commits).
     fn write_applied(&self) -> io::Result<()> {
+        for (txn, at_ms) in &self.unrecorded {
+            self.record(txn, false, *at_ms, &[])?;
+        }
         let state = pb::AppliedState {
             format: codec::FORMAT_VERSION,
             applied: codec::opt_log_id_to_pb(&self.last_applied),
@@ -309,6 +325,7 @@ impl Inner {
         let r = f(self).and_then(|v| {
             self.write_applied()?;
             self.db.internal(|c| c.execute_batch("COMMIT")).map_err(to_io)?;
+            self.unrecorded.clear();
             Ok(v)
         });
         if r.is_err() && !self.db.is_autocommit() {
@@ -349,8 +366,8 @@ impl Inner {
         };
         match command {
             Command::Batch(statements) => {
-                if self.txn.is_some() {
-                    return Ok(CommandResult::Busy);
+                if let Some(holder) = &self.txn {
+                    return Ok(CommandResult::Busy(holder.id.clone()));
                 }
                 let outcomes = self.in_write_txn(|me| me.run_batch(&statements))?;
                 Ok(CommandResult::Batch(outcomes))
@@ -515,6 +532,7 @@ impl Inner {
         self.last_applied = applied;
         self.membership = membership;
         self.txn = None;
+        self.unrecorded.clear();
         self.set_holder(shared);
         record_snapshot(shared, meta, &snapshot_path)
     }
@@ -740,6 +758,10 @@ mod tests {
         Command::Txn(TxnCommand { txn: TxnId(id.into()), now_ms: 1, steps })
     }
 
+    fn busy(holder: &str) -> CommandResult {
+        CommandResult::Busy(TxnId(holder.into()))
+    }
+
     fn count(sm: &StateMachine) -> drsdb_common::Value {
         let reader = Db::open_reader(&sm.shared.current_db()).unwrap();
         reader.run_collect(&stmt("SELECT count(*) FROM t")).unwrap().rows.remove(0).remove(0)
@@ -757,7 +779,7 @@ mod tests {
             let sm = StateMachine::open(dir.path()).unwrap();
             apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a)")]));
             apply(&sm, 2, txn("t1", vec![Step::Begin, insert()]));
-            assert_eq!(apply(&sm, 3, Command::Batch(vec![stmt("INSERT INTO t VALUES (2)")])), CommandResult::Busy);
+            assert_eq!(apply(&sm, 3, Command::Batch(vec![stmt("INSERT INTO t VALUES (2)")])), busy("t1"));
             apply(&sm, 4, txn("t1", vec![Step::Prepare { anchor: GroupId(7) }]));
             assert_eq!(holder(&sm), Some(("t1".into(), Some(GroupId(7)))));
         }
@@ -768,13 +790,13 @@ mod tests {
         let applied = sm.inner.lock().unwrap().last_applied;
         assert_eq!(applied, Some(log_id(1)));
         apply(&sm, 2, txn("t1", vec![Step::Begin, insert()]));
-        assert_eq!(apply(&sm, 3, Command::Batch(vec![stmt("INSERT INTO t VALUES (2)")])), CommandResult::Busy);
+        assert_eq!(apply(&sm, 3, Command::Batch(vec![stmt("INSERT INTO t VALUES (2)")])), busy("t1"));
         apply(&sm, 4, txn("t1", vec![Step::Prepare { anchor: GroupId(7) }]));
         assert_eq!(holder(&sm), Some(("t1".into(), Some(GroupId(7)))));
         // Prepared: no more statements, no rollback; an older transaction waits.
         assert!(matches!(apply(&sm, 5, txn("t1", vec![insert()])), CommandResult::Txn(Err(Error::InvalidInput(_)))));
         assert!(matches!(apply(&sm, 6, txn("t1", vec![Step::Rollback])), CommandResult::Txn(Err(_))));
-        assert_eq!(apply(&sm, 7, txn("t0", vec![Step::Begin])), CommandResult::Busy);
+        assert_eq!(apply(&sm, 7, txn("t0", vec![Step::Begin])), busy("t1"));
         let participants = vec![GroupId(7), GroupId(8)];
         let commit = || txn("t1", vec![Step::Commit { participants: participants.clone(), request: None }]);
         assert_eq!(apply(&sm, 8, commit()), CommandResult::Txn(Ok(StatementResult::default())));
@@ -792,7 +814,7 @@ mod tests {
         let sm = StateMachine::open(dir.path()).unwrap();
         apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a)")]));
         apply(&sm, 2, txn("b", vec![Step::Begin, Step::Run(stmt("INSERT INTO t VALUES (1)"))]));
-        assert_eq!(apply(&sm, 3, txn("c", vec![Step::Begin])), CommandResult::Busy, "younger waits");
+        assert_eq!(apply(&sm, 3, txn("c", vec![Step::Begin])), busy("b"), "younger waits");
         let older = apply(&sm, 4, txn("a", vec![Step::Begin, Step::Run(stmt("INSERT INTO t VALUES (2)"))]));
         assert!(matches!(older, CommandResult::Txn(Ok(_))), "{older:?}");
         assert_eq!(holder(&sm), Some(("a".into(), None)));
@@ -845,5 +867,28 @@ mod tests {
         assert_eq!(apply(&sm, 3, txn("y", again)), CommandResult::Replayed(Ok(outcome)));
         assert!(holder(&sm).is_none(), "the claim's transaction is rolled back here");
         assert_eq!(count(&sm), drsdb_common::Value::Integer(1));
+    }
+
+    #[test]
+    fn an_anchor_held_by_another_transaction_still_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let sm = StateMachine::open(dir.path()).unwrap();
+            apply(&sm, 1, Command::Batch(vec![stmt("CREATE TABLE t(a)")]));
+            apply(&sm, 2, txn("h", vec![Step::Begin, Step::Run(stmt("INSERT INTO t VALUES (1)"))]));
+            assert_eq!(apply(&sm, 3, txn("x", vec![Step::Resolve])), CommandResult::Resolved(Decision::Aborted));
+            assert!(matches!(apply(&sm, 4, txn("x", vec![Step::Begin])), CommandResult::Txn(Err(_))));
+        }
+        // Replayed from the row (before h's Begin), the abort is decided again.
+        let sm = StateMachine::open(dir.path()).unwrap();
+        apply(&sm, 2, txn("h", vec![Step::Begin, Step::Run(stmt("INSERT INTO t VALUES (1)"))]));
+        assert_eq!(apply(&sm, 3, txn("x", vec![Step::Resolve])), CommandResult::Resolved(Decision::Aborted));
+        apply(&sm, 4, txn("h", vec![Step::Commit { participants: vec![], request: None }]));
+        assert_eq!(apply(&sm, 5, txn("x", vec![Step::Resolve])), CommandResult::Resolved(Decision::Aborted));
+        let reader = Db::open_reader(&sm.shared.current_db()).unwrap();
+        let committed: i64 = reader
+            .internal(|c| c.query_row("SELECT committed FROM _drsdb_txns WHERE id = 'x'", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(committed, 0, "written with h's commit");
     }
 }

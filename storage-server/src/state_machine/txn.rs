@@ -25,7 +25,9 @@
 //! - **Records.** Every end is recorded (committed with its participants,
 //!   or rolled back), in the same SQLite transaction as its effects, so a
 //!   repeated `Commit` or `Rollback` answers as the first did and a `Begin`
-//!   of an ended transaction is refused.
+//!   of an ended transaction is refused. An abort decided by `Resolve`
+//!   while another transaction holds the group waits in memory for the
+//!   next write (rebuilt, like the holder, by replaying the log).
 //! - A command that opened the transaction here and then failed rolls it
 //!   back here, so a failed first statement leaves the group as it was.
 //! - **Exactly once.** A statement run as a transaction of its own claims
@@ -69,7 +71,7 @@ enum Began {
     /// It was open already.
     Already,
     /// Another transaction holds the group and may not be wounded.
-    Busy,
+    Busy(TxnId),
 }
 
 impl Inner {
@@ -91,7 +93,7 @@ impl Inner {
         for step in steps {
             let done = match step {
                 Step::Begin => match self.begin(shared, before, &txn, now_ms)? {
-                    Ok(Began::Busy) => return Ok(CommandResult::Busy),
+                    Ok(Began::Busy(holder)) => return Ok(CommandResult::Busy(holder)),
                     Ok(Began::Now) => {
                         began = true;
                         Ok(())
@@ -137,16 +139,16 @@ impl Inner {
     }
 
     fn begin(&mut self, shared: &Shared, before: Option<LogId>, txn: &TxnId, now_ms: i64) -> StepResult<Began> {
-        if let Some(holder) = &self.txn {
-            if holder.id == *txn {
-                return Ok(Ok(Began::Already));
-            }
-            if holder.prepared.is_some() || holder.id < *txn {
-                return Ok(Ok(Began::Busy));
-            }
+        if self.holds(txn) {
+            return Ok(Ok(Began::Already));
         }
         if let Some(committed) = self.recorded(txn)? {
             return Ok(Err(ended(txn, committed)));
+        }
+        if let Some(holder) = &self.txn {
+            if holder.prepared.is_some() || holder.id < *txn {
+                return Ok(Ok(Began::Busy(holder.id.clone())));
+            }
         }
         if let Some(wounded) = self.txn.take() {
             // Younger and not prepared: rolled back for the older one. The
@@ -224,7 +226,10 @@ impl Inner {
         self.write_applied()?;
         let committed = self.db.internal(|c| c.execute_batch("COMMIT"));
         let outcome = match committed {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.unrecorded.clear();
+                Ok(())
+            }
             Err(e) => {
                 // Only a deferred constraint can fail a COMMIT (and none
                 // exists while foreign keys are off): roll back, record it.
@@ -276,7 +281,10 @@ impl Inner {
                 }
                 self.end_open(shared, txn, now_ms, true)?;
             }
-            _ => self.in_write_txn(|me| me.record(txn, false, now_ms, &[]))?,
+            // Another transaction's SQLite transaction is open: the abort
+            // is written with the next write.
+            Some(_) => self.unrecorded.push((txn.clone(), now_ms)),
+            None => self.in_write_txn(|me| me.record(txn, false, now_ms, &[]))?,
         }
         Ok(Ok(Decision::Aborted))
     }
@@ -291,7 +299,7 @@ impl Inner {
     }
 
     /// Records how `txn` ended here, in the open SQLite transaction.
-    fn record(&self, txn: &TxnId, committed: bool, now_ms: i64, participants: &[GroupId]) -> io::Result<()> {
+    pub(super) fn record(&self, txn: &TxnId, committed: bool, now_ms: i64, participants: &[GroupId]) -> io::Result<()> {
         let participants = pb::Participants { groups: participants.iter().map(|g| g.0).collect() }.encode_to_vec();
         self.db
             .internal(|c| {
@@ -307,6 +315,9 @@ impl Inner {
     /// How `txn` ended here, if it did (and is still remembered): true
     /// when it committed.
     fn recorded(&self, txn: &TxnId) -> io::Result<Option<bool>> {
+        if self.unrecorded.iter().any(|(t, _)| t == txn) {
+            return Ok(Some(false));
+        }
         self.db
             .internal(|c| {
                 c.query_row("SELECT committed FROM _drsdb_txns WHERE id = ?1", [&txn.0], |r| r.get(0)).optional()
