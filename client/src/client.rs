@@ -32,6 +32,12 @@ const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// first time (doubling after each).
 const CONFLICT_RETRIES: u32 = 4;
 const CONFLICT_PAUSE: Duration = Duration::from_millis(20);
+/// How often a read over several shards is read again when its fragments'
+/// snapshots are not one consistent cut, the pause before the second try
+/// and the longest pause.
+const CUT_TRIES: u32 = 10;
+const CUT_PAUSE: Duration = Duration::from_millis(2);
+const CUT_LONGEST_PAUSE: Duration = Duration::from_millis(50);
 /// After the storage servers could not be reached for a direct read, the
 /// session asks for relayed rows this long before trying again.
 const RELAY_AFTER_UNREACHABLE: Duration = Duration::from_secs(30);
@@ -252,10 +258,26 @@ impl Client {
 
     /// Sends `req` (failing over when safe), opening the fragments of a
     /// direct result; when they cannot be read, asks for the rows relayed.
+    ///
+    /// Fragments over several shards are used only once an index server
+    /// found their snapshots one consistent cut (no transaction committed
+    /// on some of those shards and not on others); otherwise the statement
+    /// is read again, and after [`CUT_TRIES`] tries relayed (the index
+    /// server then checks the cut itself).
     async fn attempt(&mut self, req: &pb::ExecuteRequest, resendable: bool) -> Result<RowStream> {
-        match self.send(req.clone(), resendable).await {
-            Ok(mut rows) if rows.has_fragments() => match rows.open_fragments(&self.storage).await {
-                Ok(()) => Ok(rows),
+        let mut pause = CUT_PAUSE;
+        for _ in 0..CUT_TRIES {
+            let mut rows = self.send(req.clone(), resendable).await?;
+            if !rows.has_fragments() {
+                return Ok(rows);
+            }
+            match rows.open_fragments(&self.storage).await {
+                Ok(snapshots) if snapshots.len() < 2 => return Ok(rows),
+                Ok(snapshots) => match self.consistent(snapshots).await {
+                    Some(true) => return Ok(rows),
+                    Some(false) => {}
+                    None => break,
+                },
                 // Only reads outside transactions come as fragments, so
                 // running it again is safe; relayed, the index server also
                 // deals with what stopped the fragments (a schema change,
@@ -265,11 +287,26 @@ impl Client {
                     if self.storage.any_unreachable() {
                         self.relay_until = Some(Instant::now() + RELAY_AFTER_UNREACHABLE);
                     }
-                    self.send(pb::ExecuteRequest { accept_fragments: false, ..req.clone() }, resendable).await
+                    break;
                 }
-            },
-            other => other,
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(CUT_LONGEST_PAUSE);
         }
+        self.send(pb::ExecuteRequest { accept_fragments: false, ..req.clone() }, resendable).await
+    }
+
+    /// Asks the index servers whether `snapshots` form one consistent cut;
+    /// `None` when none could say.
+    async fn consistent(&mut self, snapshots: Vec<pb::Snapshot>) -> Option<bool> {
+        let request = pb::Snapshots { snapshots };
+        for server in &mut self.rotation {
+            match server.client.check_snapshots(request.clone()).await {
+                Ok(answer) => return Some(answer.into_inner().consistent),
+                Err(e) => tracing::debug!(server = %server.addr, "cannot check snapshots: {e}"),
+            }
+        }
+        None
     }
 
     /// Rolls back `txn` after `e` ended it, and says so.

@@ -146,7 +146,12 @@ async fn forward(channels: StorageChannels, fragment: pb::Fragment, tx: mpsc::Se
         let end = !matches!(
             item,
             Ok(pb::ResultPart {
-                part: None | Some(pb::result_part::Part::Columns(_) | pb::result_part::Part::Rows(_))
+                part: None
+                    | Some(
+                        pb::result_part::Part::Snapshot(_)
+                            | pb::result_part::Part::Columns(_)
+                            | pb::result_part::Part::Rows(_)
+                    )
             })
         );
         if tx.send(item).await.is_err() || end {
@@ -165,8 +170,13 @@ pub(crate) struct Direct {
 
 impl Direct {
     /// Starts reading every fragment and waits for each one's columns;
-    /// returns the result's columns (hidden sort keys removed) and the reader.
-    pub(crate) async fn open(channels: &StorageChannels, f: pb::Fragments) -> Result<(Vec<Column>, Direct)> {
+    /// returns the result's columns (hidden sort keys removed), the reader,
+    /// and the snapshots the fragments are read at (to be checked as one
+    /// cut before any row is used).
+    pub(crate) async fn open(
+        channels: &StorageChannels,
+        f: pb::Fragments,
+    ) -> Result<(Vec<Column>, Direct, Vec<pb::Snapshot>)> {
         let mut sources: Vec<Source> = Vec::with_capacity(f.fragments.len());
         for fragment in f.fragments {
             let (tx, rx) = mpsc::channel(PARTS_AHEAD);
@@ -184,9 +194,10 @@ impl Direct {
                 columns = shard_columns.into_iter().map(Column::from).collect();
             }
         }
+        let snapshots = sources.iter().filter_map(|s| s.snapshot().cloned()).collect();
         let keys: Vec<SortKey> = f.keys.iter().map(SortKey::from).collect();
         columns.drain(..keys.len().min(columns.len()));
-        Ok((columns, Direct { combined: Combined::merge(sources, keys, f.offset, f.limit) }))
+        Ok((columns, Direct { combined: Combined::merge(sources, keys, f.offset, f.limit) }, snapshots))
     }
 
     /// The next row of the combined result, or `None` at its end.

@@ -203,12 +203,13 @@ impl RowStream {
 
     /// Opens the fragments the index server handed out; afterwards rows
     /// come from the storage servers.
-    pub(crate) async fn open_fragments(&mut self, channels: &StorageChannels) -> Result<()> {
-        let Some(fragments) = self.fragments.take() else { return Ok(()) };
-        let (columns, direct) = Direct::open(channels, fragments).await?;
+    /// Returns the snapshots the fragments are read at.
+    pub(crate) async fn open_fragments(&mut self, channels: &StorageChannels) -> Result<Vec<pb::Snapshot>> {
+        let Some(fragments) = self.fragments.take() else { return Ok(Vec::new()) };
+        let (columns, direct, snapshots) = Direct::open(channels, fragments).await?;
         self.columns = columns;
         self.direct = Some(direct);
-        Ok(())
+        Ok(snapshots)
     }
 
     /// True when the rows come straight from the storage servers.

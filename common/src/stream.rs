@@ -67,6 +67,7 @@ pub struct PartReader<S> {
     rows: VecDeque<Vec<Value>>,
     done: Option<pb::Done>,
     fragments: Option<pb::Fragments>,
+    snapshot: Option<pb::Snapshot>,
 }
 
 impl<S, E> PartReader<S>
@@ -76,13 +77,27 @@ where
 {
     /// A reader of `parts`.
     pub fn new(parts: S) -> PartReader<S> {
-        PartReader { parts: Some(parts), columns: None, rows: VecDeque::new(), done: None, fragments: None }
+        PartReader {
+            parts: Some(parts),
+            columns: None,
+            rows: VecDeque::new(),
+            done: None,
+            fragments: None,
+            snapshot: None,
+        }
     }
 
     /// A result that is already whole (a read inside a transaction comes
     /// back in the command's result).
     pub fn whole(columns: Vec<pb::Column>, rows: Vec<Vec<Value>>, done: pb::Done) -> PartReader<S> {
-        PartReader { parts: None, columns: Some(columns), rows: rows.into(), done: Some(done), fragments: None }
+        PartReader {
+            parts: None,
+            columns: Some(columns),
+            rows: rows.into(),
+            done: Some(done),
+            fragments: None,
+            snapshot: None,
+        }
     }
 
     /// Reads one more part; false once the stream is over.
@@ -99,6 +114,7 @@ where
                 Some(pb::result_part::Part::Columns(c)) => self.columns = Some(c.columns),
                 Some(pb::result_part::Part::Rows(r)) => self.rows.extend(value::rows_from(r)),
                 Some(pb::result_part::Part::Fragments(f)) => self.fragments = Some(f),
+                Some(pb::result_part::Part::Snapshot(s)) => self.snapshot = Some(s),
                 Some(pb::result_part::Part::Done(d)) => {
                     self.done = Some(d);
                     self.parts = None;
@@ -132,6 +148,12 @@ where
                 return Ok(self.rows.pop_front());
             }
         }
+    }
+
+    /// The snapshot a storage server's read saw, once its first parts
+    /// were read ([`PartReader::start`]).
+    pub fn snapshot(&self) -> Option<&pb::Snapshot> {
+        self.snapshot.as_ref()
     }
 
     /// How the statement ended, once its `Done` was read.

@@ -52,6 +52,11 @@ pub trait StorageTier: Send + Sync {
     /// linearizable read barrier, streaming its result.
     async fn read(&self, group: GroupId, statement: Statement) -> Result<Parts>;
 
+    /// After a linearizable read barrier on `group`'s leader: how many
+    /// transactions over several shards it has committed, and whether one
+    /// is prepared there now.
+    async fn commits(&self, group: GroupId) -> Result<(u64, bool)>;
+
     /// For each of `groups`, the addresses of the storage servers holding
     /// it, the last known leader first (what a client needs to open a
     /// fragment there).

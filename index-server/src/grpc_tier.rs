@@ -265,6 +265,16 @@ impl StorageTier for GrpcTier {
         Ok(Box::pin(response.into_inner().map(|part| part.map_err(Error::from))))
     }
 
+    async fn commits(&self, group: GroupId) -> Result<(u64, bool)> {
+        let reply = self
+            .with_leader(group, true, |mut client| async move {
+                client.commits(pb::CommitsRequest { group: group.0 }).await
+            })
+            .await?
+            .into_inner();
+        Ok((reply.commits, reply.prepared))
+    }
+
     async fn replicas(&self, groups: &[GroupId]) -> Result<Vec<Vec<String>>> {
         self.learn_nodes().await?;
         let nodes = self.nodes.read().expect("nodes lock");

@@ -43,6 +43,10 @@ fn timed_out(kind: Option<Kind>, after: Duration) -> Error {
     }
 }
 
+/// Most snapshots one `CheckSnapshots` call may name (one per fragment of
+/// a read).
+const MAX_SNAPSHOTS: usize = 4096;
+
 #[tonic::async_trait]
 impl pb::sql_server::Sql for SqlService {
     type ExecuteStream = PartStream;
@@ -77,6 +81,15 @@ impl pb::sql_server::Sql for SqlService {
             p
         });
         Ok(Response::new(Box::pin(parts)))
+    }
+
+    async fn check_snapshots(&self, request: Request<pb::Snapshots>) -> Result<Response<pb::SnapshotsChecked>, Status> {
+        let snapshots = request.into_inner().snapshots;
+        if snapshots.len() > MAX_SNAPSHOTS {
+            return Err(Error::invalid(format!("at most {MAX_SNAPSHOTS} snapshots can be checked at once")).into());
+        }
+        let consistent = catch_panic(self.executor.consistent(&snapshots)).await?;
+        Ok(Response::new(pb::SnapshotsChecked { consistent }))
     }
 
     async fn index_servers(

@@ -234,6 +234,15 @@ impl Group {
         self.proposer.shared.holder().borrow().clone()
     }
 
+    /// After a linearizable read barrier: transactions over several shards
+    /// committed here, and whether one is prepared here now. (The holder is
+    /// read first: a commit clears it only after counting itself.)
+    pub async fn commits(&self) -> Result<(u64, bool)> {
+        self.read_barrier().await?;
+        let prepared = self.holder().is_some_and(|h| h.prepared.is_some());
+        Ok((self.proposer.shared.commits(), prepared))
+    }
+
     /// Bytes of this replica's database file; 0 when it cannot be read.
     pub fn size_bytes(&self) -> u64 {
         std::fs::metadata(self.proposer.shared.current_db()).map_or(0, |m| m.len())

@@ -280,6 +280,15 @@ impl StorageTier for InProcessTier {
         .await
     }
 
+    async fn commits(&self, group: GroupId) -> Result<(u64, bool)> {
+        tier::with_leader(group, true, || async move {
+            let node = self.target(group)?;
+            let g = node.groups[&group].clone();
+            self.reply(group, false, g.commits().await).await
+        })
+        .await
+    }
+
     async fn replicas(&self, groups: &[GroupId]) -> Result<Vec<Vec<String>>> {
         let ids: Vec<NodeId> = self.addrs.keys().map(|id| NodeId(*id)).collect();
         Ok(groups

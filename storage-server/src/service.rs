@@ -29,7 +29,7 @@ use drsdb_sqlite::{Failure, Limits};
 use crate::codec;
 use crate::group::Group;
 use crate::network::Peers;
-use crate::state_machine::SnapshotData;
+use crate::state_machine::{committed_count, SnapshotData};
 
 /// Rows per streamed batch from a storage server.
 pub const ROWS_PER_PART: usize = 256;
@@ -172,13 +172,29 @@ impl Node {
         let running = Running::start(&self.running_reads);
         let limits =
             Limits { cancel: Some(cancel), deadline: Some(std::time::Instant::now() + self.statement_timeout) };
+        let group_id = group.id;
         tokio::task::spawn_blocking(move || {
             let _finished = finished;
             let _running = running;
             // A panic (a bug) ends this read with an error, not the process.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // One SQLite snapshot for the count and the query: a read
+                // over several shards checks the counts form a consistent cut.
+                let commits = db
+                    .internal(|c| {
+                        c.execute_batch("BEGIN")?;
+                        committed_count(c)
+                    })
+                    .map_err(|e| Failure::Environment(std::io::Error::other(e.to_string())))?;
+                let snapshot = pb::Snapshot { group: group_id.0, commits };
+                let _ = tx.blocking_send(Ok(part(pb::result_part::Part::Snapshot(snapshot))));
                 db.run_parts(&statement, limits, ROWS_PER_PART, |p| tx.blocking_send(Ok(p)).is_ok())
             }));
+            // Ends the read transaction (also after a panic: the connection
+            // goes back to the pool).
+            if !db.is_autocommit() {
+                let _ = db.internal(|c| c.execute_batch("ROLLBACK"));
+            }
             let last = match result {
                 Err(_) => Err(Status::from(Error::Internal(
                     "the storage server hit a bug while running this read and abandoned it; please report this with \
@@ -223,6 +239,13 @@ impl pb::storage_server::Storage for StorageService {
         self.0.servers_only(&request)?;
         let (group, statement) = read_of(request.into_inner())?;
         Ok(Response::new(self.0.read(group, statement).await?))
+    }
+
+    async fn commits(&self, request: Request<pb::CommitsRequest>) -> Result<Response<pb::CommitsState>, Status> {
+        self.0.servers_only(&request)?;
+        let group = self.0.group(request.into_inner().group)?.clone();
+        let (commits, prepared) = group.commits().await?;
+        Ok(Response::new(pb::CommitsState { commits, prepared }))
     }
 
     type ReadFragmentStream = PartStream;

@@ -16,9 +16,12 @@ use futures::future::join_all;
 use tokio::sync::mpsc;
 
 use super::output::{done, PartSender};
+use super::snapshot::Tries;
 use super::{failure, with_sql, Executor, Txn};
 use crate::catalog;
+use crate::catalog::Catalog;
 use crate::planner::Plan;
+use drsdb_common::stream::PartReader;
 
 impl Executor {
     /// Runs `statement` in a scratch database here, streaming its rows.
@@ -106,10 +109,26 @@ impl Executor {
         statement: Statement,
         txn: Option<&Txn>,
     ) -> Result<Vec<Vec<Value>>> {
+        Ok(self.fetch_at(group, statement, txn).await?.0)
+    }
+
+    /// Collects the rows of a read on one shard, with the snapshot it saw
+    /// (none inside a transaction, whose reads are log entries).
+    async fn fetch_at(
+        &self,
+        group: GroupId,
+        statement: Statement,
+        txn: Option<&Txn>,
+    ) -> Result<(Vec<Vec<Value>>, Option<pb::Snapshot>)> {
         if let Some(t) = txn {
-            return Ok(self.apply(group, statement, Some(t)).await?.rows);
+            return Ok((self.apply(group, statement, Some(t)).await?.rows, None));
         }
-        self.tier.read_rows(group, statement).await
+        let mut reader = PartReader::new(self.tier.read(group, statement).await?);
+        let mut rows = Vec::new();
+        while let Some(row) = reader.next().await? {
+            rows.push(row);
+        }
+        Ok((rows, reader.snapshot().cloned()))
     }
 
     /// A scratch database with the catalog's schema, the rows of `tables`
@@ -126,31 +145,15 @@ impl Executor {
         txn: Option<&Txn>,
     ) -> Result<Db> {
         let catalog = self.catalog();
-        let mut loads = Vec::new();
-        // Sharded tables from every shard; a reference table's copy from one.
-        let sources = tables.iter().map(|t| (t, groups)).chain(copies.iter().map(|t| (t, &groups[..1])));
-        for (name, groups) in sources {
-            let Some(table) = catalog.table(name) else { continue };
-            let mut columns: Vec<String> = table.columns.iter().map(|c| sql::quote_name(&c.name)).collect();
-            if let Some(alias) = &table.rowid_alias {
-                columns.insert(0, alias.clone());
+        // Outside a transaction every table's rows come from one cut.
+        let mut tries = Tries::new();
+        let loads = loop {
+            let (loads, snapshots) = self.load(&catalog, tables, copies, filters, groups, statement, txn).await?;
+            if txn.is_some() || self.consistent(&snapshots).await? {
+                break loads;
             }
-            let mut select = format!("SELECT {} FROM {}", columns.join(", "), sql::quote_name(&table.name));
-            if let Some(filter) = filters.get(name) {
-                select.push_str(&format!(" WHERE {filter}"));
-            }
-            let insert = format!(
-                "INSERT INTO {}({}) VALUES ({})",
-                sql::quote_name(&table.name),
-                columns.join(", "),
-                vec!["?"; columns.len()].join(", ")
-            );
-            // A filter may name the statement's parameters.
-            let statement = with_sql(statement, select)?;
-            let fetched = join_all(groups.iter().map(|g| self.fetch(*g, statement.clone(), txn))).await;
-            let rows: Vec<Vec<Vec<Value>>> = fetched.into_iter().collect::<Result<_>>()?;
-            loads.push((insert, rows));
-        }
+            tries.again().await?;
+        };
         tokio::task::spawn_blocking(move || {
             let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
             // An object that cannot be made here is missing from the
@@ -171,6 +174,54 @@ impl Executor {
         })
         .await
         .map_err(|e| Error::io(format!("gather task: {e}")))?
+    }
+
+    /// The rows of `tables` (from every shard of `groups`) and `copies`
+    /// (from the first), each with the INSERT that loads them into a
+    /// scratch database, and the snapshots the reads saw.
+    #[allow(clippy::too_many_arguments)]
+    async fn load(
+        &self,
+        catalog: &Catalog,
+        tables: &[String],
+        copies: &[String],
+        filters: &BTreeMap<String, String>,
+        groups: &[GroupId],
+        statement: &Statement,
+        txn: Option<&Txn>,
+    ) -> Result<(Vec<(String, Vec<Vec<Vec<Value>>>)>, Vec<pb::Snapshot>)> {
+        let mut loads = Vec::new();
+        let mut snapshots = Vec::new();
+        // Sharded tables from every shard; a reference table's copy from one.
+        let sources = tables.iter().map(|t| (t, groups)).chain(copies.iter().map(|t| (t, &groups[..1])));
+        for (name, groups) in sources {
+            let Some(table) = catalog.table(name) else { continue };
+            let mut columns: Vec<String> = table.columns.iter().map(|c| sql::quote_name(&c.name)).collect();
+            if let Some(alias) = &table.rowid_alias {
+                columns.insert(0, alias.clone());
+            }
+            let mut select = format!("SELECT {} FROM {}", columns.join(", "), sql::quote_name(&table.name));
+            if let Some(filter) = filters.get(name) {
+                select.push_str(&format!(" WHERE {filter}"));
+            }
+            let insert = format!(
+                "INSERT INTO {}({}) VALUES ({})",
+                sql::quote_name(&table.name),
+                columns.join(", "),
+                vec!["?"; columns.len()].join(", ")
+            );
+            // A filter may name the statement's parameters.
+            let statement = with_sql(statement, select)?;
+            let fetched = join_all(groups.iter().map(|g| self.fetch_at(*g, statement.clone(), txn))).await;
+            let mut rows = Vec::with_capacity(fetched.len());
+            for f in fetched {
+                let (shard_rows, snapshot) = f?;
+                rows.push(shard_rows);
+                snapshots.extend(snapshot);
+            }
+            loads.push((insert, rows));
+        }
+        Ok((loads, snapshots))
     }
 }
 

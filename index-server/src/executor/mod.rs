@@ -19,6 +19,7 @@ mod ddl;
 mod gather;
 mod output;
 mod scatter;
+mod snapshot;
 mod txn;
 mod write;
 

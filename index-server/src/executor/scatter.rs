@@ -16,6 +16,7 @@ use futures::future::join_all;
 use futures::StreamExt;
 
 use super::output::{done, send, Batcher, PartSender};
+use super::snapshot::Tries;
 use super::{with_sql, Executor, Txn};
 use crate::grpc_tier::read_request;
 use crate::metrics::Metrics;
@@ -33,12 +34,22 @@ impl Executor {
         out: &PartSender,
     ) -> Result<()> {
         let part = with_sql(&statement, split.shard_sql)?;
-        let opened = join_all(groups.iter().map(|g| self.open_shard(*g, Self::for_shard(&part, *g, false), txn))).await;
-        let mut shards = opened.into_iter().collect::<Result<Vec<_>>>()?;
-        let mut columns = Vec::new();
-        for s in &mut shards {
-            columns = s.columns().await?;
-        }
+        // Outside a transaction the shards' snapshots must form one cut.
+        let mut tries = Tries::new();
+        let (mut shards, columns) = loop {
+            let opened =
+                join_all(groups.iter().map(|g| self.open_shard(*g, Self::for_shard(&part, *g, false), txn))).await;
+            let mut shards = opened.into_iter().collect::<Result<Vec<_>>>()?;
+            let mut columns = Vec::new();
+            for s in &mut shards {
+                columns = s.columns().await?;
+            }
+            let snapshots: Vec<pb::Snapshot> = shards.iter().filter_map(|s| s.snapshot().cloned()).collect();
+            if txn.is_some() || self.consistent(&snapshots).await? {
+                break (shards, columns);
+            }
+            tries.again().await?;
+        };
         let (keys, offset, limit) = match split.combine {
             Combine::Concat => (Vec::new(), 0, None),
             Combine::Merge { keys, offset, limit } => (keys, offset, limit),

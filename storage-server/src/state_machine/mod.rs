@@ -108,6 +108,9 @@ pub struct Shared {
     readers: Mutex<Vec<(PathBuf, Db)>>,
     /// Held while snapshot files are written or recorded.
     snapshots: Mutex<()>,
+    /// Transactions over several shards committed here (`_drsdb_commits`,
+    /// as of the last commit).
+    commits: std::sync::atomic::AtomicU64,
 }
 
 /// A read-only connection on a group's committed data; back to the pool
@@ -184,6 +187,11 @@ impl Shared {
     pub fn holder(&self) -> watch::Receiver<Option<Holder>> {
         self.holder.subscribe()
     }
+
+    /// Transactions over several shards committed here so far.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 struct Inner {
@@ -238,7 +246,8 @@ fn load_applied(db: &Db) -> io::Result<(Option<LogId>, StoredMembership)> {
              CREATE INDEX IF NOT EXISTS _drsdb_requests_at ON _drsdb_requests(at_ms);
              CREATE TABLE IF NOT EXISTS _drsdb_txns(id TEXT PRIMARY KEY, committed INTEGER NOT NULL, \
                at_ms INTEGER NOT NULL, participants BLOB NOT NULL);
-             CREATE INDEX IF NOT EXISTS _drsdb_txns_at ON _drsdb_txns(at_ms);",
+             CREATE INDEX IF NOT EXISTS _drsdb_txns_at ON _drsdb_txns(at_ms);
+             CREATE TABLE IF NOT EXISTS _drsdb_commits(id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);",
         )
     })
     .map_err(to_io)?;
@@ -262,6 +271,7 @@ impl StateMachine {
         let path = db_path(dir, generation);
         let db = Db::open_writer(&path).map_err(to_io)?;
         let (last_applied, membership) = load_applied(&db)?;
+        let commits = db.internal(committed_count).map_err(to_io)?;
         let (holder, _) = watch::channel(None);
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(Inner {
@@ -278,6 +288,7 @@ impl StateMachine {
                 holder,
                 readers: Mutex::new(Vec::new()),
                 snapshots: Mutex::new(()),
+                commits: commits.into(),
             }),
         })
     }
@@ -533,9 +544,17 @@ impl Inner {
         self.membership = membership;
         self.txn = None;
         self.unrecorded.clear();
+        shared.commits.store(self.db.internal(committed_count).map_err(to_io)?, std::sync::atomic::Ordering::SeqCst);
         self.set_holder(shared);
         record_snapshot(shared, meta, &snapshot_path)
     }
+}
+
+/// How many transactions over several shards `c`'s database (or its read
+/// snapshot) has committed.
+pub fn committed_count(c: &Connection) -> rusqlite::Result<u64> {
+    let n: Option<i64> = c.query_row("SELECT n FROM _drsdb_commits WHERE id = 0", [], |r| r.get(0)).optional()?;
+    Ok(n.unwrap_or(0) as u64)
 }
 
 /// Reads the applied state recorded in a database.

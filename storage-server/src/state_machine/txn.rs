@@ -223,11 +223,27 @@ impl Inner {
         if let Some((id, outcome)) = request {
             self.record_request(id, now_ms, &Ok(outcome.clone()))?;
         }
+        // Reads over several shards check their snapshots with this count.
+        let spans_shards = participants.len() > 1;
+        if spans_shards {
+            self.db
+                .internal(|c| {
+                    c.execute(
+                        "INSERT INTO _drsdb_commits(id, n) VALUES (0, 1) ON CONFLICT(id) DO UPDATE SET n = n + 1",
+                        [],
+                    )
+                })
+                .map_err(to_io)?;
+        }
         self.write_applied()?;
         let committed = self.db.internal(|c| c.execute_batch("COMMIT"));
         let outcome = match committed {
             Ok(()) => {
                 self.unrecorded.clear();
+                if spans_shards {
+                    let n = self.db.internal(super::committed_count).map_err(to_io)?;
+                    shared.commits.store(n, std::sync::atomic::Ordering::SeqCst);
+                }
                 Ok(())
             }
             Err(e) => {
