@@ -70,5 +70,5 @@ fi
 
 ./target/release/faults --target compose --project "$project" --certs "$work/certs" \
     --connect localhost:7201,localhost:7202,localhost:7203 \
-    --workload register,set --time 40 --interval 3 --hold 6 \
+    --workload register,set,bank --time 40 --interval 3 --hold 6 \
     --faults partition-storage,partition-majority,partition-index --out "$work/faults"

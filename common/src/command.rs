@@ -89,7 +89,16 @@ pub struct TxnCommand {
     pub now_ms: i64,
     /// What to do, in order.
     pub steps: Vec<Step>,
+    /// The transaction is one statement's own, run by an index server with
+    /// no client holding it open: idle, it is abandoned (its shards roll it
+    /// back after `STATEMENT_TXN_IDLE_MS`, not `txn_idle_timeout_ms`).
+    pub statement: bool,
 }
+
+/// How long a statement's own transaction may sit idle, not prepared, on a
+/// shard before the shard rolls it back: its coordinator sends its steps
+/// back to back, so this long means the coordinator is gone.
+pub const STATEMENT_TXN_IDLE_MS: u64 = 5_000;
 
 /// One step of a transaction on one group (see `TxnStep` in
 /// `storage.proto`).
@@ -265,6 +274,7 @@ impl From<Command> for pb::Command {
                 txn: t.txn.0,
                 now_ms: t.now_ms,
                 steps: t.steps.into_iter().map(Into::into).collect(),
+                statement: t.statement,
             }),
         };
         pb::Command { kind: Some(kind) }
@@ -281,6 +291,7 @@ impl TryFrom<pb::Command> for Command {
                 txn: TxnId(t.txn),
                 now_ms: t.now_ms,
                 steps: t.steps.into_iter().map(Step::try_from).collect::<Result<_>>()?,
+                statement: t.statement,
             }),
         })
     }
@@ -456,7 +467,7 @@ mod tests {
         ];
         for c in [
             Command::Batch(vec![statement(), Statement::new("SELECT 1")]),
-            Command::Txn(TxnCommand { txn, now_ms: -7, steps }),
+            Command::Txn(TxnCommand { txn, now_ms: -7, steps, statement: true }),
         ] {
             assert_eq!(Command::try_from(pb::Command::from(c.clone())), Ok(c));
         }

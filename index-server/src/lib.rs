@@ -2,8 +2,8 @@
 //!
 //! A stateless SQL layer. Any number run; any one serves any client. It
 //! holds a cached copy of the catalog and nothing else: a transaction is
-//! named by an id the client sends with each of its statements, and its
-//! state lives in the storage group it holds.
+//! named by an id the client sends with each of its statements, with the
+//! shards it holds, and its state lives in those shards' logs.
 //!
 //! ## The life of a query
 //! 1. The client's driver has already parsed the statement (syntax errors
@@ -45,7 +45,13 @@
 //!    tests an in-process tier. A write becomes a Raft entry (group commit
 //!    batches it with others), a read waits for a ReadIndex barrier. Inside
 //!    a transaction every statement, reads included, is an entry of the
-//!    logs of the shards it touches, so it sees the transaction's writes.
+//!    logs of the shards it touches, so it sees the transaction's writes;
+//!    COMMIT over several shards is two-phase, decided at an anchor shard
+//!    (`executor/txn.rs`, whose essay has the protocol). A write over
+//!    several shards outside a transaction runs as a transaction of its
+//!    own, so it is atomic. A read over several shards outside a
+//!    transaction is checked to be one consistent cut
+//!    (`executor/snapshot.rs`) before any row is sent.
 //! 6. Rows stream back part by part (columns, row batches, `Done`;
 //!    `executor/output.rs`); a one-shard read is relayed as the storage
 //!    server produces it, shard streams are read and merged by
@@ -63,10 +69,9 @@
 //! Raft status and the meta group.
 //!
 //! ## Not yet
-//! Hash joins (non-key joins gather their tables here);
-//! statements over several shards are applied shard by shard, not
-//! atomically.
-//! Autocommit writes carry the client's request id and are applied once,
+//! Hash joins (non-key joins gather their tables here).
+//! Autocommit writes carry the client's request id and are applied once
+//! (over several shards, through a claim at one shard: `executor::txn`),
 //! so they are re-sent after a lost reply; statements inside transactions
 //! are not.
 

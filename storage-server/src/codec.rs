@@ -289,6 +289,7 @@ mod tests {
                 txn: TxnId("t".into()),
                 now_ms: 5,
                 steps: vec![Step::Begin, Step::Run(Statement::new("SELECT 1"))],
+                statement: true,
             })),
         ] {
             let e = Entry { log_id: log_id(3, 9), payload };

@@ -17,7 +17,7 @@ use crate::log_store::LogStore;
 use crate::network::{Network, Peers};
 use crate::state_machine::{Reader, Shared, StateMachine};
 use crate::types::{Raft, TypeConfig};
-use drsdb_common::command::{Command, CommandResult, Outcome, Statement, Step, TxnCommand};
+use drsdb_common::command::{Command, CommandResult, Outcome, Statement, Step, TxnCommand, STATEMENT_TXN_IDLE_MS};
 
 /// Batches proposed at once by one group's write path; later writes queue
 /// behind them and form the next batch.
@@ -330,8 +330,9 @@ async fn batcher(group: Proposer, mut queue: mpsc::Receiver<PendingWrite>, max_b
 }
 
 /// On the leader, rolls back a transaction that has been idle longer than
-/// `idle` or open longer than `longest`, unless it is prepared (then only
-/// its anchor's decision ends it: index servers resolve it).
+/// `idle` (a statement's own: [`STATEMENT_TXN_IDLE_MS`]) or open longer
+/// than `longest`, unless it is prepared (then only its anchor's decision
+/// ends it: index servers resolve it).
 async fn reaper(group: Proposer, idle: Duration, longest: Duration, mut stopped: watch::Receiver<bool>) {
     let holder = group.shared.holder();
     loop {
@@ -340,7 +341,9 @@ async fn reaper(group: Proposer, idle: Duration, longest: Duration, mut stopped:
             _ = stopped.wait_for(|s| *s) => return,
         }
         let stale = holder.borrow().clone().filter(|h| h.prepared.is_none()).and_then(|h| {
-            let why = if h.last_activity.elapsed() > idle {
+            let why = if h.statement && h.last_activity.elapsed() > Duration::from_millis(STATEMENT_TXN_IDLE_MS) {
+                "left idle by the index server running its statement"
+            } else if h.last_activity.elapsed() > idle {
                 "idle longer than txn_idle_timeout_ms"
             } else if h.started.elapsed() > longest {
                 "open longer than txn_max_duration_ms"
@@ -353,7 +356,12 @@ async fn reaper(group: Proposer, idle: Duration, longest: Duration, mut stopped:
             if group.raft.is_leader() {
                 tracing::info!(group = %group.id, txn = %h.txn, "rolling back a transaction {why}");
                 let now_ms = chrono::Utc::now().timestamp_millis();
-                let rollback = Command::Txn(TxnCommand { txn: h.txn.clone(), now_ms, steps: vec![Step::Rollback] });
+                let rollback = Command::Txn(TxnCommand {
+                    txn: h.txn.clone(),
+                    now_ms,
+                    steps: vec![Step::Rollback],
+                    statement: h.statement,
+                });
                 if let Err(e) = group.raft.client_write(rollback).await {
                     tracing::warn!(group = %group.id, "cannot roll back a transaction {why}: {e}");
                 }

@@ -24,16 +24,23 @@
 //!   its neighbours. A statement with a request id already applied in the
 //!   last ten minutes is not run again; its first outcome is returned. The
 //!   reply comes when the entry is applied.
-//! - **Transactions**: `Begin` makes a transaction hold the group; its
-//!   statements, `Commit` and `Rollback` are entries too, and its SQLite
-//!   transaction stays open across them on every replica. Batches that
-//!   reach the log meanwhile are answered `Busy` and re-proposed once the
-//!   group is free. The leader rolls back a transaction idle for longer than
-//!   `txn_idle_timeout_ms` or open longer than `txn_max_duration_ms`.
+//! - **Transactions**: a `Txn` command carries one transaction's steps on
+//!   the group (begin, statements, prepare, commit, rollback, abort,
+//!   resolve, claim: `state_machine::txn` has the rules: one holder at a
+//!   time, wound-wait, two-phase commit with the decision recorded at an
+//!   anchor group). Its SQLite transaction stays open across entries on
+//!   every replica. Writes that reach the log meanwhile are answered `Busy`
+//!   (naming the holder) and re-proposed once it lets go. The leader rolls
+//!   back a transaction that is not prepared when it sits idle longer than
+//!   `txn_idle_timeout_ms` (a statement's own: 5 s) or stays open longer
+//!   than `txn_max_duration_ms`; a prepared one only its decision ends.
 //! - **Reads**: `Storage.Read` on the leader waits for a ReadIndex barrier
 //!   (linearizable), then streams rows from a pooled read-only connection,
 //!   which sees committed data only; a reader that goes away cancels it,
-//!   and `statement_timeout_ms` bounds it.
+//!   and `statement_timeout_ms` bounds it. The stream starts with the
+//!   count of multi-shard commits in the read's snapshot, which
+//!   `Storage.Commits` (count and prepared holder, after a barrier) lets
+//!   index servers check a read over several shards against.
 //!   Clients read too, but only through `Storage.ReadFragment`: the same
 //!   read, carried by a ticket an index server signed with the cluster's
 //!   ticket key (direct streaming); every other call requires a server

@@ -129,7 +129,12 @@ impl Txn {
     }
 
     fn command(&self, steps: Vec<Step>) -> Command {
-        Command::Txn(TxnCommand { txn: self.id.clone(), now_ms: chrono::Utc::now().timestamp_millis(), steps })
+        Command::Txn(TxnCommand {
+            txn: self.id.clone(),
+            now_ms: chrono::Utc::now().timestamp_millis(),
+            steps,
+            statement: self.anchor.is_some(),
+        })
     }
 }
 
@@ -328,6 +333,7 @@ impl Executor {
             txn: txn.clone(),
             now_ms: chrono::Utc::now().timestamp_millis(),
             steps: vec![Step::Resolve],
+            statement: false,
         });
         // Asking again is harmless: the first answer is recorded.
         match self.tier.write(anchor, command, true).await? {
@@ -493,6 +499,7 @@ impl Executor {
                 txn: txn.clone(),
                 now_ms: chrono::Utc::now().timestamp_millis(),
                 steps: vec![step],
+                statement: false,
             });
             match self.tier.write(held.group, command, true).await {
                 Ok(CommandResult::Txn(Ok(_))) => {

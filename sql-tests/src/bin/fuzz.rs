@@ -52,9 +52,9 @@
 //!   drsdb refuses is undone on SQLite (each SQLite statement runs inside
 //!   a SAVEPOINT). After every write the tables it writes are compared
 //!   whole: a write answered as SQLite answered it that left other data is
-//!   a divergence; a refused write that left changes on some shards is
-//!   counted as a partial write (documented: statements over several
-//!   shards are not atomic); either way SQLite's copy is then re-synced
+//!   a divergence, and so is a refused write that left changes (a partial
+//!   write: statements are atomic over several shards too), unless its
+//!   error said its outcome was unknown; either way SQLite's copy is then re-synced
 //!   from drsdb's so that the run goes on. Every `--check-every`
 //!   statements, and at the end: every index server must answer
 //!   `SELECT 1`, every storage server its Status call, no server process

@@ -49,8 +49,6 @@ const STATEMENT_SAVEPOINT: &str = "fz_statement";
 const TXN_SAVEPOINT: &str = "fz_txn";
 /// Rows of each side shown in a wrong-answer finding.
 const SHOWN_ROWS: usize = 6;
-/// Partial writes shown in full (all are counted).
-const SHOWN_PARTIAL: u64 = 5;
 /// Transient errors shown in full (all are counted).
 const SHOWN_ODD: u64 = 10;
 
@@ -193,8 +191,8 @@ async fn run_async(args: Args) -> anyhow::Result<bool> {
     println!(
         "fuzz sql: {done} statements in {elapsed:.1?}, {:.1} statements/s; {compared} answered by both and compared, \
          {both_failed} refused by both, {refused} refused by drsdb only (allowed; {odd_errors} of them with transient \
-         errors, see the notes); {partial} refused writes were applied on some shards (documented: \
-         not atomic across shards)",
+         errors, see the notes); {partial} refused writes changed data (findings unless their outcome was \
+         unknown)",
         rate(done, elapsed)
     );
     println!(
@@ -496,9 +494,9 @@ impl Run {
 
     /// Compares `tables` on both sides; re-syncs SQLite's copy of any that
     /// differs. `after` names the write whose effect is checked and how
-    /// drsdb answered it: a difference after a refused write is a partial
-    /// write (documented for statements over several shards), after a
-    /// write answered as SQLite answered it a divergence.
+    /// drsdb answered it: a difference after a refused write (a partial
+    /// write) or after a write answered as SQLite answered it is a
+    /// divergence.
     async fn compare_tables(&mut self, tables: &[&'static str], after: Option<(&Case, Outcome)>) -> anyhow::Result<()> {
         for table in tables {
             let Some(ours) = self.drsdb_rows(table).await else { continue };
@@ -510,9 +508,16 @@ impl Run {
             let detail = format!("{table}: drsdb has {} rows, SQLite {}", ours.len(), theirs.len());
             match &after {
                 Some((case, Outcome::Refused(error))) => {
+                    // Statements are atomic, over several shards too: a
+                    // refused one changes nothing, unless its outcome was
+                    // unknown (then it may have applied whole).
                     self.partial += 1;
-                    if self.partial <= SHOWN_PARTIAL {
-                        println!("note: partial write: {} was refused ({error}) but changed {detail}", statement(case));
+                    if !error.contains("unknown") {
+                        self.findings.report_like(
+                            Kind::Divergence,
+                            &signature(case, "partial write"),
+                            &format!("{} was refused ({error}) but changed {detail}", statement(case)),
+                        );
                     }
                 }
                 Some((case, Outcome::Alike)) => {

@@ -88,6 +88,8 @@ pub struct Holder {
     /// When this replica applied its BEGIN (local clock; the leader rolls
     /// back transactions that run too long).
     pub started: Instant,
+    /// One statement's own transaction (see `TxnCommand::statement`).
+    pub statement: bool,
 }
 
 /// A group's state machine. Clones share the same database.
@@ -353,6 +355,7 @@ impl Inner {
         let holder = self.txn.as_ref().map(|o| Holder {
             txn: o.id.clone(),
             prepared: o.prepared,
+            statement: o.statement,
             last_activity: now,
             started: started.unwrap_or(now),
         });
@@ -774,7 +777,7 @@ mod tests {
     }
 
     fn txn(id: &str, steps: Vec<Step>) -> Command {
-        Command::Txn(TxnCommand { txn: TxnId(id.into()), now_ms: 1, steps })
+        Command::Txn(TxnCommand { txn: TxnId(id.into()), now_ms: 1, steps, statement: false })
     }
 
     fn busy(holder: &str) -> CommandResult {

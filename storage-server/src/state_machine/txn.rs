@@ -59,6 +59,8 @@ pub(super) struct Open {
     pub(super) id: TxnId,
     /// Set by `Prepare`: the anchor group whose record decides it.
     pub(super) prepared: Option<GroupId>,
+    /// One statement's own transaction.
+    pub(super) statement: bool,
 }
 
 /// A step's own failure: the command's result.
@@ -84,7 +86,7 @@ impl Inner {
         before: Option<LogId>,
         command: TxnCommand,
     ) -> io::Result<CommandResult> {
-        let TxnCommand { txn, now_ms, steps } = command;
+        let TxnCommand { txn, now_ms, steps, statement } = command;
         if steps.iter().skip(1).any(|s| *s == Step::Begin) {
             return Ok(CommandResult::Txn(Err(Error::invalid("malformed command: Begin must be its first step"))));
         }
@@ -92,7 +94,7 @@ impl Inner {
         let mut began = false;
         for step in steps {
             let done = match step {
-                Step::Begin => match self.begin(shared, before, &txn, now_ms)? {
+                Step::Begin => match self.begin(shared, before, &txn, now_ms, statement)? {
                     Ok(Began::Busy(holder)) => return Ok(CommandResult::Busy(holder)),
                     Ok(Began::Now) => {
                         began = true;
@@ -138,7 +140,14 @@ impl Inner {
         self.txn.as_ref().is_some_and(|o| o.id == *txn)
     }
 
-    fn begin(&mut self, shared: &Shared, before: Option<LogId>, txn: &TxnId, now_ms: i64) -> StepResult<Began> {
+    fn begin(
+        &mut self,
+        shared: &Shared,
+        before: Option<LogId>,
+        txn: &TxnId,
+        now_ms: i64,
+        statement: bool,
+    ) -> StepResult<Began> {
         if self.holds(txn) {
             return Ok(Ok(Began::Already));
         }
@@ -161,7 +170,7 @@ impl Inner {
             recorded?;
         }
         self.db.internal(|c| c.execute_batch("BEGIN IMMEDIATE")).map_err(to_io)?;
-        self.txn = Some(Open { id: txn.clone(), prepared: None });
+        self.txn = Some(Open { id: txn.clone(), prepared: None, statement });
         self.set_holder(shared);
         Ok(Ok(Began::Now))
     }
