@@ -21,7 +21,7 @@
 //! - `SHOW METRICS`: the counters of the index server that answers
 //!   (`metrics`): statements, rows it sent to clients, fragments it handed
 //!   out for direct streaming, commits (on one shard, on several),
-//!   aborts, conflict retries, in-doubt transactions resolved.
+//!   aborts, in-doubt transactions resolved.
 
 use drsdb_common::command::Statement;
 use drsdb_common::sql::{self, Kind};

@@ -25,8 +25,6 @@ pub struct Metrics {
     pub commits_multi_shard: AtomicU64,
     /// Transactions rolled back or aborted by this server.
     pub aborts: AtomicU64,
-    /// Statements run again after a transaction conflict (wound-wait).
-    pub conflict_retries: AtomicU64,
     /// Prepared transactions this server's resolver finished after their
     /// coordinator went quiet.
     pub in_doubt_resolved: AtomicU64,
@@ -49,7 +47,6 @@ impl Metrics {
             ("commits_single_shard", read(&self.commits_single_shard)),
             ("commits_multi_shard", read(&self.commits_multi_shard)),
             ("aborts", read(&self.aborts)),
-            ("conflict_retries", read(&self.conflict_retries)),
             ("in_doubt_resolved", read(&self.in_doubt_resolved)),
         ]
     }
