@@ -28,10 +28,11 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 /// wait for a transaction holding its group, or for a leader election).
 const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often an autocommit statement that lost a conflict (a retryable
-/// error: it applied nothing) is run again, and the pause before the
-/// first time (doubling after each).
-const CONFLICT_RETRIES: u32 = 4;
-const CONFLICT_PAUSE: Duration = Duration::from_millis(20);
+/// error: it applied nothing) is run again, the pause before the first
+/// time (doubling after each, jittered) and the longest pause.
+const CONFLICT_RETRIES: u32 = 12;
+const CONFLICT_PAUSE: Duration = Duration::from_millis(10);
+const CONFLICT_LONGEST_PAUSE: Duration = Duration::from_millis(320);
 /// How often a read over several shards is read again when its fragments'
 /// snapshots are not one consistent cut, the pause before the second try
 /// and the longest pause.
@@ -196,7 +197,10 @@ impl Client {
             sql: statement.clone(),
             params: params.iter().cloned().map(Into::into).collect(),
             txn_id: self.txn.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
-            request_id: format!("{}-{}", self.session, self.sent),
+            // Led by a ULID of this first try: a statement that runs as a
+            // transaction of its own keeps its age across retries (so it
+            // wins wound-wait in the end).
+            request_id: format!("{}-{}-{}", ulid::Ulid::generate(), self.session, self.sent),
             accept_fragments: self.direct && self.relay_until.is_none(),
             txn_groups: self.txn.as_ref().map(|t| t.groups.clone()).unwrap_or_default(),
         };
@@ -213,8 +217,9 @@ impl Client {
                 Err(Error::Retryable(m)) if resendable => tracing::debug!("conflict, running the statement again: {m}"),
                 _ => break,
             }
-            tokio::time::sleep(pause).await;
-            pause *= 2;
+            // Jittered, so that statements that conflicted do not meet again.
+            tokio::time::sleep(pause.mul_f64(0.5 + rand::random::<f64>())).await;
+            pause = (pause * 2).min(CONFLICT_LONGEST_PAUSE);
             result = self.attempt(&req, resendable).await;
         }
         match (kind, self.txn.take()) {

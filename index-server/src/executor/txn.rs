@@ -13,8 +13,12 @@
 //! - COMMIT on one shard is one entry. On several, the shards but one are
 //!   prepared, then the anchor (the lowest shard) commits, which records
 //!   the decision; then the others commit. A coordinator that dies after
-//!   preparing leaves the decision to the resolver (module `resolver`),
-//!   which asks the anchor.
+//!   preparing leaves the decision to the resolver
+//!   ([`Executor::resolve_in_doubt`], run by every index server), which
+//!   asks the anchor.
+//! - A statement's own transaction with a request id is anchored at a
+//!   shard the id picks, and claims the id there (exactly once, see
+//!   [`Executor::own_txn`]).
 //! - A statement without a transaction that writes several shards (a
 //!   multi-shard INSERT, a broadcast UPDATE or DELETE, DDL) runs as a
 //!   transaction of its own, committed the same way: atomic, one shard's
@@ -155,7 +159,15 @@ impl Executor {
         if txn.is_some() || distinct.len() <= 1 {
             return None;
         }
-        let mut own = Txn::begin(self.txn_id());
+        // A request id led by a ULID (the driver's: the statement's first
+        // try) dates the transaction, so that it keeps its age when the
+        // statement is run again after losing a conflict.
+        let first_try = statement.request_id.as_deref().and_then(|r| ulid::Ulid::from_string(r.get(..26)?).ok());
+        let id = match first_try {
+            Some(t) => TxnId(ulid::Ulid::from_parts(t.timestamp_ms(), rand::random()).to_string()),
+            None => self.txn_id(),
+        };
+        let mut own = Txn::begin(id);
         let shards = self.shards.load(std::sync::atomic::Ordering::Relaxed);
         own.anchor = match &statement.request_id {
             Some(r) if shards > 0 => {
@@ -217,7 +229,7 @@ impl Executor {
             return Err(e);
         }
         self.roll_back(txn).await;
-        Err(rolled_back(e))
+        Err(rolled_back(txn, e))
     }
 
     /// Commits `txn` on the shards it holds (see the module's essay);
@@ -260,7 +272,7 @@ impl Executor {
             }
             Ok(CommandResult::Txn(Err(e))) => {
                 self.abort(txn).await;
-                return Err(rolled_back(e));
+                return Err(rolled_back(txn, e));
             }
             Ok(other) => return Err(Error::io(format!("unexpected result of a commit: {other:?}"))),
             // No answer: the anchor's record says what happened.
@@ -268,7 +280,7 @@ impl Executor {
                 Ok(Decision::Committed) => Decision::Committed,
                 Ok(Decision::Aborted) => {
                     self.abort(txn).await;
-                    return Err(rolled_back(e));
+                    return Err(rolled_back(txn, e));
                 }
                 Err(asking) => {
                     return Err(Error::io(format!(
@@ -513,7 +525,12 @@ impl Executor {
     }
 }
 
-/// The error of a COMMIT that was refused: the transaction is rolled back.
-fn rolled_back(e: Error) -> Error {
-    Error::Retryable(format!("{e}; the transaction was rolled back: run it again from BEGIN"))
+/// The error of a transaction that was rolled back after `e`: what to
+/// run again is the transaction from BEGIN, or the statement it was the
+/// own transaction of.
+fn rolled_back(txn: &Txn, e: Error) -> Error {
+    match txn.anchor {
+        Some(_) => Error::Retryable(format!("{e}; the statement was rolled back on every shard: run it again")),
+        None => Error::Retryable(format!("{e}; the transaction was rolled back: run it again from BEGIN")),
+    }
 }
