@@ -50,6 +50,10 @@ use crate::metrics::Metrics;
 /// accepted from anyone.
 pub const MAX_TXN_AGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
+/// A statement's first try (the ULID leading its request id) dates its
+/// own transaction only when it is at most this far from now.
+const MAX_RETRY_AGE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 /// A transaction, as one statement of it sees it.
 #[derive(Debug)]
 pub struct Txn {
@@ -162,9 +166,17 @@ impl Executor {
         // A request id led by a ULID (the driver's: the statement's first
         // try) dates the transaction, so that it keeps its age when the
         // statement is run again after losing a conflict.
-        let first_try = statement.request_id.as_deref().and_then(|r| ulid::Ulid::from_string(r.get(..26)?).ok());
+        // Only a recent one: an old date would let a client win every
+        // conflict.
+        let now_ms = chrono::Utc::now().timestamp_millis() as u64;
+        let first_try = statement
+            .request_id
+            .as_deref()
+            .and_then(|r| ulid::Ulid::from_string(r.get(..26)?).ok())
+            .map(|t| t.timestamp_ms())
+            .filter(|t| now_ms.abs_diff(*t) <= MAX_RETRY_AGE.as_millis() as u64);
         let id = match first_try {
-            Some(t) => TxnId(ulid::Ulid::from_parts(t.timestamp_ms(), rand::random()).to_string()),
+            Some(t) => TxnId(ulid::Ulid::from_parts(t, rand::random()).to_string()),
             None => self.txn_id(),
         };
         let mut own = Txn::begin(id);
