@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use drsdb_common::{Error, GroupId, Result};
+use drsdb_common::{shard, Error, GroupId, Result};
 use drsdb_proto as pb;
 use futures::future::join_all;
 
@@ -44,6 +44,11 @@ impl Executor {
         groups.dedup();
         if groups.len() <= 1 {
             return Ok(true);
+        }
+        // Named by clients too: only this cluster's shards are asked.
+        let data = shard::shard_groups(self.shard_count().await?);
+        if let Some(g) = groups.iter().find(|g| !data.contains(&GroupId(**g))) {
+            return Err(Error::invalid(format!("snapshot of shard {g}, which this cluster does not have")));
         }
         let now = join_all(groups.iter().map(|g| self.tier.commits(GroupId(*g)))).await;
         for (g, state) in groups.iter().zip(now) {

@@ -326,25 +326,24 @@ impl Executor {
     /// Best effort: a shard that does not answer rolls it back after its
     /// idle timeout (nothing can commit it: only COMMIT would).
     pub(super) async fn roll_back(&self, txn: &Txn) {
-        let reached = txn.reached();
-        let done = join_all(reached.iter().map(|g| self.txn_step(*g, txn, vec![Step::Rollback]))).await;
-        for (g, r) in reached.iter().zip(done) {
-            if let Err(e) = r {
-                tracing::debug!(txn = %txn.id, group = %g, "rollback not confirmed: {e}");
-            }
-        }
-        Metrics::add(&self.metrics.aborts, 1);
+        self.end_everywhere(txn, Step::Rollback).await
     }
 
     /// Aborts `txn`, which has no commit decision, wherever it may be open
     /// or prepared. A shard that does not answer stays prepared until the
     /// resolver finds the anchor's (presumed) abort.
     async fn abort(&self, txn: &Txn) {
+        self.end_everywhere(txn, Step::Abort).await
+    }
+
+    /// Sends `end` (`Rollback` or `Abort`) wherever `txn` is or may be
+    /// open, and counts the abort.
+    async fn end_everywhere(&self, txn: &Txn, end: Step) {
         let reached = txn.reached();
-        let done = join_all(reached.iter().map(|g| self.txn_step(*g, txn, vec![Step::Abort]))).await;
+        let done = join_all(reached.iter().map(|g| self.txn_step(*g, txn, vec![end.clone()]))).await;
         for (g, r) in reached.iter().zip(done) {
             if let Err(e) = r {
-                tracing::info!(txn = %txn.id, group = %g, "abort not confirmed; the resolver will finish it: {e}");
+                tracing::info!(txn = %txn.id, group = %g, "{end:?} not confirmed (idle timeout or resolver ends it): {e}");
             }
         }
         Metrics::add(&self.metrics.aborts, 1);
@@ -386,20 +385,27 @@ impl Executor {
         if groups.contains(&anchor) {
             return Ok(());
         }
-        t.sent.lock().expect("txn lock").insert(anchor);
-        match self.tier.write(anchor, t.command(vec![Step::Begin, Step::Claim(request)]), false).await {
-            Ok(CommandResult::Txn(Ok(_))) => {
-                t.held.lock().expect("txn lock").insert(anchor);
-                Ok(())
+        self.send_steps(t, anchor, vec![Step::Begin, Step::Claim(request)]).await.map(drop)
+    }
+
+    /// Sends `steps` of `t` to `group`, keeping track of where it is open
+    /// (or may be) and of a claim answered with an earlier outcome.
+    async fn send_steps(&self, t: &Txn, group: GroupId, steps: Vec<Step>) -> Result<StatementResult> {
+        t.sent.lock().expect("txn lock").insert(group);
+        match self.tier.write(group, t.command(steps), false).await {
+            Ok(CommandResult::Txn(outcome)) => {
+                if outcome.is_ok() {
+                    t.held.lock().expect("txn lock").insert(group);
+                }
+                outcome
             }
-            Ok(CommandResult::Txn(Err(e))) => Err(e),
             Ok(CommandResult::Replayed(first)) => {
                 *t.replayed.lock().expect("txn lock") = Some(first);
                 Err(Error::Retryable(format!("statement {:?} was applied before", t.request)))
             }
             Ok(other) => Err(Error::io(format!("unexpected transaction result {other:?}"))),
             Err(e) => {
-                t.unsure.lock().expect("txn lock").insert(anchor);
+                t.unsure.lock().expect("txn lock").insert(group);
                 Err(e)
             }
         }
@@ -421,24 +427,7 @@ impl Executor {
                 steps.extend(t.request.clone().map(Step::Claim));
             }
             steps.push(Step::Run(statement));
-            t.sent.lock().expect("txn lock").insert(group);
-            return match self.tier.write(group, t.command(steps), false).await {
-                Ok(CommandResult::Txn(outcome)) => {
-                    if outcome.is_ok() {
-                        t.held.lock().expect("txn lock").insert(group);
-                    }
-                    outcome
-                }
-                Ok(CommandResult::Replayed(first)) => {
-                    *t.replayed.lock().expect("txn lock") = Some(first);
-                    Err(Error::Retryable(format!("statement {:?} was applied before", t.request)))
-                }
-                Ok(other) => Err(Error::io(format!("unexpected transaction result {other:?}"))),
-                Err(e) => {
-                    t.unsure.lock().expect("txn lock").insert(group);
-                    Err(e)
-                }
-            };
+            return self.send_steps(t, group, steps).await;
         }
         // With a request id the storage tier applies it once, so it may be
         // sent again after a lost reply.
