@@ -51,11 +51,41 @@ struct Server {
 
 /// A transaction open in a session: its id and the shards it holds, as
 /// the last `Done` of it said (the index servers keep no transaction
-/// state: each statement carries it).
-#[derive(Debug, Clone)]
+/// state: each statement carries it), and its hold.
+#[derive(Debug)]
 struct OpenTxn {
     id: String,
     groups: Vec<u64>,
+    hold: Hold,
+}
+
+/// A transaction's hold on an index server (`Sql.Hold`), kept while the
+/// transaction is open. When it ends without [`Hold::release`] (the
+/// `Client` was dropped, the process ended, the connection broke), that
+/// index server rolls the transaction back at once, rather than the
+/// shards at their idle timeout.
+#[derive(Debug)]
+struct Hold(tokio::sync::mpsc::Sender<pb::HoldRequest>);
+
+impl Hold {
+    /// Holds transaction `id` through `server`.
+    fn start(server: &pb::sql_client::SqlClient<Channel>, id: &str) -> Hold {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let first = pb::HoldRequest { txn_id: id.to_string(), release: false };
+        tx.try_send(first).expect("a new channel has room");
+        let mut server = server.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server.hold(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+                tracing::debug!("transaction hold ended: {e}");
+            }
+        });
+        Hold(tx)
+    }
+
+    /// Ends the hold, leaving the transaction as it is (it ended).
+    fn release(self) {
+        let _ = self.0.try_send(pb::HoldRequest { txn_id: String::new(), release: true });
+    }
 }
 
 /// A client of a drsdb cluster.
@@ -224,23 +254,28 @@ impl Client {
         }
         match (kind, self.txn.take()) {
             (Kind::Begin, None) => {
-                self.txn = result.as_ref().ok().and_then(|rs| rs.txn()).map(|(id, groups)| OpenTxn { id, groups })
+                if let Some((id, groups)) = result.as_ref().ok().and_then(|rs| rs.txn()) {
+                    let hold = match self.rotation.get(self.next.saturating_sub(1) % self.rotation.len().max(1)) {
+                        Some(server) => Hold::start(&server.client, &id),
+                        None => return Err(Error::unavailable("no index server left to hold the transaction")),
+                    };
+                    self.txn = Some(OpenTxn { id, groups, hold });
+                }
             }
-            (Kind::Commit | Kind::Rollback, Some(txn)) => {
+            (Kind::Commit | Kind::Rollback, Some(txn)) => match result {
+                Ok(_) => txn.hold.release(),
                 // Whatever went wrong (a shard that did not confirm, a lost
                 // reply), shards where the transaction is still open are
                 // released now rather than at their idle timeout.
-                if result.is_err() {
-                    self.abandon(txn).await;
-                }
-            }
+                Err(_) => self.abandon(txn).await,
+            },
             (_, Some(txn)) => match result {
                 // The shards the transaction holds now come with the
                 // statement's end, so its result is read whole.
                 Ok(rows) => match rows.read_whole().await {
                     Ok(rows) => {
                         self.txn = Some(match rows.txn() {
-                            Some((id, groups)) => OpenTxn { id, groups },
+                            Some((_, groups)) => OpenTxn { groups, ..txn },
                             None => txn,
                         });
                         return Ok(rows);
@@ -328,6 +363,8 @@ impl Client {
 
     /// Best effort: rolls back transaction `txn` whose state is unknown
     /// (rolling back a transaction that already ended changes nothing).
+    /// Its hold ends unreleased, so the index server holding it ends it
+    /// too, wherever it may still be open.
     async fn abandon(&mut self, txn: OpenTxn) {
         self.sent += 1;
         let req = pb::ExecuteRequest {

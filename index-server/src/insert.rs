@@ -11,6 +11,8 @@
 
 use std::collections::BTreeMap;
 
+use drsdb_common::command::Statement;
+use drsdb_common::order::Collation;
 use drsdb_common::{shard, sql, Error, GroupId, Result, Value};
 use sqlparser::ast::{Insert, ObjectNamePart, SqliteOnConflict};
 
@@ -21,6 +23,9 @@ use crate::keys::{self, RowidGenerator};
 const MAX_PARAMS_PER_STATEMENT: usize = 30_000;
 /// Roughly most bytes of values in one statement.
 const MAX_BYTES_PER_STATEMENT: usize = 4 << 20;
+/// Rows with assigned ids go to one shard in runs of this many: a small
+/// INSERT writes one shard (no two-phase commit), a big one spreads.
+const ASSIGNED_ROWS_PER_SHARD: usize = 1000;
 
 /// One statement for one shard.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,9 +69,15 @@ pub fn split(
     rows: Vec<Vec<Value>>,
     shards: usize,
     rowids: &RowidGenerator,
-    now_ms: i64,
+    statement: &Statement,
     default_of: &dyn Fn(&str, usize) -> Result<Value>,
 ) -> Result<Vec<Part>> {
+    let now_ms = statement.now_ms;
+    // Where the `n`th row given an assigned id goes: a function of the
+    // statement's seed (so of its request id), so that the statement sent
+    // again writes the same shards.
+    let first = shard::shard_of(statement.seed, shards.max(1));
+    let place = |n: usize| (first + n / ASSIGNED_ROWS_PER_SHARD) % shards.max(1);
     let mut columns = target_columns(table, insert)?;
     let width = columns.len();
     if let Some(bad) = rows.iter().find(|r| r.len() != width) {
@@ -95,9 +106,12 @@ pub fn split(
     let reference = !table.is_sharded();
     if table.integer_key && !reference {
         let at = columns.iter().position(|c| *c == key[0]).expect("key column is a target");
+        let collation = table.columns[key[0]].collation;
+        let mut assigned = 0;
         for r in &mut rows {
             if r[at] == Value::Null {
-                r[at] = Value::Integer(rowids.next(now_ms));
+                r[at] = Value::Integer(rowids.next_on(now_ms, place(assigned), shards, collation));
+                assigned += 1;
             }
         }
     }
@@ -105,16 +119,17 @@ pub fn split(
     let hashes = if table.assigns_rowid() {
         let alias = table.rowid_alias.as_deref().expect("rowid tables have an alias");
         names.push(alias.to_string());
-        let ids: Vec<i64> = rows.iter().map(|_| rowids.next(now_ms)).collect();
+        let ids: Vec<i64> = match table.key_columns() {
+            Some(_) => rows.iter().map(|_| rowids.next(now_ms)).collect(),
+            None => (0..rows.len()).map(|n| rowids.next_on(now_ms, place(n), shards, Collation::Binary)).collect(),
+        };
         for (r, id) in rows.iter_mut().zip(&ids) {
             r.push(Value::Integer(*id));
         }
         match table.key_columns() {
             Some(_) => None,
             None => Some(
-                ids.iter()
-                    .map(|id| shard::key_hash(&[(Value::Integer(*id), drsdb_common::order::Collation::Binary)]))
-                    .collect::<Vec<_>>(),
+                ids.iter().map(|id| shard::key_hash(&[(Value::Integer(*id), Collation::Binary)])).collect::<Vec<_>>(),
             ),
         }
     } else {

@@ -9,7 +9,10 @@
 //! row leaves out, come from [`RowidGenerator`]: milliseconds since
 //! [`EPOCH_MS`], then this index server's instance number, then a sequence,
 //! so ids are unique across index servers and increase with time (rows
-//! keep their insertion order across shards).
+//! keep their insertion order across shards). An INSERT asks for ids on
+//! the shards its seed picks ([`RowidGenerator::next_on`]), so that the
+//! statement sent again, even to another index server, writes the same
+//! shards, and their request records find it.
 
 use std::sync::Mutex;
 
@@ -127,6 +130,18 @@ impl RowidGenerator {
         };
         (last.0 << (INSTANCE_BITS + SEQUENCE_BITS)) | (self.instance << SEQUENCE_BITS) | last.1
     }
+
+    /// The next id at `now_ms` that, as a key under `collation`, belongs to
+    /// shard `want` of `shards` (ids in between are skipped: about
+    /// `shards` are drawn per id).
+    pub fn next_on(&self, now_ms: i64, want: usize, shards: usize, collation: Collation) -> i64 {
+        loop {
+            let id = self.next(now_ms);
+            if shards <= 1 || shard::shard_of(shard::key_hash(&[(Value::Integer(id), collation)]), shards) == want {
+                return id;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,5 +158,20 @@ mod tests {
         assert!(ids[0] > 0);
         let other: std::collections::BTreeSet<i64> = (0..10_000).map(|_| b.next(now)).collect();
         assert!(ids.iter().all(|i| !other.contains(i)));
+    }
+
+    #[test]
+    fn ids_asked_on_a_shard_belong_to_it_and_still_increase() {
+        let g = RowidGenerator::new(7);
+        let now = EPOCH_MS + 1_000;
+        for shards in [1, 4, 8] {
+            let ids: Vec<(usize, i64)> =
+                (0..200).map(|n| (n % shards, g.next_on(now, n % shards, shards, Collation::Binary))).collect();
+            assert!(ids.windows(2).all(|w| w[0].1 < w[1].1));
+            for (want, id) in ids {
+                let hash = shard::key_hash(&[(Value::Integer(id), Collation::Binary)]);
+                assert_eq!(shard::shard_of(hash, shards), want);
+            }
+        }
     }
 }

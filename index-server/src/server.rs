@@ -23,6 +23,11 @@ use crate::service::SqlService;
 /// Largest request a client may send: a statement and its parameters
 /// (room for two values of the largest size next to the longest text).
 pub const MAX_REQUEST: usize = sql::MAX_STATEMENT_BYTES + 2 * sql::MAX_VALUE_BYTES;
+/// A client connection is pinged this often, and dropped when a ping goes
+/// unanswered this long: a client gone without closing its connection (a
+/// cut network, a machine that died) loses its transaction's hold then.
+const CLIENT_KEEPALIVE: Duration = Duration::from_secs(5);
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -89,7 +94,9 @@ pub async fn serve(config: IndexConfig, listener: TcpListener, shutdown: impl Fu
     let maintenance = tokio::spawn(maintain(executor.clone(), advertise, interval));
     let leaders = tokio::spawn(follow_leaders(executor.clone(), interval));
     let resolver = tokio::spawn(resolve_in_doubt(executor.clone()));
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(CLIENT_KEEPALIVE))
+        .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE));
     if let Some(tls) = tls::server_config(&config.tls, config.connections.handshake_timeout())? {
         builder = builder.tls_config(tls).map_err(|e| Error::invalid(format!("TLS: {e}")))?;
     }

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::executor::Executor;
+use crate::executor::{Executor, Txn};
 use crate::metrics::Metrics;
 
 /// Result parts buffered ahead of a slow client.
@@ -90,6 +90,39 @@ impl pb::sql_server::Sql for SqlService {
         }
         let consistent = catch_panic(self.executor.consistent(&snapshots)).await?;
         Ok(Response::new(pb::SnapshotsChecked { consistent }))
+    }
+
+    async fn hold(
+        &self,
+        request: Request<tonic::Streaming<pb::HoldRequest>>,
+    ) -> Result<Response<pb::HoldReleased>, Status> {
+        let mut held = request.into_inner();
+        let Some(first) = held.message().await? else { return Ok(Response::new(pb::HoldReleased {})) };
+        let txn = Txn::from_client(&first.txn_id, &[], 0)?;
+        tracing::debug!(txn = %txn.id, "hold");
+        // Watched by a task of its own: when the connection drops, this
+        // call may be dropped with it, but the task still sees its end.
+        let executor = self.executor.clone();
+        let watch = tokio::spawn(async move {
+            loop {
+                match held.message().await {
+                    Ok(Some(m)) if m.release => return,
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            tracing::debug!(txn = %txn.id, "the client went away inside a transaction: rolling it back");
+            if let Err(e) = catch_panic(async {
+                executor.release_abandoned(&txn).await;
+                Ok(())
+            })
+            .await
+            {
+                tracing::warn!(txn = %txn.id, "rolling back an abandoned transaction failed: {e}");
+            }
+        });
+        watch.await.map_err(|e| Status::internal(format!("hold: {e}")))?;
+        Ok(Response::new(pb::HoldReleased {}))
     }
 
     async fn index_servers(

@@ -470,6 +470,33 @@ async fn transactions_are_atomic_isolated_and_time_out() {
     assert!(began.elapsed() >= Duration::from_secs(5), "rolled back after {:?}", began.elapsed());
 }
 
+/// A session that goes away inside a transaction (the `Client` dropped,
+/// as when a program or the shell exits) releases its shards at once, not
+/// at the idle timeout (30 s by default; 10 minutes here): its index
+/// server rolls it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_goes_away_releases_its_transaction_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Idle transactions are kept far longer than the test waits.
+    let options = Options { txn_idle_timeout_ms: 600_000, ..Options::default() };
+    let cluster = start(dir.path(), options).await;
+    let mut a = cluster.client().await.unwrap();
+    let mut b = cluster.client().await.unwrap();
+    a.execute("CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER)", &[]).await.unwrap();
+    a.execute("INSERT INTO acct VALUES (1, 100), (2, 0), (3, 0), (4, 0)", &[]).await.unwrap();
+    a.execute("BEGIN", &[]).await.unwrap();
+    a.execute("DELETE FROM acct", &[]).await.unwrap();
+    let held = b.execute("SHOW TRANSACTIONS", &[]).await.unwrap().rows.len();
+    assert!(held > 0, "the transaction holds shards");
+    drop(a);
+    eventually!(
+        "the transaction to be rolled back",
+        b.execute("SHOW TRANSACTIONS", &[]).await.ok().filter(|rs| rs.rows.is_empty())
+    );
+    let n: i64 = b.execute("SELECT count(*) FROM acct", &[]).await.unwrap().rows[0].get(0).unwrap();
+    assert_eq!(n, 4, "the DELETE was rolled back");
+}
+
 /// Schema changes made through one index server reach statements planned
 /// by the other, whose cached catalog is stale: shards refuse statements
 /// planned on another schema version, and the index server plans again.

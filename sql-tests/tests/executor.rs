@@ -53,19 +53,18 @@ impl Cluster {
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let tier = InProcessTier::start(dir.path(), 3, SHARDS).await.expect("storage servers start");
-        let config = IndexConfig { direct_streaming: false, ..IndexConfig::default() };
-        let executor = Executor::new(tier.clone(), &config, "in-process".into()).expect("executor");
-        let deadline = tokio::time::Instant::now() + READY_WAIT;
-        while let Err(e) = executor.prepare().await {
-            assert!(tokio::time::Instant::now() < deadline, "meta group not ready: {e}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let executor = index_server(&tier).await;
         Cluster { tier, executor, _dir: dir }
     }
 
     /// Runs `sql` with request id `id` (a client sending it again after a
     /// lost reply uses the same id).
     async fn send(&self, session: &mut Session, sql: &str, id: &str) -> Result<Answer, Error> {
+        self.send_to(&self.executor, session, sql, id).await
+    }
+
+    /// Runs `sql` with request id `id` on index server `executor`.
+    async fn send_to(&self, executor: &Executor, session: &mut Session, sql: &str, id: &str) -> Result<Answer, Error> {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let in_txn = !session.txn.is_empty();
         let req = pb::ExecuteRequest {
@@ -76,7 +75,7 @@ impl Cluster {
             ..Default::default()
         };
         let run = async move {
-            let r = self.executor.execute(req, &tx).await;
+            let r = executor.execute(req, &tx).await;
             drop(tx);
             r
         };
@@ -149,6 +148,18 @@ impl Cluster {
         let shown = self.ok(&mut Session::default(), &format!("SHOW SHARDS OF {table}")).await;
         shown.rows.iter().map(|r| if let Value::Integer(n) = r[1] { n } else { panic!("{r:?}") }).collect()
     }
+}
+
+/// An index server (an executor) over `tier`, ready.
+async fn index_server(tier: &Arc<InProcessTier>) -> Executor {
+    let config = IndexConfig { direct_streaming: false, ..IndexConfig::default() };
+    let executor = Executor::new(tier.clone(), &config, "in-process".into()).expect("executor");
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    while let Err(e) = executor.prepare().await {
+        assert!(tokio::time::Instant::now() < deadline, "meta group not ready: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    executor
 }
 
 /// `INSERT INTO t(id, v) VALUES …` of ids 1..=n (spread over every shard).
@@ -264,6 +275,39 @@ async fn a_write_whose_reply_was_lost_applies_once_or_nowhere() {
     c.ok(&mut s, "COMMIT").await;
     c.no_transactions().await;
     assert_eq!(c.number("SELECT count(*) FROM t").await, 20);
+    c.tier.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_sent_again_to_another_index_server_applies_once() {
+    // The driver sends a statement whose reply it lost to the next index
+    // server, with the same request id: it must find the first outcome
+    // wherever the first index server put the rows (assigned rowids and
+    // keys, keys from DEFAULT (ulid()), rows a query computed).
+    let c = Cluster::start().await;
+    let other = index_server(&c.tier).await;
+    let mut s = Session::default();
+    c.ok(&mut s, "CREATE TABLE r(v INTEGER)").await;
+    c.ok(&mut s, "CREATE TABLE k(id TEXT PRIMARY KEY DEFAULT (ulid()), v INTEGER)").await;
+    c.ok(&mut s, "CREATE TABLE n(id INTEGER PRIMARY KEY, v INTEGER)").await;
+    let statements = [
+        ("INSERT INTO r(v) VALUES (1)", 1),
+        ("INSERT INTO r(v) VALUES (2), (3), (4)", 3),
+        ("INSERT INTO k(v) VALUES (1), (2), (3), (4), (5), (6), (7), (8)", 8),
+        ("INSERT INTO n(v) VALUES (1), (2)", 2),
+        // The second time, the query finds the rows the first time added.
+        ("INSERT INTO r(v) SELECT v + 10 FROM r", 4),
+    ];
+    for (sql, rows) in statements {
+        let id = format!("{}-test-{sql}", ulid::Ulid::generate());
+        let first = c.send(&mut s, sql, &id).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let again = c.send_to(&other, &mut s, sql, &id).await.unwrap_or_else(|e| panic!("{sql} again: {e}"));
+        assert_eq!((first.rows_affected, again.rows_affected), (rows, rows), "{sql}");
+    }
+    assert_eq!(c.number("SELECT count(*) FROM r").await, 8);
+    assert_eq!(c.number("SELECT count(*) FROM k").await, 8);
+    assert_eq!(c.number("SELECT count(*) FROM n").await, 2);
+    assert!(c.spread("k").await.iter().filter(|n| **n > 0).count() > 1, "ulid keys spread over shards");
     c.tier.shutdown().await;
 }
 

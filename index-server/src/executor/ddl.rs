@@ -66,7 +66,7 @@ impl Executor {
         }
         // On several shards the change is a transaction of its own: on
         // every shard or on none.
-        let own = self.own_txn(txn, groups, &statement);
+        let own = self.own_txn(txn, groups, &statement, false);
         let r = self.change_everywhere(&statement, groups, txn.or(own.as_ref())).await;
         let r = self.finish_own(own, r).await;
         match meta::sync_catalog(self.tier.as_ref()).await {

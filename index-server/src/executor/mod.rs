@@ -28,10 +28,11 @@ use std::sync::{Arc, RwLock};
 
 use drsdb_common::command::Statement;
 use drsdb_common::config::IndexConfig;
+use drsdb_common::order::Collation;
 use drsdb_common::sql::{self, Kind};
 use drsdb_common::ticket::TicketKey;
 use drsdb_common::tier::StorageTier;
-use drsdb_common::{Error, NodeId, Result, Value};
+use drsdb_common::{shard, Error, NodeId, Result, Value};
 use drsdb_proto as pb;
 use drsdb_sqlite::Failure;
 
@@ -189,12 +190,14 @@ impl Executor {
         // Reads inside a transaction must see its writes: they run in its
         // shards' logs, through here.
         let direct = self.tickets.is_some() && req.accept_fragments && req.txn_id.is_empty();
+        let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
+        let (seed, now_ms) = clock_of(request_id.as_deref());
         let statement = Statement {
             sql: req.sql,
             params: req.params.into_iter().map(Into::into).collect(),
-            seed: rand::random(),
-            now_ms: chrono::Utc::now().timestamp_millis(),
-            request_id: (!req.request_id.is_empty()).then_some(req.request_id),
+            seed,
+            now_ms,
+            request_id,
             schema_version: None,
             memory_limit: Some(self.statement_memory),
         };
@@ -344,7 +347,7 @@ impl Executor {
                 self.send_result(out, r, txn).await
             }
             Plan::Broadcast { groups, same_seed } => {
-                let own = self.own_txn(txn, &groups, &statement);
+                let own = self.own_txn(txn, &groups, &statement, false);
                 let r = self.broadcast(&groups, statement, same_seed, txn.or(own.as_ref())).await;
                 let r = self.finish_own(own, r).await?;
                 self.send_result(out, r, txn).await
@@ -392,4 +395,35 @@ pub(super) fn spread_seed(n: u64) -> u64 {
     /// 2⁶⁴ divided by the golden ratio: consecutive `n` land far apart.
     const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
     n.wrapping_mul(GOLDEN)
+}
+
+/// A statement's first try (the ULID leading the driver's request ids) is
+/// taken as its date only when it is at most this far from now: an old
+/// date would let a client win every conflict.
+const MAX_RETRY_AGE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// When the statement with `request_id` was first tried, in milliseconds
+/// since 1970: the ULID leading the id, when it has one within
+/// [`MAX_RETRY_AGE`] of now.
+pub(super) fn first_try_ms(request_id: Option<&str>) -> Option<i64> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let first = ulid::Ulid::from_string(request_id?.get(..26)?).ok()?.timestamp_ms() as i64;
+    (now_ms.abs_diff(first) <= MAX_RETRY_AGE.as_millis() as u64).then_some(first)
+}
+
+/// The random seed and the clock (`now_ms`) of a statement with
+/// `request_id`. The same request id gives the same ones, so a statement
+/// sent again (after a lost reply, to another index server) computes the
+/// same values (`random()`, `ulid()`, the time, where assigned rowids go)
+/// and writes the same shards, where each shard's record of the request
+/// finds it. Without an id: a fresh seed and the time now.
+fn clock_of(request_id: Option<&str>) -> (u64, i64) {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    match request_id {
+        Some(r) => (
+            shard::key_hash(&[(Value::Text(r.to_string()), Collation::Binary)]),
+            first_try_ms(Some(r)).unwrap_or(now_ms),
+        ),
+        None => (rand::random(), now_ms),
+    }
 }

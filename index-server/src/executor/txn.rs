@@ -37,11 +37,10 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use drsdb_common::command::{Command, CommandResult, Decision, Outcome, Statement, StatementResult, Step, TxnCommand};
-use drsdb_common::order::Collation;
-use drsdb_common::{shard, Error, GroupId, Result, TxnId, Value};
+use drsdb_common::{shard, Error, GroupId, Result, TxnId};
 use futures::future::join_all;
 
-use super::{spread_seed, Executor};
+use super::{first_try_ms, spread_seed, Executor};
 use crate::metrics::Metrics;
 
 /// A client's transaction id older than this is refused: storage servers
@@ -49,10 +48,6 @@ use crate::metrics::Metrics;
 /// default), and wound-wait favours older ids, so an old id must not be
 /// accepted from anyone.
 pub const MAX_TXN_AGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
-
-/// A statement's first try (the ULID leading its request id) dates its
-/// own transaction only when it is at most this far from now.
-const MAX_RETRY_AGE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// A transaction, as one statement of it sees it.
 #[derive(Debug)]
@@ -154,39 +149,32 @@ impl Executor {
         TxnId(ids.generate().unwrap_or_else(|_| ulid::Ulid::generate()).to_string())
     }
 
-    /// The transaction of its own `statement`, a write over `groups`
-    /// outside `txn`, runs in: one when it spans several shards, so that
-    /// it is atomic. With a request id, the statement is claimed at a shard
-    /// the id picks.
-    pub(super) fn own_txn(&self, txn: Option<&Txn>, groups: &[GroupId], statement: &Statement) -> Option<Txn> {
-        let distinct: BTreeSet<&GroupId> = groups.iter().collect();
-        if txn.is_some() || distinct.len() <= 1 {
+    /// The transaction of its own `statement`, a write of one command to
+    /// each of `commands` (a shard each) outside `txn`: one when it sends
+    /// several commands, so that it is atomic, or when `always`. With a
+    /// request id, the statement is claimed at a shard the id picks.
+    pub(super) fn own_txn(
+        &self,
+        txn: Option<&Txn>,
+        commands: &[GroupId],
+        statement: &Statement,
+        always: bool,
+    ) -> Option<Txn> {
+        if txn.is_some() || (commands.len() <= 1 && !always) {
             return None;
         }
-        // A request id led by a ULID (the driver's: the statement's first
-        // try) dates the transaction, so that it keeps its age when the
-        // statement is run again after losing a conflict.
-        // Only a recent one: an old date would let a client win every
-        // conflict.
-        let now_ms = chrono::Utc::now().timestamp_millis() as u64;
-        let first_try = statement
-            .request_id
-            .as_deref()
-            .and_then(|r| ulid::Ulid::from_string(r.get(..26)?).ok())
-            .map(|t| t.timestamp_ms())
-            .filter(|t| now_ms.abs_diff(*t) <= MAX_RETRY_AGE.as_millis() as u64);
-        let id = match first_try {
-            Some(t) => TxnId(ulid::Ulid::from_parts(t, rand::random()).to_string()),
+        // The statement's first try dates the transaction, so that it keeps
+        // its age when the statement is run again after losing a conflict.
+        let id = match first_try_ms(statement.request_id.as_deref()) {
+            Some(t) => TxnId(ulid::Ulid::from_parts(t as u64, rand::random()).to_string()),
             None => self.txn_id(),
         };
         let mut own = Txn::begin(id);
         let shards = self.shards.load(std::sync::atomic::Ordering::Relaxed);
         own.anchor = match &statement.request_id {
-            Some(r) if shards > 0 => {
-                let hash = shard::key_hash(&[(Value::Text(r.clone()), Collation::Binary)]);
-                Some(shard::shard_group(shard::shard_of(hash, shards)))
-            }
-            _ => distinct.first().map(|g| **g),
+            // The seed is a function of the request id (see `clock_of`).
+            Some(_) if shards > 0 => Some(shard::shard_group(shard::shard_of(statement.seed, shards))),
+            _ => commands.iter().min().copied(),
         };
         own.request = statement.request_id.clone().filter(|_| shards > 0);
         Some(own)
@@ -344,6 +332,30 @@ impl Executor {
         for (g, r) in reached.iter().zip(done) {
             if let Err(e) = r {
                 tracing::info!(txn = %txn.id, group = %g, "{end:?} not confirmed (idle timeout or resolver ends it): {e}");
+            }
+        }
+        Metrics::add(&self.metrics.aborts, 1);
+    }
+
+    /// Ends `txn`, whose client went away: on every shard, rolls it back
+    /// where it is open and records its abort where it is not (so that a
+    /// statement of it still on its way cannot open it). Where it is
+    /// prepared, its anchor decides, told the same: an abort, unless its
+    /// COMMIT was decided first.
+    pub async fn release_abandoned(&self, txn: &Txn) {
+        let groups = match self.shard_count().await {
+            Ok(n) => shard::shard_groups(n),
+            Err(e) => {
+                tracing::info!(txn = %txn.id, "cannot roll back an abandoned transaction now (its shards' idle \
+                                                timeout will): {e}");
+                return;
+            }
+        };
+        let done = join_all(groups.iter().map(|g| self.resolve(*g, &txn.id))).await;
+        for (g, r) in groups.iter().zip(done) {
+            match r {
+                Ok(d) => tracing::debug!(txn = %txn.id, group = %g, ?d, "abandoned transaction ended"),
+                Err(e) => tracing::info!(txn = %txn.id, group = %g, "abandoned transaction not ended here: {e}"),
             }
         }
         Metrics::add(&self.metrics.aborts, 1);

@@ -71,7 +71,7 @@ impl Executor {
                 let r = scratch.run_collect(&s).map_err(failure)?;
                 Ok(r.rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
             };
-            insert::split(&table, &ins, rows, shards, &self.rowids, statement.now_ms, &defaults)?
+            insert::split(&table, &ins, rows, shards, &self.rowids, &statement, &defaults)?
         };
         if parts.is_empty() {
             // An INSERT … SELECT whose query found no rows changes nothing.
@@ -83,7 +83,11 @@ impl Executor {
             });
         }
         let groups: Vec<GroupId> = parts.iter().map(|p| p.group).collect();
-        let own = self.own_txn(txn, &groups, &statement);
+        // Rows a query computed may differ when the statement is sent again
+        // (the data changed), and go to other shards than the first time:
+        // only the claim at the shard its request id picks finds it then.
+        let read_data = matches!(source, Source::Query(..)) && statement.request_id.is_some();
+        let own = self.own_txn(txn, &groups, &statement, read_data);
         let txn = txn.or(own.as_ref());
         let parts_done = join_all(parts.iter().enumerate().map(|(i, p)| {
             let s = Statement {

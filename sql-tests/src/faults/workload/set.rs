@@ -1,6 +1,7 @@
 //! set: multi-row INSERTs of unique values; at the end every acknowledged
 //! value is there exactly once, nothing refused is, and each statement
-//! is there whole or not at all.
+//! is there whole or not at all. Half the INSERTs write one shard, half
+//! spread over several.
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,8 +14,13 @@ use drsdb_sql_tests::rng::Rng;
 /// The most rows in one INSERT.
 const MAX_BATCH: u64 = 5;
 
+/// Even batches go to a table whose rowids the index server assigns (a
+/// small INSERT lands on one shard), odd ones to a table keyed by
+/// `DEFAULT (ulid())` (its rows spread over shards).
 pub(super) const SETUP: &str = "DROP TABLE IF EXISTS set_elements; \
-     CREATE TABLE set_elements(v INTEGER NOT NULL, batch INTEGER NOT NULL);";
+     CREATE TABLE set_elements(v INTEGER NOT NULL, batch INTEGER NOT NULL); \
+     DROP TABLE IF EXISTS set_keyed; \
+     CREATE TABLE set_keyed(id TEXT PRIMARY KEY DEFAULT (ulid()), v INTEGER NOT NULL, batch INTEGER NOT NULL);";
 
 /// Call `n` inserts batch `n`, with values `n * MAX_BATCH + i`.
 pub(super) fn generate(rng: &mut Rng, n: u64) -> Call {
@@ -27,14 +33,18 @@ pub(super) async fn invoke(client: &mut Client, call: &Call) -> Result<Answer, F
     match call {
         Call::Add { batch, values } => {
             let rows: Vec<String> = (0..values.len()).map(|i| format!("(?{}, ?{})", i + 2, 1)).collect();
-            let sql = format!("INSERT INTO set_elements(v, batch) VALUES {}", rows.join(", "));
+            let table = if batch % 2 == 0 { "set_elements" } else { "set_keyed" };
+            let sql = format!("INSERT INTO {table}(v, batch) VALUES {}", rows.join(", "));
             let mut params = vec![Value::Integer(*batch)];
             params.extend(values.iter().map(|v| Value::Integer(*v)));
             run(client, &sql, &params, true).await?;
             Ok(Answer::Done)
         }
         Call::ReadSet => {
-            let rows = run(client, "SELECT v, batch FROM set_elements", &[], false).await?.rows;
+            let rows =
+                run(client, "SELECT v, batch FROM set_elements UNION ALL SELECT v, batch FROM set_keyed", &[], false)
+                    .await?
+                    .rows;
             let elements = rows.iter().map(|r| Ok((integer(r, 0)?, integer(r, 1)?))).collect::<Result<_, _>>()?;
             Ok(Answer::Elements(elements))
         }
