@@ -49,6 +49,15 @@ struct Server {
     client: pb::sql_client::SqlClient<Channel>,
 }
 
+/// What became of a transaction ([`Client::transaction_outcome`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Committed: its writes are there.
+    Committed,
+    /// Rolled back: none of its writes are.
+    Aborted,
+}
+
 /// A transaction open in a session: its id and the shards it holds, as
 /// the last `Done` of it said (the index servers keep no transaction
 /// state: each statement carries it), and its hold.
@@ -267,7 +276,17 @@ impl Client {
                 // Whatever went wrong (a shard that did not confirm, a lost
                 // reply), shards where the transaction is still open are
                 // released now rather than at their idle timeout.
-                Err(_) => self.abandon(txn).await,
+                Err(e) => {
+                    let id = txn.id.clone();
+                    self.abandon(txn).await;
+                    return Err(match (kind, e) {
+                        (Kind::Commit, Error::Unavailable(m) | Error::Io(m)) => Error::Unavailable(format!(
+                            "{m} (transaction {id}: `SHOW TRANSACTION {id}`, or Client::transaction_outcome, says \
+                             whether it committed)"
+                        )),
+                        (_, e) => e,
+                    });
+                }
             },
             (_, Some(txn)) => match result {
                 // The shards the transaction holds now come with the
@@ -466,6 +485,22 @@ impl Client {
         match Error::from(status) {
             e @ Error::Unavailable(_) if safe => Err(Ok(e)),
             e => Err(Err(e)),
+        }
+    }
+
+    /// Whether transaction `id` committed, for a COMMIT whose outcome is
+    /// unknown (its error names the transaction). Final once answered: a
+    /// transaction still undecided is aborted by the question.
+    pub async fn transaction_outcome(&mut self, id: &str) -> Result<TxnOutcome> {
+        if ulid::Ulid::from_string(id).is_err() {
+            return Err(Error::invalid(format!("{id:?} is not a transaction id")));
+        }
+        let rs = self.execute(&format!("SHOW TRANSACTION {id}"), &[]).await?;
+        let outcome: Option<String> = rs.rows.first().map(|r| r.get(1)).transpose()?;
+        match outcome.as_deref() {
+            Some("committed") => Ok(TxnOutcome::Committed),
+            Some("aborted") => Ok(TxnOutcome::Aborted),
+            other => Err(Error::io(format!("unexpected answer about transaction {id}: {other:?}"))),
         }
     }
 

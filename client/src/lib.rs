@@ -34,7 +34,7 @@ mod direct;
 mod rows;
 mod syntax;
 
-pub use client::Client;
+pub use client::{Client, TxnOutcome};
 pub use drsdb_common::{Error, Result, Value};
 pub use rows::{Column, FromValue, ResultSet, Row, RowStream, Summary};
 pub use syntax::check as check_syntax;

@@ -141,6 +141,9 @@ pub enum Step {
     /// A statement re-sent after a lost reply is claimed at the same
     /// group each time, so it commits once.
     Claim(String),
+    /// Asks what this group knows of the transaction
+    /// ([`CommandResult::Inquired`]), changing nothing.
+    Inquire,
 }
 
 /// How long a transaction's record (committed or rolled back) is kept, by
@@ -166,6 +169,7 @@ impl fmt::Display for Command {
                         Step::Abort => write!(f, " abort")?,
                         Step::Resolve => write!(f, " resolve")?,
                         Step::Claim(r) => write!(f, " claim {r}")?,
+                        Step::Inquire => write!(f, " inquire")?,
                     }
                 }
                 Ok(())
@@ -218,6 +222,21 @@ pub enum CommandResult {
     /// A [`Step::Claim`] found its request applied already: its first
     /// outcome (the command changed nothing).
     Replayed(Outcome),
+    /// What a [`Step::Inquire`] found.
+    Inquired(TxnState),
+}
+
+/// What one group knows of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnState {
+    /// Nothing: it never ran there, or its record was forgotten.
+    Unknown,
+    /// Recorded as ended there.
+    Ended(Decision),
+    /// Open there, not prepared.
+    Open,
+    /// Prepared there; its decision is recorded at the anchor.
+    Prepared(GroupId),
 }
 
 /// How a transaction ended.
@@ -316,6 +335,7 @@ impl From<Step> for pb::TxnStep {
             Step::Abort => Kind::Abort(pb::Unit {}),
             Step::Resolve => Kind::Resolve(pb::Unit {}),
             Step::Claim(r) => Kind::Claim(r),
+            Step::Inquire => Kind::Inquire(pb::Unit {}),
         };
         pb::TxnStep { kind: Some(kind) }
     }
@@ -341,6 +361,7 @@ impl TryFrom<pb::TxnStep> for Step {
             Kind::Abort(_) => Step::Abort,
             Kind::Resolve(_) => Step::Resolve,
             Kind::Claim(r) => Step::Claim(r),
+            Kind::Inquire(_) => Step::Inquire,
         })
     }
 }
@@ -411,6 +432,17 @@ impl From<CommandResult> for pb::CommandResult {
             CommandResult::Txn(o) => Some(Kind::Txn(outcome_to_pb(o))),
             CommandResult::Resolved(d) => Some(Kind::Resolved(d == Decision::Committed)),
             CommandResult::Replayed(o) => Some(Kind::Replayed(outcome_to_pb(o))),
+            CommandResult::Inquired(state) => {
+                use pb::inquired::State;
+                let (state, anchor) = match state {
+                    TxnState::Unknown => (State::Unknown, 0),
+                    TxnState::Ended(Decision::Committed) => (State::Committed, 0),
+                    TxnState::Ended(Decision::Aborted) => (State::Aborted, 0),
+                    TxnState::Open => (State::Open, 0),
+                    TxnState::Prepared(anchor) => (State::Prepared, anchor.0),
+                };
+                Some(Kind::Inquired(pb::Inquired { state: state.into(), anchor }))
+            }
         };
         pb::CommandResult { kind }
     }
@@ -431,6 +463,17 @@ impl TryFrom<pb::CommandResult> for CommandResult {
                 CommandResult::Resolved(if committed { Decision::Committed } else { Decision::Aborted })
             }
             Some(Kind::Replayed(o)) => CommandResult::Replayed(outcome_from_pb(o)?),
+            Some(Kind::Inquired(i)) => {
+                use pb::inquired::State;
+                CommandResult::Inquired(match State::try_from(i.state) {
+                    Ok(State::Unknown) => TxnState::Unknown,
+                    Ok(State::Committed) => TxnState::Ended(Decision::Committed),
+                    Ok(State::Aborted) => TxnState::Ended(Decision::Aborted),
+                    Ok(State::Open) => TxnState::Open,
+                    Ok(State::Prepared) => TxnState::Prepared(GroupId(i.anchor)),
+                    Err(_) => return Err(Error::invalid(format!("unknown transaction state {}", i.state))),
+                })
+            }
         })
     }
 }
@@ -464,6 +507,7 @@ mod tests {
             Step::Rollback,
             Step::Abort,
             Step::Resolve,
+            Step::Inquire,
         ];
         for c in [
             Command::Batch(vec![statement(), Statement::new("SELECT 1")]),
@@ -488,6 +532,11 @@ mod tests {
             CommandResult::Txn(Ok(rows)),
             CommandResult::Resolved(Decision::Committed),
             CommandResult::Resolved(Decision::Aborted),
+            CommandResult::Inquired(TxnState::Unknown),
+            CommandResult::Inquired(TxnState::Ended(Decision::Committed)),
+            CommandResult::Inquired(TxnState::Ended(Decision::Aborted)),
+            CommandResult::Inquired(TxnState::Open),
+            CommandResult::Inquired(TxnState::Prepared(GroupId(4))),
             CommandResult::Replayed(Err(Error::invalid("no such table: t"))),
             CommandResult::Txn(Err(Error::invalid("UNIQUE constraint failed: t.a"))),
         ] {

@@ -18,25 +18,29 @@
 //!   its coordinator quiet: the resolver is finishing it), the shards each
 //!   holds, its age, how long it has been idle, and its anchor once
 //!   prepared.
+//! - `SHOW TRANSACTION id`: whether transaction `id` committed, for a
+//!   client that did not learn the outcome of its COMMIT
+//!   ([`Executor::outcome`]): final once answered (an undecided one is
+//!   aborted).
 //! - `SHOW METRICS`: the counters of the index server that answers
 //!   (`metrics`): statements, rows it sent to clients, fragments it handed
 //!   out for direct streaming, commits (on one shard, on several),
 //!   aborts, in-doubt transactions resolved.
 
-use drsdb_common::command::Statement;
+use drsdb_common::command::{Decision, Statement};
 use drsdb_common::sql::{self, Kind};
 use drsdb_common::{shard, Error, GroupId, Result, Value};
 use drsdb_proto as pb;
 use futures::future::join_all;
 
 use crate::catalog::{Distribution, Key};
-use crate::executor::{done, send_rows, Executor, PartSender};
+use crate::executor::{done, send_rows, Executor, PartSender, Txn};
 use crate::keys::Keys;
 use crate::planner;
 
 /// What `SHOW` accepts, for the error message.
 const USAGE: &str =
-    "use SHOW NODES, SHOW GROUPS, SHOW SHARDS, SHOW SHARDS OF table, SHOW INDEX SERVERS, SHOW TABLES, SHOW TRANSACTIONS or SHOW METRICS";
+    "use SHOW NODES, SHOW GROUPS, SHOW SHARDS, SHOW SHARDS OF table, SHOW INDEX SERVERS, SHOW TABLES, SHOW TRANSACTIONS, SHOW TRANSACTION id or SHOW METRICS";
 
 fn columns(names: &[&str]) -> Vec<pb::Column> {
     names.iter().map(|n| pb::Column { name: n.to_string(), decl_type: String::new() }).collect()
@@ -113,6 +117,15 @@ pub async fn show(ex: &Executor, sql: &str, out: &PartSender, rows_per_batch: us
                 ]),
                 rows,
             )
+        }
+        ["TRANSACTION", id] => {
+            let id = id.trim_matches('\'');
+            let txn = Txn::from_client(id, &[], 0)?;
+            let outcome = match ex.outcome(&txn.id).await? {
+                Decision::Committed => "committed",
+                Decision::Aborted => "aborted",
+            };
+            (columns(&["txn", "outcome"]), vec![vec![Value::Text(txn.id.0), Value::Text(outcome.into())]])
         }
         ["TRANSACTIONS"] => {
             // One row per transaction: the shards it holds, as their leaders see it.

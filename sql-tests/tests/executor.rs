@@ -312,6 +312,47 @@ async fn a_statement_sent_again_to_another_index_server_applies_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outcome_of_a_transaction_can_be_asked_and_is_final() {
+    let c = Cluster::start().await;
+    let mut s = Session::default();
+    c.ok(&mut s, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
+    let c = &c;
+    let outcome = |id: String| async move {
+        let rows = c.ok(&mut Session::default(), &format!("SHOW TRANSACTION {id}")).await.rows;
+        match rows.as_slice() {
+            [row] => row[1].clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Committed over every shard.
+    c.ok(&mut s, "BEGIN").await;
+    let committed = s.txn.clone();
+    c.ok(&mut s, &insert_rows(20)).await;
+    c.ok(&mut s, "COMMIT").await;
+    assert_eq!(outcome(committed).await, Value::Text("committed".into()));
+    // Rolled back.
+    c.ok(&mut s, "BEGIN").await;
+    let rolled_back = s.txn.clone();
+    c.ok(&mut s, "UPDATE t SET v = 1").await;
+    c.ok(&mut s, "ROLLBACK").await;
+    assert_eq!(outcome(rolled_back).await, Value::Text("aborted".into()));
+    // Still open, its client quiet: the question decides it (aborted) and
+    // frees its shards; the client's COMMIT then fails.
+    c.ok(&mut s, "BEGIN").await;
+    let open = s.txn.clone();
+    c.ok(&mut s, "UPDATE t SET v = 2").await;
+    assert_eq!(outcome(open.clone()).await, Value::Text("aborted".into()));
+    c.no_transactions().await;
+    let e = c.run(&mut s, "COMMIT").await.expect_err("the transaction was aborted");
+    assert!(matches!(&e, Error::Retryable(m) if m.contains("rolled back")), "{e:?}");
+    assert_eq!(outcome(open).await, Value::Text("aborted".into()), "asked again, the same answer");
+    assert_eq!(c.number("SELECT count(*) FROM t WHERE v = 0").await, 20);
+    // Never seen: aborted (it cannot commit any more).
+    assert_eq!(outcome(ulid::Ulid::generate().to_string()).await, Value::Text("aborted".into()));
+    c.tier.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_on_disjoint_shards_run_side_by_side_and_the_older_one_wins_a_conflict() {
     let c = Cluster::start().await;
     let mut setup = Session::default();

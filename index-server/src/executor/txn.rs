@@ -36,7 +36,9 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use drsdb_common::command::{Command, CommandResult, Decision, Outcome, Statement, StatementResult, Step, TxnCommand};
+use drsdb_common::command::{
+    Command, CommandResult, Decision, Outcome, Statement, StatementResult, Step, TxnCommand, TxnState,
+};
 use drsdb_common::{shard, Error, GroupId, Result, TxnId};
 use futures::future::join_all;
 
@@ -286,9 +288,9 @@ impl Executor {
                     return Err(Error::io(format!(
                         "the outcome of COMMIT is unknown: shard {anchor}, which records the decision of \
                          transaction {}, did not answer ({e}), nor when asked again ({asking}); the decision is \
-                         made and applied on every shard once they answer: check the transaction's rows \
+                         made and applied on every shard once they answer: ask `SHOW TRANSACTION {}` then, \
                          before running it again",
-                        txn.id
+                        txn.id, txn.id
                     )))
                 }
             },
@@ -337,28 +339,71 @@ impl Executor {
         Metrics::add(&self.metrics.aborts, 1);
     }
 
-    /// Ends `txn`, whose client went away: on every shard, rolls it back
-    /// where it is open and records its abort where it is not (so that a
-    /// statement of it still on its way cannot open it). Where it is
-    /// prepared, its anchor decides, told the same: an abort, unless its
-    /// COMMIT was decided first.
+    /// Ends `txn`, whose client went away (see [`Executor::resolve_everywhere`]).
     pub async fn release_abandoned(&self, txn: &Txn) {
-        let groups = match self.shard_count().await {
-            Ok(n) => shard::shard_groups(n),
-            Err(e) => {
-                tracing::info!(txn = %txn.id, "cannot roll back an abandoned transaction now (its shards' idle \
-                                                timeout will): {e}");
-                return;
-            }
-        };
-        let done = join_all(groups.iter().map(|g| self.resolve(*g, &txn.id))).await;
-        for (g, r) in groups.iter().zip(done) {
-            match r {
-                Ok(d) => tracing::debug!(txn = %txn.id, group = %g, ?d, "abandoned transaction ended"),
-                Err(e) => tracing::info!(txn = %txn.id, group = %g, "abandoned transaction not ended here: {e}"),
-            }
+        match self.resolve_everywhere(&txn.id).await {
+            Ok(d) => tracing::debug!(txn = %txn.id, ?d, "abandoned transaction ended"),
+            Err(e) => tracing::info!(txn = %txn.id, "abandoned transaction not ended everywhere (its shards' idle \
+                                                    timeout or the resolver will): {e}"),
         }
         Metrics::add(&self.metrics.aborts, 1);
+    }
+
+    /// Ends `txn` on every shard: rolls it back where it is open and
+    /// records its abort where it is not (so that a statement of it still
+    /// on its way cannot open it there). Where it is prepared, its anchor
+    /// decides, told the same: an abort, unless its COMMIT was decided
+    /// first. Returns the decision: committed if any shard says so.
+    async fn resolve_everywhere(&self, txn: &TxnId) -> Result<Decision> {
+        let groups = shard::shard_groups(self.shard_count().await?);
+        let mut decision = Decision::Aborted;
+        for (g, r) in groups.iter().zip(join_all(groups.iter().map(|g| self.resolve(*g, txn))).await) {
+            match r {
+                Ok(Decision::Committed) => decision = Decision::Committed,
+                Ok(Decision::Aborted) => {}
+                // Prepared here: its coordinator is committing it now.
+                Err(Error::InvalidInput(_)) => {
+                    return Err(Error::unavailable(format!("transaction {txn} is being committed now: ask again")))
+                }
+                Err(e) => return Err(Error::unavailable(format!("shard {g} did not answer ({e}); ask again"))),
+            }
+        }
+        Ok(decision)
+    }
+
+    /// What became of transaction `txn`, for a client that could not learn
+    /// the outcome of its COMMIT: final once answered. Every shard is asked
+    /// what it knows (`Inquire`): a commit recorded anywhere means
+    /// committed (the anchor records the decision before any participant
+    /// commits); where it is prepared, its anchor decides; otherwise no
+    /// decision was made (the anchor decides only once every other shard
+    /// is prepared), and it is ended everywhere as an abandoned one is,
+    /// unless the anchor committed meanwhile.
+    pub async fn outcome(&self, txn: &TxnId) -> Result<Decision> {
+        let groups = shard::shard_groups(self.shard_count().await?);
+        let inquire = |g: GroupId| async move {
+            let command = Command::Txn(TxnCommand {
+                txn: txn.clone(),
+                now_ms: chrono::Utc::now().timestamp_millis(),
+                steps: vec![Step::Inquire],
+                statement: false,
+            });
+            match self.tier.write(g, command, true).await? {
+                CommandResult::Inquired(state) => Ok(state),
+                other => Err(Error::io(format!("unexpected result of an inquiry: {other:?}"))),
+            }
+        };
+        let states: Vec<Result<TxnState>> = join_all(groups.iter().map(|g| inquire(*g))).await;
+        if states.iter().any(|s| matches!(s, Ok(TxnState::Ended(Decision::Committed)))) {
+            return Ok(Decision::Committed);
+        }
+        if let Some(anchor) = states.iter().find_map(|s| match s {
+            Ok(TxnState::Prepared(anchor)) => Some(*anchor),
+            _ => None,
+        }) {
+            return self.resolve(anchor, txn).await;
+        }
+        self.resolve_everywhere(txn).await
     }
 
     /// The decision on `txn` recorded at `anchor` (an abort, recorded now,

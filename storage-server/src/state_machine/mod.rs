@@ -697,7 +697,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drsdb_common::command::{Decision, StatementResult, Step, TxnCommand};
+    use drsdb_common::command::{Decision, StatementResult, Step, TxnCommand, TxnState};
     use openraft::impls::leader_id_adv::LeaderId;
 
     fn log_id(index: u64) -> LogId {
@@ -828,6 +828,15 @@ mod tests {
         assert_eq!(apply(&sm, 9, commit()), CommandResult::Txn(Ok(StatementResult::default())));
         assert!(matches!(apply(&sm, 10, txn("t1", vec![Step::Begin])), CommandResult::Txn(Err(_))));
         assert_eq!(apply(&sm, 11, txn("t1", vec![Step::Resolve])), CommandResult::Resolved(Decision::Committed));
+        // What the group knows of each, asked without changing anything.
+        let inquire = |i, t| apply(&sm, i, txn(t, vec![Step::Inquire]));
+        assert_eq!(inquire(12, "t1"), CommandResult::Inquired(TxnState::Ended(Decision::Committed)));
+        apply(&sm, 13, txn("t2", vec![Step::Begin]));
+        assert_eq!(inquire(14, "t2"), CommandResult::Inquired(TxnState::Open));
+        apply(&sm, 15, txn("t2", vec![Step::Prepare { anchor: GroupId(9) }]));
+        assert_eq!(inquire(16, "t2"), CommandResult::Inquired(TxnState::Prepared(GroupId(9))));
+        assert_eq!(inquire(17, "t3"), CommandResult::Inquired(TxnState::Unknown));
+        assert_eq!(holder(&sm), Some(("t2".into(), Some(GroupId(9)))));
     }
 
     #[test]

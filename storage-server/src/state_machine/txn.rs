@@ -43,7 +43,7 @@
 
 use std::io;
 
-use drsdb_common::command::{CommandResult, Decision, Statement, StatementResult, Step, TxnCommand};
+use drsdb_common::command::{CommandResult, Decision, Statement, StatementResult, Step, TxnCommand, TxnState};
 use drsdb_common::{Error, GroupId, TxnId};
 use drsdb_proto as pb;
 use drsdb_sqlite::Failure;
@@ -119,6 +119,16 @@ impl Inner {
                 },
                 Step::Rollback => self.roll_back(shared, &txn, now_ms, false)?,
                 Step::Abort => self.roll_back(shared, &txn, now_ms, true)?,
+                Step::Inquire => {
+                    let state = match &self.txn {
+                        Some(o) if o.id == txn => o.prepared.map_or(TxnState::Open, TxnState::Prepared),
+                        _ => match self.recorded(&txn)? {
+                            Some(committed) => TxnState::Ended(decision(committed)),
+                            None => TxnState::Unknown,
+                        },
+                    };
+                    return Ok(CommandResult::Inquired(state));
+                }
                 Step::Resolve => {
                     return Ok(match self.resolve(shared, &txn, now_ms)? {
                         Ok(decision) => CommandResult::Resolved(decision),
@@ -295,7 +305,7 @@ impl Inner {
     /// one, or an abort recorded now.
     fn resolve(&mut self, shared: &Shared, txn: &TxnId, now_ms: i64) -> StepResult<Decision> {
         if let Some(committed) = self.recorded(txn)? {
-            return Ok(Ok(if committed { Decision::Committed } else { Decision::Aborted }));
+            return Ok(Ok(decision(committed)));
         }
         match &self.txn {
             Some(o) if o.id == *txn => {
@@ -359,6 +369,15 @@ impl Inner {
                  txn_idle_timeout_ms, or ran longer than txn_max_duration_ms); start again with BEGIN"
             )),
         })
+    }
+}
+
+/// The decision a record's `committed` stands for.
+fn decision(committed: bool) -> Decision {
+    if committed {
+        Decision::Committed
+    } else {
+        Decision::Aborted
     }
 }
 

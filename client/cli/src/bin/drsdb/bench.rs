@@ -11,6 +11,9 @@
 //! with `synchronous = FULL`, so that both sides make every acknowledged
 //! write durable.
 //!
+//! Then the transaction workloads (module `transactions`, `--txns` per
+//! writer): one writer against two on disjoint shards, one-shard COMMITs.
+//!
 //! With `--rows N`, analytic workloads follow on a table of N rows loaded
 //! through the driver (and the same rows in SQLite): a full-table
 //! aggregate, a GROUP BY, a top-10 ORDER BY … LIMIT and point selects by
@@ -21,6 +24,8 @@
 //! `rows_sent` metric before and after (it must not move), this process's
 //! peak memory, and the same scan relayed by the index servers for
 //! comparison.
+
+mod transactions;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +52,10 @@ pub struct BenchArgs {
     /// Rows of the analytic workloads' table (0 leaves them out).
     #[arg(long, default_value_t = 0)]
     rows: usize,
+    /// Explicit transactions per writer in the transaction workloads (0
+    /// leaves them out).
+    #[arg(long, default_value_t = 200)]
+    txns: usize,
 }
 
 /// Rows per INSERT when loading the analytic table.
@@ -490,6 +499,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             results.push((w, cluster.throughput() / sqlite.throughput()));
         }
         clients[0].execute(&format!("DROP TABLE {table}"), &[]).await?;
+        if args.txns > 0 {
+            transactions::run(&mut clients, args.txns).await?;
+        }
         let mut ratios: Vec<(String, f64)> = results.into_iter().map(|(w, r)| (w.name().to_string(), r)).collect();
         if args.rows > 0 {
             ratios.extend(analytics(&mut clients, &baseline, args.rows).await?);
