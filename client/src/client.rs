@@ -39,6 +39,10 @@ const CONFLICT_LONGEST_PAUSE: Duration = Duration::from_millis(320);
 const CUT_TRIES: u32 = 10;
 const CUT_PAUSE: Duration = Duration::from_millis(2);
 const CUT_LONGEST_PAUSE: Duration = Duration::from_millis(50);
+/// An abandoned transaction's ROLLBACK is sent again for this long (a
+/// shard rolls back an idle transaction after `txn_idle_timeout_ms`, 30 s
+/// by default).
+const ORPHAN_RETRY_FOR: Duration = Duration::from_secs(30);
 /// After the storage servers could not be reached for a direct read, the
 /// session asks for relayed rows this long before trying again.
 const RELAY_AFTER_UNREACHABLE: Duration = Duration::from_secs(30);
@@ -126,6 +130,9 @@ pub struct Client {
     /// Until when the session asks for relayed rows because the storage
     /// servers were not reachable.
     relay_until: Option<Instant>,
+    /// Abandoned transactions whose ROLLBACK no index server took yet, and
+    /// since when.
+    orphans: Vec<(OpenTxn, Instant)>,
 }
 
 impl Client {
@@ -140,6 +147,7 @@ impl Client {
             storage: StorageChannels::new(dialer.clone()),
             direct: true,
             relay_until: None,
+            orphans: Vec::new(),
             dialer,
             seeds: servers.to_vec(),
             rotation: Vec::new(),
@@ -230,6 +238,9 @@ impl Client {
             )));
         };
         let kind = syntax::check(statement)?;
+        if !self.orphans.is_empty() {
+            self.release_orphans().await;
+        }
         self.sent += 1;
         self.relay_until = self.relay_until.filter(|t| Instant::now() < *t);
         let req = pb::ExecuteRequest {
@@ -383,19 +394,39 @@ impl Client {
     /// Best effort: rolls back transaction `txn` whose state is unknown
     /// (rolling back a transaction that already ended changes nothing).
     /// Its hold ends unreleased, so the index server holding it ends it
-    /// too, wherever it may still be open.
+    /// too, wherever it may still be open. When no index server takes the
+    /// ROLLBACK (they were restarting, and the hold died with one), it is
+    /// sent again before the session's next statements (see
+    /// [`Client::release_orphans`]).
     async fn abandon(&mut self, txn: OpenTxn) {
+        if let Err(e) = self.roll_back(&txn).await {
+            tracing::debug!(txn = %txn.id, "could not roll back an abandoned transaction yet: {e}");
+            self.orphans.push((txn, Instant::now()));
+        }
+    }
+
+    /// Sends ROLLBACK for `txn`.
+    async fn roll_back(&mut self, txn: &OpenTxn) -> Result<()> {
         self.sent += 1;
         let req = pb::ExecuteRequest {
             sql: "ROLLBACK".into(),
             params: Vec::new(),
-            txn_id: txn.id,
+            txn_id: txn.id.clone(),
             request_id: format!("{}-{}", self.session, self.sent),
             accept_fragments: false,
-            txn_groups: txn.groups,
+            txn_groups: txn.groups.clone(),
         };
-        if let Err(e) = self.send(req, true).await {
-            tracing::debug!("could not roll back an abandoned transaction: {e}");
+        self.send(req, true).await.map(drop)
+    }
+
+    /// Rolls back the abandoned transactions no index server took the
+    /// ROLLBACK of, so that their shards are free long before their idle
+    /// timeout (after which they are dropped from the list).
+    async fn release_orphans(&mut self) {
+        for (txn, since) in std::mem::take(&mut self.orphans) {
+            if since.elapsed() < ORPHAN_RETRY_FOR && self.roll_back(&txn).await.is_err() {
+                self.orphans.push((txn, since));
+            }
         }
     }
 

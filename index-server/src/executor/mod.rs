@@ -224,7 +224,7 @@ impl Executor {
                 send(out, done(0, 0, None)).await
             }
             (Kind::Rollback, Some(t)) => {
-                self.roll_back(t).await;
+                self.roll_back(t).await?;
                 send(out, done(0, 0, None)).await
             }
             _ => {

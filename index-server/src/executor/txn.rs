@@ -230,7 +230,7 @@ impl Executor {
         if own_error {
             return Err(e);
         }
-        self.roll_back(txn).await;
+        let _ = self.roll_back(txn).await;
         Err(rolled_back(txn, e))
     }
 
@@ -312,31 +312,39 @@ impl Executor {
         Ok(None)
     }
 
-    /// Rolls back explicit transaction `txn` wherever it may be open.
-    /// Best effort: a shard that does not answer rolls it back after its
-    /// idle timeout (nothing can commit it: only COMMIT would).
-    pub(super) async fn roll_back(&self, txn: &Txn) {
+    /// Rolls back explicit transaction `txn` wherever it may be open. A
+    /// shard that does not confirm makes it an error (the client sends the
+    /// ROLLBACK again later); that shard rolls it back after its idle
+    /// timeout anyway (nothing can commit it: only COMMIT would).
+    pub(super) async fn roll_back(&self, txn: &Txn) -> Result<()> {
         self.end_everywhere(txn, Step::Rollback).await
     }
 
     /// Aborts `txn`, which has no commit decision, wherever it may be open
-    /// or prepared. A shard that does not answer stays prepared until the
-    /// resolver finds the anchor's (presumed) abort.
+    /// or prepared. Best effort: a shard that does not answer stays
+    /// prepared until the resolver finds the anchor's (presumed) abort.
     async fn abort(&self, txn: &Txn) {
-        self.end_everywhere(txn, Step::Abort).await
+        let _ = self.end_everywhere(txn, Step::Abort).await;
     }
 
     /// Sends `end` (`Rollback` or `Abort`) wherever `txn` is or may be
-    /// open, and counts the abort.
-    async fn end_everywhere(&self, txn: &Txn, end: Step) {
+    /// open, and counts the abort. Fails if a shard did not confirm.
+    async fn end_everywhere(&self, txn: &Txn, end: Step) -> Result<()> {
         let reached = txn.reached();
         let done = join_all(reached.iter().map(|g| self.txn_step(*g, txn, vec![end.clone()]))).await;
+        Metrics::add(&self.metrics.aborts, 1);
+        let mut unconfirmed = Ok(());
         for (g, r) in reached.iter().zip(done) {
             if let Err(e) = r {
                 tracing::info!(txn = %txn.id, group = %g, "{end:?} not confirmed (idle timeout or resolver ends it): {e}");
+                unconfirmed = Err(Error::unavailable(format!(
+                    "shard {g} did not confirm the rollback of transaction {} ({e}); it rolls it back after \
+                     txn_idle_timeout_ms anyway",
+                    txn.id
+                )));
             }
         }
-        Metrics::add(&self.metrics.aborts, 1);
+        unconfirmed
     }
 
     /// Ends `txn`, whose client went away (see [`Executor::resolve_everywhere`]).

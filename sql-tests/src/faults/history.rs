@@ -71,6 +71,15 @@ pub enum Call {
         /// The counter.
         key: i64,
     },
+    /// ddl: CREATE (`create`) or DROP table `ddl_{table}`.
+    Ddl {
+        /// The table's number.
+        table: i64,
+        /// CREATE rather than DROP.
+        create: bool,
+    },
+    /// ddl: where each table is (on every shard, on none, or on some).
+    ProbeTables,
 }
 
 impl Call {
@@ -79,7 +88,12 @@ impl Call {
     pub fn writes(&self) -> bool {
         matches!(
             self,
-            Call::Transfer { .. } | Call::Add { .. } | Call::Write { .. } | Call::Cas { .. } | Call::Increment { .. }
+            Call::Transfer { .. }
+                | Call::Add { .. }
+                | Call::Write { .. }
+                | Call::Cas { .. }
+                | Call::Increment { .. }
+                | Call::Ddl { .. }
         )
     }
 }
@@ -98,6 +112,8 @@ pub enum Answer {
     Value(Option<i64>),
     /// Whether a compare-and-set swapped.
     Swapped(bool),
+    /// Where each ddl table is, by number.
+    Tables(Vec<(i64, String)>),
 }
 
 /// How a call ended.

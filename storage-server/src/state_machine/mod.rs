@@ -837,6 +837,12 @@ mod tests {
         assert_eq!(inquire(16, "t2"), CommandResult::Inquired(TxnState::Prepared(GroupId(9))));
         assert_eq!(inquire(17, "t3"), CommandResult::Inquired(TxnState::Unknown));
         assert_eq!(holder(&sm), Some(("t2".into(), Some(GroupId(9)))));
+        // Multi-shard commits are counted (reads check their snapshots by
+        // it), a prepared one's too when the resolver commits it naming
+        // this shard alone.
+        assert_eq!(sm.shared.commits(), 1);
+        apply(&sm, 18, txn("t2", vec![Step::Commit { participants: vec![GroupId(7)], request: None }]));
+        assert_eq!(sm.shared.commits(), 2);
     }
 
     #[test]

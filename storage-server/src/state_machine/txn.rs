@@ -238,12 +238,14 @@ impl Inner {
                 _ => Err(self.not_open(txn)?),
             });
         }
+        // A prepared transaction spans shards, whoever commits it (the
+        // resolver names this shard alone).
+        let spans_shards = participants.len() > 1 || self.txn.as_ref().is_some_and(|o| o.prepared.is_some());
         self.record(txn, true, now_ms, participants)?;
         if let Some((id, outcome)) = request {
             self.record_request(id, now_ms, &Ok(outcome.clone()))?;
         }
         // Reads over several shards check their snapshots with this count.
-        let spans_shards = participants.len() > 1;
         if spans_shards {
             self.db
                 .internal(|c| {

@@ -7,12 +7,14 @@
 //! | `set` | multi-row INSERTs of unique values, spanning shards | every acknowledged insert present exactly once; none failed present; every statement all or nothing; nothing invented |
 //! | `register` | read, write and compare-and-set of integer registers | linearizability, key by key (Wing & Gong search) |
 //! | `counter` | increments and reads of counters | every read between the increments acknowledged before it began and those invoked before it ended; none lost |
+//! | `ddl` | CREATE and DROP of a few tables (each a transaction over every shard) | at the end, each table on every shard or on none |
 //!
 //! Each workload owns its table, created afresh by `setup` (dropped first
 //! if an earlier run left it).
 
 mod bank;
 mod counter;
+mod ddl;
 mod register;
 mod set;
 
@@ -34,6 +36,8 @@ pub enum Kind {
     Register,
     /// No lost or invented increments.
     Counter,
+    /// Schema changes on every shard or on none.
+    Ddl,
 }
 
 impl Kind {
@@ -44,6 +48,7 @@ impl Kind {
             Kind::Set => "set",
             Kind::Register => "register",
             Kind::Counter => "counter",
+            Kind::Ddl => "ddl",
         }
     }
 }
@@ -99,6 +104,7 @@ impl Workload {
             Kind::Set => set::SETUP.to_string(),
             Kind::Register => register::SETUP.to_string(),
             Kind::Counter => counter::setup(),
+            Kind::Ddl => ddl::setup(),
         };
         client.execute_script(&script).await.map(drop)
     }
@@ -111,6 +117,7 @@ impl Workload {
             Kind::Set => set::generate(rng, n),
             Kind::Register => register::generate(rng, n),
             Kind::Counter => counter::generate(rng),
+            Kind::Ddl => ddl::generate(rng),
         }
     }
 
@@ -121,6 +128,7 @@ impl Workload {
             Kind::Set => vec![Call::ReadSet],
             Kind::Register => Vec::new(),
             Kind::Counter => counter::final_calls(),
+            Kind::Ddl => ddl::final_calls(),
         }
     }
 
@@ -131,6 +139,7 @@ impl Workload {
             Call::Add { .. } | Call::ReadSet => set::invoke(client, call).await,
             Call::Read { .. } | Call::Write { .. } | Call::Cas { .. } => register::invoke(client, call).await,
             Call::Increment { .. } | Call::ReadCounter { .. } => counter::invoke(client, call).await,
+            Call::Ddl { .. } | Call::ProbeTables => ddl::invoke(client, call).await,
         }
     }
 
@@ -141,6 +150,7 @@ impl Workload {
             Kind::Set => set::check(ops),
             Kind::Register => register::check(ops),
             Kind::Counter => counter::check(ops),
+            Kind::Ddl => ddl::check(ops),
         }
     }
 }
