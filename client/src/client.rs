@@ -101,6 +101,14 @@ impl Hold {
     }
 }
 
+/// An abandoned transaction whose ROLLBACK no index server took yet: its
+/// id, its shards, and since when.
+struct Orphan {
+    id: String,
+    groups: Vec<u64>,
+    since: Instant,
+}
+
 /// A client of a drsdb cluster.
 ///
 /// Statements go to the index servers in turn. A server that fails is
@@ -130,9 +138,8 @@ pub struct Client {
     /// Until when the session asks for relayed rows because the storage
     /// servers were not reachable.
     relay_until: Option<Instant>,
-    /// Abandoned transactions whose ROLLBACK no index server took yet, and
-    /// since when.
-    orphans: Vec<(OpenTxn, Instant)>,
+    /// Abandoned transactions whose ROLLBACK no index server took yet.
+    orphans: Vec<Orphan>,
 }
 
 impl Client {
@@ -399,14 +406,17 @@ impl Client {
     /// sent again before the session's next statements (see
     /// [`Client::release_orphans`]).
     async fn abandon(&mut self, txn: OpenTxn) {
-        if let Err(e) = self.roll_back(&txn).await {
-            tracing::debug!(txn = %txn.id, "could not roll back an abandoned transaction yet: {e}");
-            self.orphans.push((txn, Instant::now()));
+        let OpenTxn { id, groups, hold } = txn;
+        drop(hold);
+        let orphan = Orphan { id, groups, since: Instant::now() };
+        if let Err(e) = self.roll_back(&orphan).await {
+            tracing::debug!(txn = %orphan.id, "could not roll back an abandoned transaction yet: {e}");
+            self.orphans.push(orphan);
         }
     }
 
     /// Sends ROLLBACK for `txn`.
-    async fn roll_back(&mut self, txn: &OpenTxn) -> Result<()> {
+    async fn roll_back(&mut self, txn: &Orphan) -> Result<()> {
         self.sent += 1;
         let req = pb::ExecuteRequest {
             sql: "ROLLBACK".into(),
@@ -423,9 +433,9 @@ impl Client {
     /// ROLLBACK of, so that their shards are free long before their idle
     /// timeout (after which they are dropped from the list).
     async fn release_orphans(&mut self) {
-        for (txn, since) in std::mem::take(&mut self.orphans) {
-            if since.elapsed() < ORPHAN_RETRY_FOR && self.roll_back(&txn).await.is_err() {
-                self.orphans.push((txn, since));
+        for txn in std::mem::take(&mut self.orphans) {
+            if txn.since.elapsed() < ORPHAN_RETRY_FOR && self.roll_back(&txn).await.is_err() {
+                self.orphans.push(txn);
             }
         }
     }
