@@ -39,10 +39,10 @@ const CONFLICT_LONGEST_PAUSE: Duration = Duration::from_millis(320);
 const CUT_TRIES: u32 = 10;
 const CUT_PAUSE: Duration = Duration::from_millis(2);
 const CUT_LONGEST_PAUSE: Duration = Duration::from_millis(50);
-/// An abandoned transaction's ROLLBACK is sent again for this long (a
-/// shard rolls back an idle transaction after `txn_idle_timeout_ms`, 30 s
-/// by default).
-const ORPHAN_RETRY_FOR: Duration = Duration::from_secs(30);
+/// An abandoned transaction's ROLLBACK is tried for this long (a shard
+/// rolls back an idle transaction after `txn_idle_timeout_ms`, 30 s by
+/// default).
+const ROLLBACK_RETRY_FOR: Duration = Duration::from_secs(30);
 /// After the storage servers could not be reached for a direct read, the
 /// session asks for relayed rows this long before trying again.
 const RELAY_AFTER_UNREACHABLE: Duration = Duration::from_secs(30);
@@ -95,18 +95,15 @@ impl Hold {
         Hold(tx)
     }
 
+    /// Whether the hold ended already (its index server went away).
+    fn lost(&self) -> bool {
+        self.0.is_closed()
+    }
+
     /// Ends the hold, leaving the transaction as it is (it ended).
     fn release(self) {
         let _ = self.0.try_send(pb::HoldRequest { txn_id: String::new(), release: true });
     }
-}
-
-/// An abandoned transaction whose ROLLBACK no index server took yet: its
-/// id, its shards, and since when.
-struct Orphan {
-    id: String,
-    groups: Vec<u64>,
-    since: Instant,
 }
 
 /// A client of a drsdb cluster.
@@ -138,8 +135,6 @@ pub struct Client {
     /// Until when the session asks for relayed rows because the storage
     /// servers were not reachable.
     relay_until: Option<Instant>,
-    /// Abandoned transactions whose ROLLBACK no index server took yet.
-    orphans: Vec<Orphan>,
 }
 
 impl Client {
@@ -154,7 +149,6 @@ impl Client {
             storage: StorageChannels::new(dialer.clone()),
             direct: true,
             relay_until: None,
-            orphans: Vec::new(),
             dialer,
             seeds: servers.to_vec(),
             rotation: Vec::new(),
@@ -245,9 +239,6 @@ impl Client {
             )));
         };
         let kind = syntax::check(statement)?;
-        if !self.orphans.is_empty() {
-            self.release_orphans().await;
-        }
         self.sent += 1;
         self.relay_until = self.relay_until.filter(|t| Instant::now() < *t);
         let req = pb::ExecuteRequest {
@@ -296,7 +287,7 @@ impl Client {
                 // released now rather than at their idle timeout.
                 Err(e) => {
                     let id = txn.id.clone();
-                    self.abandon(txn).await;
+                    self.abandon(txn);
                     return Err(match (kind, e) {
                         (Kind::Commit, Error::Unavailable(m) | Error::Io(m)) => Error::Unavailable(format!(
                             "{m} (transaction {id}: `SHOW TRANSACTION {id}`, or Client::transaction_outcome, says \
@@ -317,7 +308,7 @@ impl Client {
                         });
                         return Ok(rows);
                     }
-                    Err(e) => return Err(self.abandoned(txn, e).await),
+                    Err(e) => return Err(self.abandoned(txn, e)),
                 },
                 // The statement's own error leaves the transaction open,
                 // as in SQLite; any other ended it (the index server rolled
@@ -326,7 +317,7 @@ impl Client {
                     self.txn = Some(txn);
                     return Err(Error::InvalidInput(m));
                 }
-                Err(e) => return Err(self.abandoned(txn, e).await),
+                Err(e) => return Err(self.abandoned(txn, e)),
             },
             (_, txn) => self.txn = txn,
         }
@@ -387,8 +378,8 @@ impl Client {
     }
 
     /// Rolls back `txn` after `e` ended it, and says so.
-    async fn abandoned(&mut self, txn: OpenTxn, e: Error) -> Error {
-        self.abandon(txn).await;
+    fn abandoned(&mut self, txn: OpenTxn, e: Error) -> Error {
+        self.abandon(txn);
         match e {
             Error::Retryable(m) if m.contains("rolled back") => Error::Retryable(m),
             Error::Retryable(m) => Error::Retryable(format!("{m}; the transaction was rolled back")),
@@ -398,46 +389,64 @@ impl Client {
         }
     }
 
-    /// Best effort: rolls back transaction `txn` whose state is unknown
-    /// (rolling back a transaction that already ended changes nothing).
-    /// Its hold ends unreleased, so the index server holding it ends it
-    /// too, wherever it may still be open. When no index server takes the
-    /// ROLLBACK (they were restarting, and the hold died with one), it is
-    /// sent again before the session's next statements (see
-    /// [`Client::release_orphans`]).
-    async fn abandon(&mut self, txn: OpenTxn) {
+    /// Rolls back transaction `txn`, whose state is unknown (rolling back a
+    /// transaction that already ended changes nothing), without waiting:
+    /// in the background, trying the index servers in turn for up to
+    /// [`ROLLBACK_RETRY_FOR`] (a shard that does not answer, or an index
+    /// server restarting, would otherwise hold up the session's next
+    /// statements; the shards roll it back at their idle timeout anyway).
+    ///
+    /// Its hold ends unreleased, so the index server holding it ends it on
+    /// every shard too, even one a statement whose answer was lost opened
+    /// without this session hearing of it. If that server died (with the
+    /// statement, perhaps), another is asked to, by a hold ended at once.
+    fn abandon(&mut self, txn: OpenTxn) {
         let OpenTxn { id, groups, hold } = txn;
+        let lost = hold.lost();
         drop(hold);
-        let orphan = Orphan { id, groups, since: Instant::now() };
-        if let Err(e) = self.roll_back(&orphan).await {
-            tracing::debug!(txn = %orphan.id, "could not roll back an abandoned transaction yet: {e}");
-            self.orphans.push(orphan);
-        }
-    }
-
-    /// Sends ROLLBACK for `txn`.
-    async fn roll_back(&mut self, txn: &Orphan) -> Result<()> {
+        let servers: Vec<pb::sql_client::SqlClient<Channel>> = self.rotation.iter().map(|s| s.client.clone()).collect();
         self.sent += 1;
         let req = pb::ExecuteRequest {
             sql: "ROLLBACK".into(),
             params: Vec::new(),
-            txn_id: txn.id.clone(),
+            txn_id: id,
             request_id: format!("{}-{}", self.session, self.sent),
             accept_fragments: false,
-            txn_groups: txn.groups.clone(),
+            txn_groups: groups,
         };
-        self.send(req, true).await.map(drop)
-    }
-
-    /// Rolls back the abandoned transactions no index server took the
-    /// ROLLBACK of, so that their shards are free long before their idle
-    /// timeout (after which they are dropped from the list).
-    async fn release_orphans(&mut self) {
-        for txn in std::mem::take(&mut self.orphans) {
-            if txn.since.elapsed() < ORPHAN_RETRY_FOR && self.roll_back(&txn).await.is_err() {
-                self.orphans.push(txn);
+        let first = self.next;
+        tokio::spawn(async move {
+            let deadline = Instant::now() + ROLLBACK_RETRY_FOR;
+            let mut pause = CONFLICT_PAUSE;
+            for mut server in servers.into_iter().cycle().skip(first) {
+                let done = match server.execute(req.clone()).await {
+                    Ok(answer) => match RowStream::start(answer.into_inner()).await {
+                        Ok(rows) => rows.collect().await.map(drop),
+                        Err(f) => Err(f.into_error()),
+                    },
+                    Err(status) => Err(Error::from(status)),
+                };
+                // The hold died with its index server: this one ends the
+                // transaction everywhere (a hold ended at once).
+                let done = match (done, lost) {
+                    (Ok(()), true) => {
+                        let only_first = pb::HoldRequest { txn_id: req.txn_id.clone(), release: false };
+                        server.hold(tokio_stream::iter([only_first])).await.map(drop).map_err(Error::from)
+                    }
+                    (done, _) => done,
+                };
+                match done {
+                    Ok(()) => return,
+                    Err(e) if Instant::now() >= deadline => {
+                        tracing::debug!(txn = %req.txn_id, "gave up rolling back an abandoned transaction: {e}");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(txn = %req.txn_id, "rolling back an abandoned transaction: {e}"),
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(CONFLICT_LONGEST_PAUSE);
             }
-        }
+        });
     }
 
     /// Sends a request to the next server, failing over when safe: each

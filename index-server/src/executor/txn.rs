@@ -317,11 +317,6 @@ impl Executor {
     /// ROLLBACK again later); that shard rolls it back after its idle
     /// timeout anyway (nothing can commit it: only COMMIT would).
     pub(super) async fn roll_back(&self, txn: &Txn) -> Result<()> {
-        // A statement whose answer was lost (its index server died) may
-        // have opened the transaction on a shard its client does not know
-        // of: the shards' leaders say where it holds.
-        let holding = self.held().await.into_iter().filter(|h| h.holder.txn == txn.id.0).map(|h| h.group);
-        txn.unsure.lock().expect("txn lock").extend(holding);
         self.end_everywhere(txn, Step::Rollback).await
     }
 
