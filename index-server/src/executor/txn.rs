@@ -26,6 +26,11 @@
 //!   transaction holds every shard it needs: a prepared transaction cannot
 //!   be rolled back for an older one, so preparing earlier could make two
 //!   prepared transactions wait for each other.
+//! - A client holds its transaction on one index server (`Sql.Hold`); a
+//!   hold that ends unreleased (the client went away) ends the
+//!   transaction on every shard ([`Executor::release_abandoned`]).
+//!   [`Executor::outcome`] answers, finally, whether a transaction
+//!   committed (`SHOW TRANSACTION id`).
 //! - Inside an explicit transaction, a statement's own error on one shard
 //!   leaves the transaction open (as SQLite does); any other failure (a
 //!   statement over several shards that failed on some, a shard that did
@@ -390,13 +395,7 @@ impl Executor {
     pub async fn outcome(&self, txn: &TxnId) -> Result<Decision> {
         let groups = shard::shard_groups(self.shard_count().await?);
         let inquire = |g: GroupId| async move {
-            let command = Command::Txn(TxnCommand {
-                txn: txn.clone(),
-                now_ms: chrono::Utc::now().timestamp_millis(),
-                steps: vec![Step::Inquire],
-                statement: false,
-            });
-            match self.tier.write(g, command, true).await? {
+            match self.tier.write(g, lone_step(txn, Step::Inquire), true).await? {
                 CommandResult::Inquired(state) => Ok(state),
                 other => Err(Error::io(format!("unexpected result of an inquiry: {other:?}"))),
             }
@@ -417,14 +416,8 @@ impl Executor {
     /// The decision on `txn` recorded at `anchor` (an abort, recorded now,
     /// when it has none).
     pub(crate) async fn resolve(&self, anchor: GroupId, txn: &TxnId) -> Result<Decision> {
-        let command = Command::Txn(TxnCommand {
-            txn: txn.clone(),
-            now_ms: chrono::Utc::now().timestamp_millis(),
-            steps: vec![Step::Resolve],
-            statement: false,
-        });
         // Asking again is harmless: the first answer is recorded.
-        match self.tier.write(anchor, command, true).await? {
+        match self.tier.write(anchor, lone_step(txn, Step::Resolve), true).await? {
             CommandResult::Resolved(d) => Ok(d),
             CommandResult::Txn(Err(e)) => Err(e),
             other => Err(Error::io(format!("unexpected result of a resolve: {other:?}"))),
@@ -573,13 +566,7 @@ impl Executor {
                 Decision::Committed => Step::Commit { participants: vec![held.group], request: None },
                 Decision::Aborted => Step::Abort,
             };
-            let command = Command::Txn(TxnCommand {
-                txn: txn.clone(),
-                now_ms: chrono::Utc::now().timestamp_millis(),
-                steps: vec![step],
-                statement: false,
-            });
-            match self.tier.write(held.group, command, true).await {
+            match self.tier.write(held.group, lone_step(&txn, step), true).await {
                 Ok(CommandResult::Txn(Ok(_))) => {
                     tracing::info!(%txn, group = %held.group, ?decision, "resolved an in-doubt transaction");
                     Metrics::add(&self.metrics.in_doubt_resolved, 1);
@@ -589,6 +576,17 @@ impl Executor {
             }
         }
     }
+}
+
+/// `step` of transaction `txn`, sent by someone other than its
+/// coordinator (a resolver, a client asking its outcome).
+fn lone_step(txn: &TxnId, step: Step) -> Command {
+    Command::Txn(TxnCommand {
+        txn: txn.clone(),
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        steps: vec![step],
+        statement: false,
+    })
 }
 
 /// The error of a transaction that was rolled back after `e`: what to
