@@ -352,7 +352,7 @@ impl Executor {
         unconfirmed
     }
 
-    /// Ends `txn`, whose client went away (see [`Executor::resolve_everywhere`]).
+    /// Ends `txn`, whose client went away, on every shard (`resolve_everywhere`).
     pub async fn release_abandoned(&self, txn: &Txn) {
         match self.resolve_everywhere(&txn.id).await {
             Ok(d) => tracing::debug!(txn = %txn.id, ?d, "abandoned transaction ended"),
