@@ -288,11 +288,18 @@ impl Client {
                 Err(e) => {
                     let id = txn.id.clone();
                     self.abandon(txn);
-                    return Err(match (kind, e) {
-                        (Kind::Commit, Error::Unavailable(m) | Error::Io(m)) => Error::Unavailable(format!(
+                    // The index server names the command when it could not
+                    // learn the outcome; the driver, when no answer came.
+                    let ask = |m: String| match m.contains("SHOW TRANSACTION") {
+                        true => m,
+                        false => format!(
                             "{m} (transaction {id}: `SHOW TRANSACTION {id}`, or Client::transaction_outcome, says \
                              whether it committed)"
-                        )),
+                        ),
+                    };
+                    return Err(match (kind, e) {
+                        (Kind::Commit, Error::Unavailable(m)) => Error::Unavailable(ask(m)),
+                        (Kind::Commit, Error::Io(m)) => Error::Io(ask(m)),
                         (_, e) => e,
                     });
                 }

@@ -293,8 +293,8 @@ impl Executor {
                     return Err(Error::io(format!(
                         "the outcome of COMMIT is unknown: shard {anchor}, which records the decision of \
                          transaction {}, did not answer ({e}), nor when asked again ({asking}); the decision is \
-                         made and applied on every shard once they answer: ask `SHOW TRANSACTION {}` then, \
-                         before running it again",
+                         made and applied on every shard once they answer: ask `SHOW TRANSACTION {}` before \
+                         running it again",
                         txn.id, txn.id
                     )))
                 }
