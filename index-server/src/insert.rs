@@ -1,6 +1,8 @@
 //! Splitting an INSERT's rows by shard.
 //!
-//! The rows arrive computed (the index server ran the VALUES or SELECT);
+//! The rows arrive computed (the index server ran the VALUES or SELECT;
+//! a VALUES list of parameters and plain literals is read without SQLite,
+//! [`plain_rows`]);
 //! each gets its shard key completed (an integer key left out gets an
 //! assigned id, a key column with a DEFAULT gets that default computed
 //! here so that it decides the shard) and, for tables whose rowid is not
@@ -38,6 +40,42 @@ pub struct Part {
     pub params: Vec<Value>,
     /// The position (in the INSERT's row order) of the last row it writes.
     pub last_row: usize,
+}
+
+/// The rows of an INSERT whose VALUES hold only numbered parameters
+/// (`?N`, as `sql::number_placeholders` writes them), NULL, integers and
+/// plain strings: what SQLite would compute for them, without SQLite.
+/// `None` for anything else, a parameter without a value included
+/// (SQLite computes those, or says what is wrong).
+pub fn plain_rows(insert: &Insert, params: &[Value]) -> Option<Vec<Vec<Value>>> {
+    use sqlparser::ast::{Expr, SetExpr, UnaryOperator, Value as Literal};
+    let query = insert.source.as_ref()?;
+    if query.with.is_some() || query.order_by.is_some() || query.limit_clause.is_some() {
+        return None;
+    }
+    let SetExpr::Values(values) = query.body.as_ref() else { return None };
+    let literal = |e: &Expr| -> Option<Value> {
+        let (negative, e) = match e {
+            Expr::UnaryOp { op: UnaryOperator::Minus, expr } => (true, expr.as_ref()),
+            e => (false, e),
+        };
+        let Expr::Value(v) = e else { return None };
+        Some(match (&v.value, negative) {
+            (Literal::Placeholder(p), false) => {
+                let n: usize = p.strip_prefix('?')?.parse().ok()?;
+                params.get(n.checked_sub(1)?)?.clone()
+            }
+            (Literal::Null, false) => Value::Null,
+            (Literal::SingleQuotedString(s), false) => Value::Text(s.clone()),
+            // Digits only: SQLite reads a larger literal as a real.
+            (Literal::Number(n, _), _) if n.bytes().all(|b| b.is_ascii_digit()) => {
+                let i: i64 = n.parse().ok()?;
+                Value::Integer(if negative { -i } else { i })
+            }
+            _ => return None,
+        })
+    };
+    values.rows.iter().map(|row| row.iter().map(literal).collect()).collect()
 }
 
 /// The INSERT's target columns (indexes into `table.columns`).
@@ -211,4 +249,48 @@ pub fn split(
         flush(&mut chunk, &mut parts);
     }
     Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drsdb_common::command::Statement;
+
+    /// What SQLite computes for the INSERT's VALUES.
+    fn sqlite_rows(values: &str, params: &[Value]) -> Vec<Vec<Value>> {
+        let db = drsdb_sqlite::Db::open_scratch().unwrap();
+        let s = Statement { params: params.to_vec(), ..Statement::new(values) };
+        db.run_collect(&s).unwrap().rows
+    }
+
+    #[test]
+    fn plain_values_are_read_as_sqlite_computes_them() {
+        let params = [Value::Text("a".into()), Value::Integer(7), Value::Real(1.5), Value::Blob(vec![0, 1])];
+        for values in [
+            "VALUES (?1, ?2), (?3, ?4)",
+            "VALUES (NULL, 'it''s', 42, -42)",
+            "VALUES (9223372036854775807, -9223372036854775807, ?2)",
+            "VALUES (?4, '')",
+        ] {
+            let numbered = sql::number_placeholders(&format!("INSERT INTO t {values}")).unwrap();
+            let Some(sqlparser::ast::Statement::Insert(ins)) = sql::parse_one(&numbered).ok() else { panic!() };
+            let n = sql::placeholder_count(values).unwrap();
+            let got = plain_rows(&ins, &params).unwrap_or_else(|| panic!("{values} is plain"));
+            assert_eq!(got, sqlite_rows(values, &params[..n.min(params.len())]), "{values}");
+        }
+        for values in [
+            "VALUES (1.5)",
+            "VALUES (9223372036854775808)",
+            "VALUES (-9223372036854775808)",
+            "VALUES (1 + 1)",
+            "VALUES (x'00')",
+            "VALUES (?9)",
+        ] {
+            let Some(sqlparser::ast::Statement::Insert(ins)) = sql::parse_one(&format!("INSERT INTO t {values}")).ok()
+            else {
+                panic!()
+            };
+            assert_eq!(plain_rows(&ins, &[]), None, "{values} is left to SQLite");
+        }
+    }
 }

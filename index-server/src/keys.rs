@@ -3,7 +3,10 @@
 //! A key is hashed after the key columns' affinity has converted it (`'5'`
 //! written to an INTEGER column is the integer 5), so the conversion is
 //! SQLite's own: the values are written to a scratch table whose columns
-//! have the key columns' declared types, and read back.
+//! have the key columns' declared types, and read back. The common case
+//! skips the scratch table: a value that the column's affinity stores
+//! unchanged (an integer into an INTEGER column, text into a TEXT one, a
+//! bound parameter or a plain literal) is hashed as it is.
 //!
 //! Rowids for tables without an INTEGER PRIMARY KEY, and integer keys a
 //! row leaves out, come from [`RowidGenerator`]: milliseconds since
@@ -34,6 +37,78 @@ const INSTANCE_BITS: u32 = 10;
 pub struct Keys<'a> {
     /// The statement's parameters.
     pub params: &'a [Value],
+}
+
+/// A column's type affinity, from its declared type (SQLite's rules,
+/// "Datatypes In SQLite" §3.1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Affinity {
+    Integer,
+    Text,
+    Blob,
+    Real,
+    Numeric,
+}
+
+fn affinity(decl_type: &str) -> Affinity {
+    let t = decl_type.to_ascii_uppercase();
+    if t.contains("INT") {
+        Affinity::Integer
+    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+        Affinity::Text
+    } else if t.contains("BLOB") || t.is_empty() {
+        Affinity::Blob
+    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+        Affinity::Real
+    } else {
+        Affinity::Numeric
+    }
+}
+
+/// Whether a column of affinity `a` stores `v` unchanged; `false` when it
+/// may convert it (then SQLite's own conversion decides).
+fn stored_unchanged(v: &Value, a: Affinity) -> bool {
+    matches!(
+        (v, a),
+        (Value::Null | Value::Blob(_), _)
+            | (_, Affinity::Blob)
+            | (Value::Text(_), Affinity::Text)
+            | (Value::Integer(_), Affinity::Integer | Affinity::Numeric)
+            | (Value::Real(_), Affinity::Real)
+    )
+}
+
+/// The key hashes of `rows` without SQLite, when every value is stored
+/// unchanged.
+fn hash_unchanged(table: &Table, rows: &[Vec<Value>]) -> Option<Vec<u64>> {
+    let key = table.key_columns()?;
+    let columns: Vec<(Affinity, Collation)> =
+        key.iter().map(|c| (affinity(&table.columns[*c].decl_type), table.columns[*c].collation)).collect();
+    rows.iter()
+        .map(|row| {
+            let key: Option<Vec<(Value, Collation)>> = row
+                .iter()
+                .zip(&columns)
+                .map(|(v, (a, coll))| stored_unchanged(v, *a).then(|| (v.clone(), *coll)))
+                .collect();
+            key.filter(|k| k.len() == columns.len()).map(|k| shard::key_hash(&k))
+        })
+        .collect()
+}
+
+/// The value of a key expression that is a numbered parameter (`?N`), an
+/// integer or a plain string literal; `None` for anything else.
+fn plain_value(expr: &str, params: &[Value]) -> Option<Value> {
+    let expr = expr.trim();
+    if let Some(n) = expr.strip_prefix('?') {
+        let n: usize = n.parse().ok()?;
+        return Some(params.get(n.checked_sub(1)?).cloned().unwrap_or(Value::Null));
+    }
+    if let Ok(i) = expr.parse::<i64>() {
+        return Some(Value::Integer(i));
+    }
+    let inner = expr.strip_prefix('\'')?.strip_suffix('\'')?;
+    (!inner.contains('\'')).then(|| Value::Text(inner.to_string()))
 }
 
 fn scratch() -> Result<Db> {
@@ -73,6 +148,10 @@ impl Keys<'_> {
     /// The hash of the key `exprs` (SQL expressions, one per key column of
     /// `table`, placeholders numbered) evaluate to.
     pub fn hash_exprs(&self, table: &Table, exprs: &[String]) -> Result<u64> {
+        let plain: Option<Vec<Value>> = exprs.iter().map(|e| plain_value(e, self.params)).collect();
+        if let Some(hash) = plain.and_then(|row| hash_unchanged(table, &[row])).and_then(|h| h.first().copied()) {
+            return Ok(hash);
+        }
         let db = scratch()?;
         let collations = key_table(&db, table)?;
         db.internal(|c| {
@@ -89,6 +168,14 @@ impl Keys<'_> {
 
 /// The hashes of the keys `rows` hold (each row the key columns' values).
 pub fn hash_values(table: &Table, rows: &[Vec<Value>]) -> Result<Vec<u64>> {
+    match hash_unchanged(table, rows) {
+        Some(hashes) => Ok(hashes),
+        None => hash_in_sqlite(table, rows),
+    }
+}
+
+/// [`hash_values`] through a scratch table.
+fn hash_in_sqlite(table: &Table, rows: &[Vec<Value>]) -> Result<Vec<u64>> {
     let db = scratch()?;
     let collations = key_table(&db, table)?;
     db.internal(|c| {
@@ -147,6 +234,54 @@ impl RowidGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_stored_unchanged_hash_as_sqlite_stores_them() {
+        let types = ["INTEGER", "INT", "TEXT", "VARCHAR(10)", "BLOB", "", "REAL", "DOUBLE", "NUMERIC", "DECIMAL(5,2)"];
+        let objects = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| crate::catalog::Object {
+                kind: "table".into(),
+                name: format!("t{i}"),
+                table: format!("t{i}"),
+                sql: format!("CREATE TABLE t{i}(k {t} PRIMARY KEY, v)"),
+            })
+            .collect();
+        let catalog = crate::catalog::Catalog::new(objects, &Default::default(), None).unwrap();
+        let values = [
+            Value::Integer(5),
+            Value::Integer(-3),
+            Value::Real(5.0),
+            Value::Real(2.5),
+            Value::Text("5".into()),
+            Value::Text(" 7".into()),
+            Value::Text("abc".into()),
+            Value::Blob(vec![1, 2]),
+            Value::Null,
+        ];
+        let mut fast = 0;
+        for (i, decl) in types.iter().enumerate() {
+            let table = catalog.table(&format!("t{i}")).unwrap();
+            let rows: Vec<Vec<Value>> = values.iter().map(|v| vec![v.clone()]).collect();
+            let sqlite = hash_in_sqlite(table, &rows).unwrap();
+            for (row, want) in rows.iter().zip(&sqlite) {
+                if let Some(got) = hash_unchanged(table, std::slice::from_ref(row)) {
+                    assert_eq!(got, vec![*want], "{} into {decl}", row[0]);
+                    fast += 1;
+                }
+            }
+        }
+        assert!(fast > types.len() * 3, "the fast path is taken for common values ({fast})");
+        let keys = Keys { params: &[Value::Text("x".into())] };
+        let t = catalog.table("t2").unwrap();
+        assert_eq!(plain_value("?1", keys.params), Some(Value::Text("x".into())));
+        assert_eq!(plain_value("'it''s'", keys.params), None);
+        assert_eq!(
+            keys.hash_exprs(t, &["?1".into()]).unwrap(),
+            hash_in_sqlite(t, &[vec![Value::Text("x".into())]]).unwrap()[0]
+        );
+    }
 
     #[test]
     fn rowids_increase_and_differ_between_instances() {

@@ -24,8 +24,10 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotRespon
 use crate::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 
 /// The format of everything a replica writes to disk. Format 1 (drsdb
-/// before the typed contract) stored JSON.
-pub const FORMAT_VERSION: u32 = 2;
+/// before the typed contract) stored JSON; format 2 kept a Raft log per
+/// group (`raft.db` in the group's directory), format 3 one per server
+/// (`log_store`).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A message or record that cannot be read: why.
 #[derive(Debug)]
@@ -303,7 +305,7 @@ mod tests {
         let mut e = entry_to_pb(Entry { log_id: log_id(1, 1), payload: EntryPayload::Blank });
         e.format = 1;
         let err = entry_from_pb(e).unwrap_err();
-        assert!(err.0.contains("format 1") && err.0.contains("format 2"), "{err}");
+        assert!(err.0.contains("format 1") && err.0.contains(&format!("format {FORMAT_VERSION}")), "{err}");
         // JSON as format 1 wrote it does not decode as an entry either.
         let json = br#"{"log_id":{"leader_id":{"term":1,"node_id":1},"index":1},"payload":"Blank"}"#;
         assert!(decode::<pb::LogEntry>(json, "entry").and_then(entry_from_pb).is_err());

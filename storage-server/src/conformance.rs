@@ -4,7 +4,7 @@
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
 
-use crate::log_store::LogStore;
+use crate::log_store::{LogEngine, LogStore};
 use crate::state_machine::StateMachine;
 use crate::types::TypeConfig;
 
@@ -13,7 +13,7 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::open(&dir.path().join("raft.db")).expect("open log");
+        let log = LogEngine::open(&dir.path().join("raft-log.db")).expect("open log").group(drsdb_common::GroupId(1));
         let sm = StateMachine::open(&dir.path().join("sm")).expect("open state machine");
         Ok((dir, log, sm))
     }

@@ -13,7 +13,7 @@ use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ReadPolicy, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use crate::log_store::LogStore;
+use crate::log_store::LogEngine;
 use crate::network::{Network, Peers};
 use crate::state_machine::{Reader, Shared, StateMachine};
 use crate::types::{Raft, TypeConfig};
@@ -104,10 +104,15 @@ fn write_error(group: GroupId, e: RaftError<TypeConfig, ClientWriteError<TypeCon
 
 impl Group {
     /// Opens (or creates) the group in `dir` and starts its Raft.
-    pub async fn open(id: GroupId, dir: &Path, config: &StorageConfig, peers: Arc<Peers>) -> Result<Arc<Group>> {
+    pub async fn open(
+        id: GroupId,
+        dir: &Path,
+        log: &Arc<LogEngine>,
+        config: &StorageConfig,
+        peers: Arc<Peers>,
+    ) -> Result<Arc<Group>> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
-        let log =
-            LogStore::open(&dir.join("raft.db")).map_err(|e| Error::io(format!("group {id}: cannot open log: {e}")))?;
+        let log = log.group(id);
         let sm = StateMachine::open(&dir.join("sm"))
             .map_err(|e| Error::io(format!("group {id}: cannot open state machine: {e}")))?;
         let shared = sm.shared();

@@ -20,6 +20,7 @@ use tonic::transport::Server;
 
 use crate::codec;
 use crate::group::Group;
+use crate::log_store::{LogEngine, LOG_FILE};
 use crate::network::{Peers, MAX_RAFT_MESSAGE};
 use crate::service::{Node, RaftService, StorageService};
 
@@ -141,10 +142,13 @@ pub(crate) async fn open(config: &StorageConfig) -> Result<Opened> {
         .filter(|p| p.replicas.contains(&config.node()))
         .collect();
     let peers = Peers::new(Dialer::new(&config.tls)?);
+    let log = LogEngine::open(&config.data_dir.join(LOG_FILE)).map_err(|e| {
+        Error::io(format!("cannot open the Raft log {}: {e}", config.data_dir.join(LOG_FILE).display()))
+    })?;
     let mut groups = HashMap::new();
     let mut preferred = Vec::new();
     for p in &mine {
-        let group = Group::open(p.group, &groups_dir.join(p.group.0.to_string()), config, peers.clone()).await?;
+        let group = Group::open(p.group, &groups_dir.join(p.group.0.to_string()), &log, config, peers.clone()).await?;
         // A group's preferred leader initializes it, once; starting the
         // first election there spreads the first leaders evenly.
         if p.replicas[0] == config.node() {
@@ -216,14 +220,18 @@ mod tests {
         let groups = dir.path().join("groups");
         // New: the format is recorded, and accepted next time.
         check_format(dir.path(), &groups).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap().trim(), "2");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap().trim(),
+            codec::FORMAT_VERSION.to_string()
+        );
         std::fs::create_dir_all(groups.join("1")).unwrap();
         check_format(dir.path(), &groups).unwrap();
         // Groups but no format file: written by format 1 (JSON).
         std::fs::remove_file(dir.path().join(FORMAT_FILE)).unwrap();
         let e = check_format(dir.path(), &groups).unwrap_err();
         assert!(e.to_string().contains("format 1") && e.to_string().contains("rebuild"), "{e}");
-        std::fs::write(dir.path().join(FORMAT_FILE), "3\n").unwrap();
-        assert!(check_format(dir.path(), &groups).unwrap_err().to_string().contains("format 3"));
+        // Format 2: a Raft log per group.
+        std::fs::write(dir.path().join(FORMAT_FILE), "2\n").unwrap();
+        assert!(check_format(dir.path(), &groups).unwrap_err().to_string().contains("format 2"));
     }
 }

@@ -183,14 +183,18 @@ fn statement_message(e: &rusqlite::Error) -> String {
 }
 
 impl Db {
-    /// Opens (creating if needed) a group's database for writing: WAL,
-    /// full fsync, and the deterministic functions.
+    /// Opens (creating if needed) a group's database for writing: WAL, and
+    /// the deterministic functions. `synchronous = NORMAL`: a commit is
+    /// atomic at once but durable only at the next checkpoint or sync. The
+    /// Raft log is durable: what a crash loses is applied again from it
+    /// (the applied id commits with the effects), and the state machine
+    /// syncs before a snapshot lets the log be purged.
     pub fn open_writer(path: &Path) -> rusqlite::Result<Db> {
         clock::register();
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags_and_vfs(path, flags, clock::VFS_NAME)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
         for &(name, args) in CONNECTION_FUNCTIONS {
             conn.create_scalar_function(name, args, FunctionFlags::SQLITE_UTF8, move |_| {

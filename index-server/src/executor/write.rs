@@ -49,16 +49,20 @@ impl Executor {
             params.truncate(n);
             Ok(Statement { sql: sql.to_string(), params, request_id: None, ..statement.clone() })
         };
-        let rows = match &source {
-            Source::Defaults => vec![Vec::new()],
-            Source::Local(sql) => self.compute(source_statement(sql)?).await?,
-            Source::Query(sql, plan) => self.collect(plan, source_statement(sql)?, txn).await?,
-        };
         let Some(sqlparser::ast::Statement::Insert(ins)) = sql::parse_one(&numbered).ok() else {
             return Err(Error::invalid("not an INSERT"));
         };
+        let rows = match &source {
+            Source::Defaults => vec![Vec::new()],
+            Source::Local(sql) => match insert::plain_rows(&ins, &statement.params) {
+                Some(rows) => rows,
+                None => self.compute(source_statement(sql)?).await?,
+            },
+            Source::Query(sql, plan) => self.collect(plan, source_statement(sql)?, txn).await?,
+        };
         let parts = {
-            let scratch = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
+            // Opened for the first DEFAULT computed, if any.
+            let scratch = std::cell::OnceCell::new();
             let defaults = |expr: &str, row: usize| -> Result<Value> {
                 let s = Statement {
                     sql: format!("SELECT {expr}"),
@@ -67,6 +71,13 @@ impl Executor {
                     // Each row draws its own random values.
                     seed: statement.seed ^ spread_seed(row as u64 + 1),
                     ..statement.clone()
+                };
+                let scratch = match scratch.get() {
+                    Some(db) => db,
+                    None => {
+                        let db = Db::open_scratch().map_err(|e| Error::io(format!("scratch database: {e}")))?;
+                        scratch.get_or_init(|| db)
+                    }
                 };
                 let r = scratch.run_collect(&s).map_err(failure)?;
                 Ok(r.rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))

@@ -173,6 +173,16 @@ impl Shared {
             Connection::open_with_flags(shared.current_db(), OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(to_io)?;
         source.execute("VACUUM INTO ?1", [tmp.to_string_lossy()]).map_err(to_io)?;
         drop(source);
+        // The live database commits without fsync (`Db::open_writer`); make
+        // it durable up to the snapshot, whose entries the log may purge.
+        let live = shared.current_db();
+        for file in [live.clone(), PathBuf::from(format!("{}-wal", live.display()))] {
+            match std::fs::File::open(&file) {
+                Ok(f) => f.sync_all()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         let copy = Connection::open_with_flags(&tmp, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(to_io)?;
         let (last_log_id, last_membership) = read_applied(&copy)?;
         drop(copy);

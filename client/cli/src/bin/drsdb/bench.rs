@@ -11,6 +11,10 @@
 //! with `synchronous = FULL`, so that both sides make every acknowledged
 //! write durable.
 //!
+//! `--workloads` picks among them. With `--peers etcd,postgres`, the bench
+//! starts those servers (module `peers`) and runs the same workloads
+//! against them too, printing drsdb's throughput as a ratio of each.
+//!
 //! Then the transaction workloads (module `transactions`, `--txns` per
 //! writer): one writer against two on disjoint shards, one-shard COMMITs.
 //!
@@ -25,6 +29,7 @@
 //! peak memory, and the same scan relayed by the index servers for
 //! comparison.
 
+mod peers;
 mod transactions;
 
 use std::path::Path;
@@ -56,6 +61,14 @@ pub struct BenchArgs {
     /// leaves them out).
     #[arg(long, default_value_t = 200)]
     txns: usize,
+    /// The statement workloads to run, in this order (point selects read
+    /// what single-row inserts wrote).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = WORKLOADS)]
+    workloads: Vec<Workload>,
+    /// Systems that run the same workloads in the same run, for ratios:
+    /// started by the bench from Debian's packages (`peers`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    peers: Vec<peers::PeerKind>,
 }
 
 /// Rows per INSERT when loading the analytic table.
@@ -348,10 +361,14 @@ impl Measure {
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
+/// A statement workload.
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 enum Workload {
+    /// Single-row inserts.
     Insert,
+    /// Inserts of `--batch` rows per statement.
     BatchInsert,
+    /// Point selects by primary key.
     PointSelect,
 }
 
@@ -476,16 +493,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     println!("{:<18} {:>8} {:>8} {:>12} {:>10} {:>10}", "workload", "system", "stmts", "stmts/s", "p50 ms", "p99 ms");
     let results = runtime.block_on(async {
+        let mut running = Vec::new();
+        for kind in &args.peers {
+            let peer = peers::Peer::start(*kind).await?;
+            peer.prepare().await?;
+            running.push(peer);
+        }
         let mut clients = Vec::new();
         for _ in 0..args.concurrency {
             clients.push(args.connect.client().await?);
         }
         clients[0].execute(&format!("CREATE TABLE {table}(k TEXT PRIMARY KEY, v TEXT)"), &[]).await?;
-        let mut results = Vec::new();
-        for w in WORKLOADS {
+        let mut ratios = Vec::new();
+        for &w in &args.workloads {
             let cluster = cluster_workload(&mut clients, w, &table, &args).await?;
-            let sqlite = sqlite_workload(&baseline, w, &args)?;
-            for (system, m) in [("drsdb", &cluster), ("sqlite", &sqlite)] {
+            let mut others = vec![("sqlite", sqlite_workload(&baseline, w, &args)?)];
+            for peer in running.iter().filter(|p| p.runs(w)) {
+                others.push((peer.kind.name(), peer.workload(w, args.concurrency, args.ops, args.batch).await?));
+            }
+            for (system, m) in std::iter::once(("drsdb", &cluster)).chain(others.iter().map(|(s, m)| (*s, m))) {
                 println!(
                     "{:<18} {:>8} {:>8} {:>12.1} {:>10.3} {:>10.3}",
                     w.name(),
@@ -496,21 +522,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     m.percentile(0.99)
                 );
             }
-            results.push((w, cluster.throughput() / sqlite.throughput()));
+            for (system, m) in &others {
+                ratios.push((format!("{} / {system}", w.name()), cluster.throughput() / m.throughput()));
+            }
         }
         clients[0].execute(&format!("DROP TABLE {table}"), &[]).await?;
         if args.txns > 0 {
             transactions::run(&mut clients, args.txns).await?;
         }
-        let mut ratios: Vec<(String, f64)> = results.into_iter().map(|(w, r)| (w.name().to_string(), r)).collect();
         if args.rows > 0 {
-            ratios.extend(analytics(&mut clients, &baseline, args.rows).await?);
+            let analytic = analytics(&mut clients, &baseline, args.rows).await?;
+            ratios.extend(analytic.into_iter().map(|(name, r)| (format!("{name} / sqlite"), r)));
         }
         anyhow::Ok(ratios)
     })?;
-    println!("throughput ratio drsdb / SQLite:");
+    println!("throughput ratio drsdb / other system (same run):");
     for (name, ratio) in results {
-        println!("  {name:<22} {ratio:.4}");
+        println!("  {name:<34} {ratio:.4}");
     }
     Ok(())
 }
