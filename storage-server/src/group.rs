@@ -1,6 +1,21 @@
 //! One Raft group on this server: its Raft instance, log, state machine,
 //! and the write path in front of them (group commit, waiting out a
 //! transaction that holds the group, rolling back idle transactions).
+//!
+//! ## Lease reads
+//! A read first makes sure this replica still leads. openraft's leader
+//! lease (`election_timeout_max_ms`) runs on the leader from when it sent
+//! a message a majority acknowledged, and on each follower from when it
+//! received it; a follower refuses to vote until its lease runs out, so no
+//! other leader can be elected meanwhile. A read uses the lease while the
+//! acknowledgement is younger than [`LEASE_READ_SHARE`] of it (clocks'
+//! rates may differ by up to 25 %; only their rates matter, on monotonic
+//! clocks, so a paused leader's lease has run out when it resumes), and
+//! otherwise sends a heartbeat round and waits for it (ReadIndex), one
+//! round for all the reads waiting. A follower forgets its lease when it
+//! restarts, so a restarted server waits out a lease before its groups
+//! start (`server`). `raft.lease_reads = false` makes every read a
+//! ReadIndex round.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +25,7 @@ use std::time::Duration;
 use drsdb_common::config::StorageConfig;
 use drsdb_common::{Error, GroupId, NodeId, Result, TxnId};
 use openraft::errors::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ReadPolicy, SnapshotPolicy};
+use openraft::{BasicNode, LinearizerOption, ReadPolicy, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::log_store::LogEngine;
@@ -39,6 +54,12 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 const MAX_ENTRIES_PER_MESSAGE: u64 = 8;
 /// Snapshot transfers may take this long.
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 30_000;
+/// The part of the leader lease (openraft's: `election_timeout_max`) a
+/// lease read relies on. The lease runs on the leader from when it sent a
+/// message a majority acknowledged, and on each follower (which refuses
+/// to vote meanwhile) from when it received it; using 80 % of it keeps
+/// reads linearizable while clocks' rates differ by less than 25 %.
+const LEASE_READ_SHARE: f64 = 0.8;
 
 struct PendingWrite {
     statement: Statement,
@@ -69,6 +90,9 @@ pub struct Group {
     proposer: Proposer,
     writes: mpsc::Sender<PendingWrite>,
     stop: watch::Sender<bool>,
+    /// How a read makes sure this replica still leads (see
+    /// [`LEASE_READ_SHARE`]).
+    read_policy: LinearizerOption,
 }
 
 fn raft_config(c: &StorageConfig) -> Result<openraft::Config> {
@@ -124,7 +148,14 @@ impl Group {
         let proposer = Proposer { id, raft: raft.clone(), shared };
         tokio::spawn(batcher(proposer.clone(), queue, config.max_batch));
         tokio::spawn(reaper(proposer.clone(), config.txn_idle_timeout(), config.txn_max_duration(), stopped));
-        Ok(Arc::new(Group { id, raft, proposer, writes, stop }))
+        let read_policy = if config.raft.lease_reads {
+            // The lease if fresh enough, else a heartbeat round.
+            let lease = Duration::from_millis(config.raft.election_timeout_max_ms).mul_f64(LEASE_READ_SHARE);
+            LinearizerOption::new(Some(lease), true)
+        } else {
+            ReadPolicy::ReadIndex.into()
+        };
+        Ok(Arc::new(Group { id, raft, proposer, writes, stop, read_policy }))
     }
 
     /// Stops the group's Raft and background tasks.
@@ -217,7 +248,7 @@ impl Group {
     /// Waits until this replica may serve a linearizable read.
     pub async fn read_barrier(&self) -> Result<()> {
         self.ensure_leader()?;
-        let barrier = tokio::time::timeout(READ_BARRIER_TIMEOUT, self.raft.ensure_linearizable(ReadPolicy::ReadIndex))
+        let barrier = tokio::time::timeout(READ_BARRIER_TIMEOUT, self.raft.ensure_linearizable(self.read_policy.clone()))
             .await
             .map_err(|_| {
                 Error::unavailable(format!(

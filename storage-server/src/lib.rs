@@ -1,8 +1,11 @@
 //! # drsdb storage server
 //!
-//! A storage server hosts replicas of several Raft groups. Each group has
-//! a durable log (`log_store`, a SQLite file with fsync on every append)
-//! and a state machine that is a SQLite database (`state_machine`). The
+//! A storage server hosts replicas of several Raft groups. They share one
+//! durable log (`log_store`: one SQLite file, one writer thread that makes
+//! the appends of every group durable with one fsync per batch); each has
+//! a state machine that is a SQLite database (`state_machine`), which
+//! commits without fsync: after a crash, what it lost is applied again
+//! from the log. The
 //! commands in the log are the typed contract of `drsdb_common::command`
 //! (protobuf on the wire and on disk, `codec`); a command applies the same
 //! way on every replica because everything nondeterministic was fixed
@@ -34,8 +37,11 @@
 //!   back a transaction that is not prepared when it sits idle longer than
 //!   `txn_idle_timeout_ms` (a statement's own: 5 s) or stays open longer
 //!   than `txn_max_duration_ms`; a prepared one only its decision ends.
-//! - **Reads**: `Storage.Read` on the leader waits for a ReadIndex barrier
-//!   (linearizable), then streams rows from a pooled read-only connection,
+//! - **Reads**: `Storage.Read` on the leader makes sure it still leads
+//!   (linearizable): on its lease while a majority acknowledged it within
+//!   the last 80 % of a lease (`raft.lease_reads`, on by default; see
+//!   `group`), else by a ReadIndex round, which the reads waiting behind
+//!   it share. Then it streams rows from a pooled read-only connection,
 //!   which sees committed data only; a reader that goes away cancels it,
 //!   and `statement_timeout_ms` bounds it. The stream starts with the
 //!   count of multi-shard commits in the read's snapshot, which

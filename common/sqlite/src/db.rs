@@ -31,6 +31,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite virtual-machine steps between two checks of a statement's budget.
 const STEPS_PER_CHECK: i32 = 10_000;
+/// Compiled user statements kept per connection (least recently used
+/// go first): applying a statement seen before skips parsing it.
+const STATEMENT_CACHE: usize = 256;
 /// Most virtual-machine steps one statement may take (about a minute of
 /// work). The count is the same on every replica, so a runaway statement
 /// fails identically everywhere instead of wedging the log.
@@ -114,6 +117,9 @@ pub struct Db {
     /// The schema's fingerprint, with SQLite's `schema_version` it was
     /// computed at (recomputed when that moves).
     fingerprint: Mutex<Option<(i64, i64)>>,
+    /// The `schema_version` the cached user statements were compiled at
+    /// (the cache is emptied when it moves).
+    cached_at: Mutex<Option<i64>>,
 }
 
 /// Whether a SQLite error is the statement's fault or the environment's.
@@ -270,13 +276,30 @@ impl Db {
         let phase = Arc::new(AtomicU8::new(Phase::User as u8));
         let flag = phase.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&ctx, flag.load(Ordering::Relaxed))))?;
-        Ok(Db { conn, env, phase, max_steps: MAX_STATEMENT_STEPS, fingerprint: Mutex::new(None) })
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(Db {
+            conn,
+            env,
+            phase,
+            max_steps: MAX_STATEMENT_STEPS,
+            fingerprint: Mutex::new(None),
+            cached_at: Mutex::new(None),
+        })
+    }
+
+    /// SQLite's `schema_version`: moves with every schema change.
+    fn schema_cookie(&self) -> rusqlite::Result<i64> {
+        self.internal(|c| c.query_row("PRAGMA schema_version", [], |r| r.get(0)))
     }
 
     /// The schema's version as every replica computes it alike
     /// ([`drsdb_common::sql::schema_fingerprint`]).
     pub fn schema_fingerprint(&self) -> rusqlite::Result<i64> {
-        let cookie: i64 = self.internal(|c| c.query_row("PRAGMA schema_version", [], |r| r.get(0)))?;
+        let cookie = self.schema_cookie()?;
+        self.fingerprint_at(cookie)
+    }
+
+    fn fingerprint_at(&self, cookie: i64) -> rusqlite::Result<i64> {
         let mut cached = self.fingerprint.lock().expect("fingerprint lock");
         if let Some((at, fingerprint)) = *cached {
             if at == cookie {
@@ -295,7 +318,9 @@ impl Db {
     }
 
     /// Runs drsdb's own SQL (transaction control, bookkeeping), bypassing
-    /// the authorizer.
+    /// the authorizer. Never `prepare_cached` here: the statement cache
+    /// holds user statements, authorized as such, and a user statement of
+    /// the same text would find one authorized as drsdb's own.
     pub fn internal<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
         // drsdb's own statements are not budgeted.
         self.env.lock().expect("env lock").checks_left = u64::MAX;
@@ -352,12 +377,25 @@ impl Db {
         mut on_row: impl FnMut(Vec<Value>) -> bool,
     ) -> Result<StatementResult, Failure> {
         // Before the statement's budget is set: the check is drsdb's own SQL.
+        let cookie = self.schema_cookie()?;
         if let Some(expected) = stmt.schema_version {
-            let version = self.schema_fingerprint()?;
+            let version = self.fingerprint_at(cookie)?;
             if version != expected {
                 return Err(Failure::Statement(Error::StaleSchema { version }));
             }
         }
+        // Compiled (or found compiled) before the budget is set too, so that
+        // a replica whose cache holds the statement counts the same memory
+        // as one that compiles it; a schema change empties the cache, so a
+        // cached statement is never compiled again while it runs.
+        {
+            let mut cached_at = self.cached_at.lock().expect("statement cache lock");
+            if *cached_at != Some(cookie) {
+                self.conn.flush_prepared_statement_cache();
+                *cached_at = Some(cookie);
+            }
+        }
+        let mut prepared = self.conn.prepare_cached(&stmt.sql)?;
         {
             let mut env = self.env.lock().expect("env lock");
             env.rng = ChaCha8Rng::seed_from_u64(stmt.seed);
@@ -369,7 +407,7 @@ impl Db {
         }
         let memory = stmt.memory_limit.unwrap_or(DEFAULT_STATEMENT_MEMORY);
         let _budget = heap::budget(memory);
-        self.run_prepared(stmt, &mut on_columns, &mut on_row).map_err(|e| match (e, self.stopped()) {
+        self.run_prepared(&mut prepared, stmt, &mut on_columns, &mut on_row).map_err(|e| match (e, self.stopped()) {
             // SQLite reports the refused allocation as out of memory.
             _ if heap::exceeded() => Failure::Statement(Error::invalid(format!(
                 "statement stopped: it needed more than its {} MiB of memory (statement_memory_mb); narrow it, or \
@@ -388,13 +426,13 @@ impl Db {
 
     fn run_prepared(
         &self,
+        prepared: &mut rusqlite::Statement<'_>,
         stmt: &Statement,
         on_columns: &mut impl FnMut(&[Column]),
         on_row: &mut impl FnMut(Vec<Value>) -> bool,
     ) -> Result<StatementResult, Failure> {
         let _clock = clock::pin(stmt.now_ms);
         let before = self.conn.total_changes();
-        let mut prepared = self.conn.prepare(&stmt.sql)?;
         if !prepared.readonly() && self.conn.is_readonly(rusqlite::MAIN_DB)? {
             return Err(Failure::Statement(Error::invalid(
                 "this is a read-only connection (Storage.Read); writes go through Storage.Write",
@@ -426,7 +464,6 @@ impl Db {
             }
         }
         drop(rows);
-        drop(prepared);
         let changed = self.conn.total_changes() != before;
         Ok(StatementResult {
             columns,
