@@ -208,6 +208,11 @@ pub fn check_length(sql: &str) -> Result<()> {
 /// a syntax tree, so that every tree is within the limits that keep the
 /// walks over it (which recurse) off the end of the stack.
 pub fn parse(sql: &str) -> std::result::Result<Vec<sqlparser::ast::Statement>, ParseError> {
+    static PARSED: memo::Memo<Vec<sqlparser::ast::Statement>> = memo::Memo::new();
+    PARSED.get_or(sql, || parse_uncached(sql))
+}
+
+fn parse_uncached(sql: &str) -> std::result::Result<Vec<sqlparser::ast::Statement>, ParseError> {
     let tokens = tokenize(sql).map_err(ParseError::Refused)?;
     check_limits(&tokens).map_err(ParseError::Refused)?;
     Parser::new(&SQLiteDialect {})
@@ -380,6 +385,11 @@ fn check_transaction_control(tokens: &[TokenWithSpan], kind: Kind) -> Result<Kin
 
 /// Classifies one statement by its leading keywords.
 pub fn classify(sql: &str) -> Result<Kind> {
+    static KINDS: memo::Memo<Kind> = memo::Memo::new();
+    KINDS.get_or(sql, || classify_uncached(sql))
+}
+
+fn classify_uncached(sql: &str) -> Result<Kind> {
     let tokens = tokenize(sql)?;
     let words: Vec<Option<Keyword>> =
         tokens.iter().filter(|t| !is_trivia(&t.token)).take(2).map(|t| keyword(&t.token)).collect();
@@ -439,6 +449,11 @@ fn main_verb(tokens: &[TokenWithSpan]) -> Option<Keyword> {
 /// one at its first appearance and keeps it), so that any part of the
 /// statement can be cut out and still bind the same values.
 pub fn number_placeholders(sql: &str) -> Result<String> {
+    static NUMBERED: memo::Memo<String> = memo::Memo::new();
+    NUMBERED.get_or(sql, || number_placeholders_uncached(sql))
+}
+
+fn number_placeholders_uncached(sql: &str) -> Result<String> {
     let tokens = tokenize(sql)?;
     let offsets = Offsets::new(sql);
     let mut out = String::with_capacity(sql.len() + 8);
@@ -593,9 +608,67 @@ pub fn parse_one(sql: &str) -> std::result::Result<sqlparser::ast::Statement, Pa
     }
 }
 
+/// What the functions above computed for texts seen recently.
+/// Applications send the same parameterized statements again and again:
+/// each text is tokenized, classified and parsed once per process while it
+/// stays in use, not once per statement. The results are pure functions of
+/// the text; errors are not kept.
+mod memo {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// Texts kept per function; the table starts over when full.
+    const ENTRIES: usize = 256;
+    /// Longer texts (big literal batches, rarely sent twice) are not kept.
+    const MAX_TEXT_BYTES: usize = 4 << 10;
+
+    /// One function's results, by text.
+    pub struct Memo<V> {
+        entries: Mutex<Option<HashMap<String, V>>>,
+    }
+
+    impl<V: Clone> Memo<V> {
+        pub const fn new() -> Self {
+            Memo { entries: Mutex::new(None) }
+        }
+
+        /// The result for `text`, computed by `f` unless kept.
+        pub fn get_or<E>(&self, text: &str, f: impl FnOnce() -> Result<V, E>) -> Result<V, E> {
+            if text.len() > MAX_TEXT_BYTES {
+                return f();
+            }
+            if let Some(v) = self.entries.lock().expect("memo lock").as_ref().and_then(|m| m.get(text)) {
+                return Ok(v.clone());
+            }
+            let v = f()?;
+            let mut entries = self.entries.lock().expect("memo lock");
+            let map = entries.get_or_insert_with(HashMap::new);
+            if map.len() >= ENTRIES {
+                map.clear();
+            }
+            map.insert(text.to_string(), v.clone());
+            Ok(v)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_seen_again_gets_the_same_answers_and_errors_are_not_kept() {
+        let sql = "INSERT INTO memo_t(a, b) VALUES (?, ?5), (?, ?5)";
+        for _ in 0..3 {
+            assert_eq!(classify(sql).unwrap(), classify_uncached(sql).unwrap());
+            assert_eq!(number_placeholders(sql).unwrap(), "INSERT INTO memo_t(a, b) VALUES (?1, ?5), (?6, ?5)");
+            assert_eq!(parse(sql).unwrap(), parse_uncached(sql).unwrap());
+        }
+        let memo = memo::Memo::<u32>::new();
+        assert_eq!(memo.get_or("x", || Err::<u32, ()>(())), Err(()));
+        assert_eq!(memo.get_or("x", || Ok::<u32, ()>(7)), Ok(7));
+        assert_eq!(memo.get_or("x", || Ok::<u32, ()>(8)), Ok(7), "kept");
+    }
 
     #[test]
     fn placeholders_are_numbered_as_sqlite_numbers_them() {
