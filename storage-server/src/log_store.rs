@@ -56,6 +56,8 @@ const KEY_PURGED: &str = "purged";
 const MAX_OPS_PER_FLUSH: usize = 4096;
 /// Idle read-only connections kept.
 const IDLE_READERS: usize = 8;
+/// How long the writer waits for another connection's write to end.
+const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn to_io(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -133,6 +135,9 @@ impl LogEngine {
     pub fn open(path: &Path) -> io::Result<Arc<LogEngine>> {
         drsdb_sqlite::prepare();
         let conn = Connection::open(path).map_err(to_io)?;
+        // A server restarted in the same process may open the file while
+        // the previous writer finishes what was queued.
+        conn.busy_timeout(WRITER_BUSY_TIMEOUT).map_err(to_io)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(to_io)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(to_io)?;
         conn.execute_batch(
