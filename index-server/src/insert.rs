@@ -42,40 +42,16 @@ pub struct Part {
     pub last_row: usize,
 }
 
-/// The rows of an INSERT whose VALUES hold only numbered parameters
-/// (`?N`, as `sql::number_placeholders` writes them), NULL, integers and
-/// plain strings: what SQLite would compute for them, without SQLite.
-/// `None` for anything else, a parameter without a value included
-/// (SQLite computes those, or says what is wrong).
+/// The rows of an INSERT whose VALUES hold only plain values
+/// ([`keys::plain_value`]: parameters that have a value, NULL, integers,
+/// plain strings), without SQLite; `None` for anything else.
 pub fn plain_rows(insert: &Insert, params: &[Value]) -> Option<Vec<Vec<Value>>> {
-    use sqlparser::ast::{Expr, SetExpr, UnaryOperator, Value as Literal};
     let query = insert.source.as_ref()?;
     if query.with.is_some() || query.order_by.is_some() || query.limit_clause.is_some() {
         return None;
     }
-    let SetExpr::Values(values) = query.body.as_ref() else { return None };
-    let literal = |e: &Expr| -> Option<Value> {
-        let (negative, e) = match e {
-            Expr::UnaryOp { op: UnaryOperator::Minus, expr } => (true, expr.as_ref()),
-            e => (false, e),
-        };
-        let Expr::Value(v) = e else { return None };
-        Some(match (&v.value, negative) {
-            (Literal::Placeholder(p), false) => {
-                let n: usize = p.strip_prefix('?')?.parse().ok()?;
-                params.get(n.checked_sub(1)?)?.clone()
-            }
-            (Literal::Null, false) => Value::Null,
-            (Literal::SingleQuotedString(s), false) => Value::Text(s.clone()),
-            // Digits only: SQLite reads a larger literal as a real.
-            (Literal::Number(n, _), _) if n.bytes().all(|b| b.is_ascii_digit()) => {
-                let i: i64 = n.parse().ok()?;
-                Value::Integer(if negative { -i } else { i })
-            }
-            _ => return None,
-        })
-    };
-    values.rows.iter().map(|row| row.iter().map(literal).collect()).collect()
+    let sqlparser::ast::SetExpr::Values(values) = query.body.as_ref() else { return None };
+    values.rows.iter().map(|row| row.iter().map(|e| keys::plain_value(e, params)).collect()).collect()
 }
 
 /// The INSERT's target columns (indexes into `table.columns`).

@@ -281,7 +281,7 @@ async fn shard_of_key(ex: &Executor, table: &str, key: &str) -> Result<GroupId> 
                 .projection
                 .iter()
                 .map(|i| match i {
-                    sqlparser::ast::SelectItem::UnnamedExpr(e) if planner::is_literal(e) => Some(e.to_string()),
+                    sqlparser::ast::SelectItem::UnnamedExpr(e) if planner::is_literal(e) => Some(e.clone()),
                     _ => None,
                 })
                 .collect::<Option<Vec<_>>>(),
@@ -292,6 +292,6 @@ async fn shard_of_key(ex: &Executor, table: &str, key: &str) -> Result<GroupId> 
     let values = values.ok_or_else(|| {
         Error::invalid(format!("SHOW SHARD OF {table} KEY takes literal values (numbers, strings), comma-separated"))
     })?;
-    let hash = Keys { params: &[] }.hash_exprs(t, &[values.join(", ")])?;
+    let hash = Keys { params: &[] }.hash_exprs(t, &values)?;
     Ok(shard::shard_group(shard::shard_of(hash, shards)))
 }

@@ -23,6 +23,7 @@ use drsdb_common::order::Collation;
 use drsdb_common::shard;
 use drsdb_common::{Error, Result, Value};
 use drsdb_sqlite::Db;
+use sqlparser::ast::Expr;
 
 use crate::catalog::Table;
 
@@ -96,19 +97,31 @@ fn hash_unchanged(table: &Table, rows: &[Vec<Value>]) -> Option<Vec<u64>> {
         .collect()
 }
 
-/// The value of a key expression that is a numbered parameter (`?N`), an
-/// integer or a plain string literal; `None` for anything else.
-fn plain_value(expr: &str, params: &[Value]) -> Option<Value> {
-    let expr = expr.trim();
-    if let Some(n) = expr.strip_prefix('?') {
-        let n: usize = n.parse().ok()?;
-        return Some(params.get(n.checked_sub(1)?).cloned().unwrap_or(Value::Null));
-    }
-    if let Ok(i) = expr.parse::<i64>() {
-        return Some(Value::Integer(i));
-    }
-    let inner = expr.strip_prefix('\'')?.strip_suffix('\'')?;
-    (!inner.contains('\'')).then(|| Value::Text(inner.to_string()))
+/// The value of `e` when it is a numbered parameter that has a value
+/// (`?N`, as `sql::number_placeholders` writes them), NULL, an integer or
+/// a plain string: what SQLite computes for it, without SQLite. `None`
+/// for anything else (SQLite computes those, or says what is wrong).
+pub fn plain_value(e: &Expr, params: &[Value]) -> Option<Value> {
+    use sqlparser::ast::{UnaryOperator, Value as Literal};
+    let (negative, e) = match e {
+        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => (true, expr.as_ref()),
+        e => (false, e),
+    };
+    let Expr::Value(v) = e else { return None };
+    Some(match (&v.value, negative) {
+        (Literal::Placeholder(p), false) => {
+            let n: usize = p.strip_prefix('?')?.parse().ok()?;
+            params.get(n.checked_sub(1)?)?.clone()
+        }
+        (Literal::Null, false) => Value::Null,
+        (Literal::SingleQuotedString(s), false) => Value::Text(s.clone()),
+        // Digits only: SQLite reads a larger literal as a real.
+        (Literal::Number(n, _), _) if n.bytes().all(|b| b.is_ascii_digit()) => {
+            let i: i64 = n.parse().ok()?;
+            Value::Integer(if negative { -i } else { i })
+        }
+        _ => return None,
+    })
 }
 
 fn scratch() -> Result<Db> {
@@ -145,13 +158,14 @@ fn read_keys(db: &Db, collations: &[Collation]) -> Result<Vec<u64>> {
 }
 
 impl Keys<'_> {
-    /// The hash of the key `exprs` (SQL expressions, one per key column of
-    /// `table`, placeholders numbered) evaluate to.
-    pub fn hash_exprs(&self, table: &Table, exprs: &[String]) -> Result<u64> {
+    /// The hash of the key `exprs` (one per key column of `table`,
+    /// placeholders numbered) evaluate to.
+    pub fn hash_exprs(&self, table: &Table, exprs: &[Expr]) -> Result<u64> {
         let plain: Option<Vec<Value>> = exprs.iter().map(|e| plain_value(e, self.params)).collect();
         if let Some(hash) = plain.and_then(|row| hash_unchanged(table, &[row])).and_then(|h| h.first().copied()) {
             return Ok(hash);
         }
+        let exprs: Vec<String> = exprs.iter().map(ToString::to_string).collect();
         let db = scratch()?;
         let collations = key_table(&db, table)?;
         db.internal(|c| {
@@ -275,12 +289,13 @@ mod tests {
         assert!(fast > types.len() * 3, "the fast path is taken for common values ({fast})");
         let keys = Keys { params: &[Value::Text("x".into())] };
         let t = catalog.table("t2").unwrap();
-        assert_eq!(plain_value("?1", keys.params), Some(Value::Text("x".into())));
-        assert_eq!(plain_value("'it''s'", keys.params), None);
-        assert_eq!(
-            keys.hash_exprs(t, &["?1".into()]).unwrap(),
-            hash_in_sqlite(t, &[vec![Value::Text("x".into())]]).unwrap()[0]
-        );
+        let expr = |sql: &str| drsdb_common::sql::parse_expr(sql).unwrap();
+        assert_eq!(plain_value(&expr("?1"), keys.params), Some(Value::Text("x".into())));
+        assert_eq!(plain_value(&expr("'it''s'"), keys.params), Some(Value::Text("it's".into())));
+        assert_eq!(plain_value(&expr("?2"), keys.params), None, "a parameter without a value is left to SQLite");
+        for (sql, value) in [("?1", Value::Text("x".into())), ("'it''s'", Value::Text("it's".into()))] {
+            assert_eq!(keys.hash_exprs(t, &[expr(sql)]).unwrap(), hash_in_sqlite(t, &[vec![value]]).unwrap()[0]);
+        }
     }
 
     #[test]

@@ -437,13 +437,13 @@ fn pinned_shard(
 ) -> Result<Option<GroupId>> {
     let (Some(key), Some(selection)) = (table.key_columns(), selection) else { return Ok(None) };
     let qualifier = alias.unwrap_or_else(|| table.name.clone());
-    let mut pinned: BTreeMap<usize, String> = BTreeMap::new();
+    let mut pinned: BTreeMap<usize, &Expr> = BTreeMap::new();
     for e in pushdown::conjuncts(vec![selection]) {
         if let Expr::BinaryOp { left, op: BinaryOperator::Eq, right } = e {
             for (col, value) in [(left, right), (right, left)] {
                 if let Some(c) = column_of(col, &qualifier).and_then(|c| table.column(&c)) {
                     if key.contains(&c) && is_constant(value) {
-                        pinned.insert(c, value.to_string());
+                        pinned.insert(c, value.as_ref());
                     }
                 }
             }
@@ -452,7 +452,7 @@ fn pinned_shard(
     if pinned.len() != key.len() {
         return Ok(None);
     }
-    let exprs: Vec<String> = key.iter().map(|c| pinned[c].clone()).collect();
+    let exprs: Vec<Expr> = key.iter().map(|c| pinned[c].clone()).collect();
     let hash = cx.keys.hash_exprs(table, &exprs)?;
     Ok(Some(shard::shard_group(shard::shard_of(hash, cx.shards))))
 }

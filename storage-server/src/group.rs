@@ -55,10 +55,8 @@ const MAX_ENTRIES_PER_MESSAGE: u64 = 8;
 /// Snapshot transfers may take this long.
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 30_000;
 /// The part of the leader lease (openraft's: `election_timeout_max`) a
-/// lease read relies on. The lease runs on the leader from when it sent a
-/// message a majority acknowledged, and on each follower (which refuses
-/// to vote meanwhile) from when it received it; using 80 % of it keeps
-/// reads linearizable while clocks' rates differ by less than 25 %.
+/// lease read relies on: 80 % keeps reads linearizable while clocks'
+/// rates differ by less than 25 % (see "Lease reads" above).
 const LEASE_READ_SHARE: f64 = 0.8;
 
 struct PendingWrite {
