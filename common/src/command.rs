@@ -64,6 +64,11 @@ impl Statement {
             memory_limit: None,
         }
     }
+
+    /// Roughly how many bytes the statement adds to a log entry.
+    pub fn approximate_size(&self) -> usize {
+        self.sql.len() + self.params.iter().map(Value::size).sum::<usize>()
+    }
 }
 
 /// A command in a group's log.
@@ -75,6 +80,24 @@ pub enum Command {
     /// Steps of one transaction on this group.
     Txn(TxnCommand),
 }
+
+impl Command {
+    /// Roughly how many bytes the command takes in a log entry (its
+    /// statements; the rest is small).
+    pub fn approximate_size(&self) -> usize {
+        let statements: usize = match self {
+            Command::Batch(statements) => statements.iter().map(Statement::approximate_size).sum(),
+            Command::Txn(t) => {
+                t.steps.iter().map(|s| if let Step::Run(s) = s { s.approximate_size() } else { 0 }).sum()
+            }
+        };
+        statements + COMMAND_OVERHEAD_BYTES
+    }
+}
+
+/// What a command takes in a log entry besides its statements' text and
+/// parameters (ids, clocks, step tags), roughly.
+const COMMAND_OVERHEAD_BYTES: usize = 64;
 
 /// Steps of transaction `txn` on one group, applied in order; the first
 /// that fails ends the command (and, when the command opened the

@@ -65,11 +65,6 @@ struct PendingWrite {
     reply: oneshot::Sender<Result<Outcome>>,
 }
 
-/// Roughly how many bytes a statement adds to an entry.
-fn approximate_size(s: &Statement) -> usize {
-    s.sql.len() + s.params.iter().map(drsdb_common::Value::size).sum::<usize>()
-}
-
 /// Proposes commands to one group's log (the parts of a [`Group`] that
 /// its background tasks need).
 #[derive(Clone)]
@@ -335,11 +330,11 @@ async fn batcher(group: Proposer, mut queue: mpsc::Receiver<PendingWrite>, max_b
     loop {
         let Ok(permit) = inflight.clone().acquire_owned().await else { return };
         let Some(first) = queue.recv().await else { return };
-        let mut bytes = approximate_size(&first.statement);
+        let mut bytes = first.statement.approximate_size();
         let mut batch = vec![first];
         while batch.len() < max_batch && bytes < MAX_BATCH_BYTES {
             let Ok(next) = queue.try_recv() else { break };
-            bytes += approximate_size(&next.statement);
+            bytes += next.statement.approximate_size();
             batch.push(next);
         }
         let group = group.clone();

@@ -5,10 +5,23 @@
 //! converted from and to openraft's types by `codec`. A snapshot travels
 //! as a stream: a header (vote and metadata), then slices of the SQLite
 //! file.
+//!
+//! ## One AppendEntries call per peer for all groups
+//! Every group replicates on its own, so a server leading several groups
+//! would send each peer one small message per group and entry. Instead,
+//! AppendEntries messages to a peer go through its outbox: one call is in
+//! flight per peer ([`CALLS_IN_FLIGHT_PER_PEER`]), and the messages
+//! queued meanwhile, of any group, leave together in the next call
+//! (`AppendEntriesBatch`), so a busy server sends fewer, larger messages.
+//! A message larger than [`GATHERED_BYTES`] goes in a call of its own, so
+//! that heartbeats never wait behind a large transfer. Each message keeps
+//! its own deadline: one stuck behind a call to a peer that stopped
+//! answering fails when its deadline passes, like any unanswered message.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use drsdb_common::tls::Dialer;
 use drsdb_common::GroupId;
@@ -18,6 +31,7 @@ use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{BasicNode, RaftNetworkV2};
 use prost::Message;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
 use crate::codec::{self, Malformed};
@@ -38,12 +52,33 @@ const APPEND_BYTES: usize = 32 << 20;
 const MIN_TRANSFER_BYTES_PER_SEC: f64 = (2 << 20) as f64;
 /// Size of one snapshot chunk.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Calls carrying gathered AppendEntries messages in flight to one peer;
+/// messages queue behind them and leave together in the next.
+const CALLS_IN_FLIGHT_PER_PEER: usize = 1;
+/// Most bytes of messages gathered into one call; a larger message goes
+/// in a call of its own.
+const GATHERED_BYTES: usize = 1 << 20;
+/// Entries up to this many bytes in all are converted to and from their
+/// messages on the async threads; larger ones on the blocking pool.
+pub const INLINE_CONVERSION_BYTES: usize = 256 << 10;
+
+/// An AppendEntries message waiting in a peer's outbox.
+struct Outgoing {
+    message: pb::AppendEntriesRequest,
+    bytes: usize,
+    /// How long the sender waits for the reply.
+    timeout: Duration,
+    reply: oneshot::Sender<Result<pb::AppendEntriesResponse, tonic::Status>>,
+}
 
 /// Channels to peer storage servers, by address, and the last failure
 /// of each group's messages to each of them.
 pub struct Peers {
     dialer: Dialer,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Each peer's outbox of AppendEntries messages (see the module's
+    /// essay); its sending task ends when this is dropped.
+    outboxes: Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>,
     /// (group, address) → why its last message there failed; cleared by
     /// the next message that gets through.
     failures: Mutex<HashMap<(GroupId, String), String>>,
@@ -52,7 +87,12 @@ pub struct Peers {
 impl Peers {
     /// A pool that dials with `dialer`.
     pub fn new(dialer: Dialer) -> Arc<Peers> {
-        Arc::new(Peers { dialer, channels: Mutex::new(HashMap::new()), failures: Mutex::new(HashMap::new()) })
+        Arc::new(Peers {
+            dialer,
+            channels: Mutex::new(HashMap::new()),
+            outboxes: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Why the last message of `group` to `addr` failed, if it did.
@@ -79,11 +119,100 @@ impl Peers {
         Ok(c)
     }
 
-    fn client(&self, addr: &str) -> Result<pb::raft_client::RaftClient<Channel>, RPCError<TypeConfig>> {
-        let channel = self.channel(addr).map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
-        Ok(pb::raft_client::RaftClient::new(channel)
+    fn client(&self, addr: &str) -> Result<pb::raft_client::RaftClient<Channel>, drsdb_common::Error> {
+        Ok(pb::raft_client::RaftClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE))
+    }
+
+    /// Sends `message` to `addr` through its outbox and waits up to
+    /// `timeout` for the reply.
+    async fn append(
+        &self,
+        addr: &str,
+        message: pb::AppendEntriesRequest,
+        timeout: Duration,
+    ) -> Result<pb::AppendEntriesResponse, tonic::Status> {
+        let (reply, answer) = oneshot::channel();
+        let outgoing = Outgoing { bytes: message.encoded_len(), message, timeout, reply };
+        self.outbox(addr)?.send(outgoing).map_err(|_| tonic::Status::cancelled("the server is shutting down"))?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(tonic::Status::cancelled("the server is shutting down")),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!("no reply from {addr} within {timeout:?}"))),
+        }
+    }
+
+    /// The outbox of `addr`, started on first use.
+    fn outbox(&self, addr: &str) -> Result<mpsc::UnboundedSender<Outgoing>, drsdb_common::Error> {
+        let mut outboxes = self.outboxes.lock().expect("outboxes lock");
+        if let Some(o) = outboxes.get(addr) {
+            return Ok(o.clone());
+        }
+        let (outbox, queue) = mpsc::unbounded_channel();
+        tokio::spawn(deliver(self.client(addr)?, queue));
+        outboxes.insert(addr.to_string(), outbox.clone());
+        Ok(outbox)
+    }
+}
+
+/// Sends the messages of one peer's outbox: those queued while a call is
+/// in flight leave together in the next (see the module's essay).
+async fn deliver(client: pb::raft_client::RaftClient<Channel>, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
+    let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT_PER_PEER));
+    let mut held_over = None;
+    loop {
+        let first = match held_over.take() {
+            Some(o) => o,
+            None => match queue.recv().await {
+                Some(o) => o,
+                None => return,
+            },
+        };
+        if first.bytes > GATHERED_BYTES {
+            tokio::spawn(call(client.clone(), vec![first], None));
+            continue;
+        }
+        let Ok(permit) = calls.clone().acquire_owned().await else { return };
+        let mut bytes = first.bytes;
+        let mut gathered = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            if next.bytes > GATHERED_BYTES || bytes + next.bytes > GATHERED_BYTES {
+                held_over = Some(next);
+                break;
+            }
+            bytes += next.bytes;
+            gathered.push(next);
+        }
+        tokio::spawn(call(client.clone(), gathered, Some(permit)));
+    }
+}
+
+/// One call carrying `messages` (those whose sender still waits), each
+/// answered from the reply; `permit` is given back when it ends.
+async fn call(
+    mut client: pb::raft_client::RaftClient<Channel>,
+    messages: Vec<Outgoing>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let (messages, replies): (Vec<_>, Vec<_>) =
+        messages.into_iter().filter(|o| !o.reply.is_closed()).map(|o| ((o.message, o.timeout), o.reply)).unzip();
+    let Some(timeout) = messages.iter().map(|(_, t)| *t).max() else { return };
+    let mut request =
+        tonic::Request::new(pb::AppendEntriesBatch { messages: messages.into_iter().map(|(m, _)| m).collect() });
+    request.set_timeout(timeout);
+    let answers = match client.append_entries(request).await {
+        Ok(r) if r.get_ref().replies.len() == replies.len() => r.into_inner().replies.into_iter().map(Ok).collect(),
+        Ok(r) => {
+            let why =
+                format!("malformed raft reply: {} answers to {} messages", r.get_ref().replies.len(), replies.len());
+            vec![Err(tonic::Status::internal(why)); replies.len()]
+        }
+        Err(status) => vec![Err(status); replies.len()],
+    };
+    drop(permit);
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
     }
 }
 
@@ -150,27 +279,30 @@ fn encode_append(group: GroupId, rpc: AppendEntriesRequest<TypeConfig>) -> (pb::
 }
 
 impl PeerClient {
-    /// Sends one unary message with `timeout`, recording how it went.
-    async fn unary<Req, Resp, Fut>(
-        &mut self,
-        message: Req,
-        timeout: std::time::Duration,
-        send: impl FnOnce(pb::raft_client::RaftClient<Channel>, tonic::Request<Req>) -> Fut,
-    ) -> Result<Resp, RPCError<TypeConfig>>
-    where
-        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
-    {
-        let client = self.peers.client(&self.addr)?;
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(timeout);
-        let reply = send(client, request).await;
+    /// Records how a message sent with `timeout` went, and gives its reply.
+    fn record<Resp>(
+        &self,
+        reply: Result<Resp, tonic::Status>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
         let outcome = reply.as_ref().map(|_| ()).map_err(|e| format!("{}: {}", e.code(), e.message()));
         if let Err(why) = &outcome {
             tracing::debug!(group = %self.group, peer = %self.addr, ?timeout, "raft message failed: {why}");
         }
         self.peers.record(self.group, &self.addr, outcome);
-        Ok(reply.map_err(status_error)?.into_inner())
+        reply.map_err(status_error)
     }
+}
+
+/// Roughly how many bytes `entries` take in a message.
+fn entries_bytes(entries: &[crate::types::Entry]) -> usize {
+    entries
+        .iter()
+        .map(|e| match &e.payload {
+            openraft::EntryPayload::Normal(c) => c.approximate_size(),
+            _ => 0,
+        })
+        .sum()
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
@@ -181,13 +313,18 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        // Off the async threads: a message of large entries takes a while.
+        // Large entries are converted off the async threads.
         let group = self.group;
-        let (message, cut) = tokio::task::spawn_blocking(move || encode_append(group, rpc))
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let (message, cut) = if entries_bytes(&rpc.entries) <= INLINE_CONVERSION_BYTES {
+            encode_append(group, rpc)
+        } else {
+            tokio::task::spawn_blocking(move || encode_append(group, rpc))
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
+        };
         let timeout = deadline(&option, message.encoded_len());
-        let reply = self.unary(message, timeout, |mut c, r| async move { c.append_entries(r).await }).await?;
+        let reply = self.peers.append(&self.addr, message, timeout).await;
+        let reply = self.record(reply, timeout)?;
         match (remote(codec::append_response_from_pb(reply))?, cut) {
             (AppendEntriesResponse::Success, Some(last)) => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),
             (response, _) => Ok(response),
@@ -201,8 +338,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let message = codec::vote_request_to_pb(self.group.0, &rpc);
         let timeout = deadline(&option, message.encoded_len());
-        let reply = self.unary(message, timeout, |mut c, r| async move { c.vote(r).await }).await?;
-        remote(codec::vote_response_from_pb(reply))
+        let mut client =
+            self.peers.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        let reply = client.vote(request).await.map(tonic::Response::into_inner);
+        remote(codec::vote_response_from_pb(self.record(reply, timeout)?))
     }
 
     async fn full_snapshot(
@@ -238,7 +379,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 }
             }
         });
-        let mut client = self.peers.client(&self.addr)?;
+        let mut client =
+            self.peers.client(&self.addr).map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
         let send = client.snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
         tokio::pin!(cancel);
         let reply = tokio::select! {

@@ -28,8 +28,11 @@ use drsdb_sqlite::{Failure, Limits};
 
 use crate::codec;
 use crate::group::Group;
-use crate::network::Peers;
+use crate::network::{Peers, INLINE_CONVERSION_BYTES};
 use crate::state_machine::{committed_count, SnapshotData};
+use crate::types::TypeConfig;
+use openraft::raft::AppendEntriesResponse;
+use prost::Message;
 
 /// Rows per streamed batch from a storage server.
 pub const ROWS_PER_PART: usize = 256;
@@ -277,18 +280,39 @@ async fn off_thread<T: Send + 'static>(decode: impl FnOnce() -> T + Send + 'stat
     tokio::task::spawn_blocking(decode).await.map_err(|e| Status::internal(format!("decoding a raft message: {e}")))
 }
 
+impl RaftService {
+    /// One AppendEntries message of a batch, handed to its group's Raft; a
+    /// message this server cannot take is refused on its own.
+    async fn append_one(&self, message: pb::AppendEntriesRequest) -> pb::AppendEntriesResponse {
+        let refused = |why: String| codec::append_response_to_pb(Err::<AppendEntriesResponse<TypeConfig>, _>(why));
+        let group = match self.0.group(message.group) {
+            Ok(g) => g.clone(),
+            Err(status) => return refused(status.message().to_string()),
+        };
+        // Large entries are converted off the async threads.
+        let rpc = if message.encoded_len() <= INLINE_CONVERSION_BYTES {
+            Ok(codec::append_request_from_pb(message))
+        } else {
+            off_thread(move || codec::append_request_from_pb(message)).await
+        };
+        match rpc {
+            Ok(Ok(rpc)) => codec::append_response_to_pb(group.raft.append_entries(rpc).await),
+            Ok(Err(malformed)) => refused(format!("malformed AppendEntries message: {malformed}")),
+            Err(status) => refused(status.message().to_string()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn append_entries(
         &self,
-        request: Request<pb::AppendEntriesRequest>,
-    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        request: Request<pb::AppendEntriesBatch>,
+    ) -> Result<Response<pb::AppendEntriesReplies>, Status> {
         self.0.servers_only(&request)?;
-        let msg = request.into_inner();
-        let group = self.0.group(msg.group)?;
-        let rpc = off_thread(move || codec::append_request_from_pb(msg)).await??;
-        let r = group.raft.append_entries(rpc).await;
-        Ok(Response::new(codec::append_response_to_pb(r)))
+        let messages = request.into_inner().messages;
+        let replies = futures::future::join_all(messages.into_iter().map(|m| self.append_one(m))).await;
+        Ok(Response::new(pb::AppendEntriesReplies { replies }))
     }
 
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
