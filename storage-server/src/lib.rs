@@ -53,7 +53,9 @@
 //!   certificate (`service`).
 //! - **Raft traffic**: `network` carries openraft's messages, as the
 //!   messages of `raft.proto`, over one gRPC channel per peer, tagged with
-//!   the group id; snapshots stream as SQLite files.
+//!   the group id. AppendEntries messages of all groups to one peer share
+//!   its outbox: those queued while a call is in flight leave together in
+//!   the next. Snapshots stream as SQLite files.
 //!
 //! ## In tests
 //! `InProcessTier` (`in_process`) hosts whole storage servers inside the
