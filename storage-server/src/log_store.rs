@@ -504,9 +504,11 @@ mod tests {
             a.save_committed(Some(entry(2, 4).log_id)).await.unwrap();
         }
         // The writer finishes what is queued once the engine is dropped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let engine = loop {
             match LogEngine::open(&path) {
                 Ok(e) => break e,
+                Err(e) if std::time::Instant::now() > deadline => panic!("the log did not reopen: {e}"),
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
             }
         };

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drsdb_common::tls::Dialer;
+use drsdb_common::tls::{Channels, Dialer};
 use drsdb_common::GroupId;
 use drsdb_proto as pb;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -74,8 +74,7 @@ struct Outgoing {
 /// Channels to peer storage servers, by address, and the last failure
 /// of each group's messages to each of them.
 pub struct Peers {
-    dialer: Dialer,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Channels,
     /// Each peer's outbox of AppendEntries messages (see the module's
     /// essay); its sending task ends when this is dropped.
     outboxes: Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>,
@@ -88,8 +87,7 @@ impl Peers {
     /// A pool that dials with `dialer`.
     pub fn new(dialer: Dialer) -> Arc<Peers> {
         Arc::new(Peers {
-            dialer,
-            channels: Mutex::new(HashMap::new()),
+            channels: Channels::new(dialer),
             outboxes: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         })
@@ -108,33 +106,23 @@ impl Peers {
         };
     }
 
-    /// The (lazily connecting) channel to `addr`.
-    pub fn channel(&self, addr: &str) -> Result<Channel, drsdb_common::Error> {
-        let mut channels = self.channels.lock().expect("peers lock");
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
-        }
-        let c = self.dialer.lazy(addr)?;
-        channels.insert(addr.to_string(), c.clone());
-        Ok(c)
-    }
-
     fn client(&self, addr: &str) -> Result<pb::raft_client::RaftClient<Channel>, drsdb_common::Error> {
-        Ok(pb::raft_client::RaftClient::new(self.channel(addr)?)
+        Ok(pb::raft_client::RaftClient::new(self.channels.get(addr)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE))
     }
 
-    /// Sends `message` to `addr` through its outbox and waits up to
-    /// `timeout` for the reply.
+    /// Sends `message` (`bytes` long) to `addr` through its outbox and
+    /// waits up to `timeout` for the reply.
     async fn append(
         &self,
         addr: &str,
         message: pb::AppendEntriesRequest,
+        bytes: usize,
         timeout: Duration,
     ) -> Result<pb::AppendEntriesResponse, tonic::Status> {
         let (reply, answer) = oneshot::channel();
-        let outgoing = Outgoing { bytes: message.encoded_len(), message, timeout, reply };
+        let outgoing = Outgoing { message, bytes, timeout, reply };
         self.outbox(addr)?.send(outgoing).map_err(|_| tonic::Status::cancelled("the server is shutting down"))?;
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(reply)) => reply,
@@ -177,7 +165,7 @@ async fn deliver(client: pb::raft_client::RaftClient<Channel>, mut queue: mpsc::
         let mut bytes = first.bytes;
         let mut gathered = vec![first];
         while let Ok(next) = queue.try_recv() {
-            if next.bytes > GATHERED_BYTES || bytes + next.bytes > GATHERED_BYTES {
+            if bytes + next.bytes > GATHERED_BYTES {
                 held_over = Some(next);
                 break;
             }
@@ -267,15 +255,21 @@ fn deadline(option: &RPCOption, bytes: usize) -> std::time::Duration {
 }
 
 /// `rpc` as its message, cut to a prefix of its entries that fits
-/// `APPEND_BYTES` (at least one entry); the last entry sent when cut.
-fn encode_append(group: GroupId, rpc: AppendEntriesRequest<TypeConfig>) -> (pb::AppendEntriesRequest, Option<LogId>) {
+/// `APPEND_BYTES` (at least one entry); the last entry sent when cut, and
+/// the message's encoded length.
+fn encode_append(
+    group: GroupId,
+    rpc: AppendEntriesRequest<TypeConfig>,
+) -> (pb::AppendEntriesRequest, Option<LogId>, usize) {
     let mut msg = codec::append_request_to_pb(group.0, rpc);
     let mut cut = None;
-    while msg.encoded_len() > APPEND_BYTES && msg.entries.len() > 1 {
+    let mut bytes = msg.encoded_len();
+    while bytes > APPEND_BYTES && msg.entries.len() > 1 {
         msg.entries.truncate(msg.entries.len() / 2);
         cut = msg.entries.last().and_then(|e| e.log_id).map(codec::log_id_from_pb);
+        bytes = msg.encoded_len();
     }
-    (msg, cut)
+    (msg, cut, bytes)
 }
 
 impl PeerClient {
@@ -315,15 +309,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         // Large entries are converted off the async threads.
         let group = self.group;
-        let (message, cut) = if entries_bytes(&rpc.entries) <= INLINE_CONVERSION_BYTES {
+        let (message, cut, bytes) = if entries_bytes(&rpc.entries) <= INLINE_CONVERSION_BYTES {
             encode_append(group, rpc)
         } else {
             tokio::task::spawn_blocking(move || encode_append(group, rpc))
                 .await
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
         };
-        let timeout = deadline(&option, message.encoded_len());
-        let reply = self.peers.append(&self.addr, message, timeout).await;
+        let timeout = deadline(&option, bytes);
+        let reply = self.peers.append(&self.addr, message, bytes, timeout).await;
         let reply = self.record(reply, timeout)?;
         match (remote(codec::append_response_from_pb(reply))?, cut) {
             (AppendEntriesResponse::Success, Some(last)) => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),
@@ -396,5 +390,131 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let r = codec::snapshot_response_from_pb(reply)
             .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("malformed reply: {e}"))))?;
         r.map_err(|why| StreamingError::Unreachable(Unreachable::from_string(format!("peer failed: {why}"))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drsdb_common::config::TlsConfig;
+    use tokio::sync::Notify;
+    use tonic::{Request, Response, Status, Streaming};
+
+    /// A peer that records the calls it gets and answers each message with
+    /// its group id; the first call is held until `release`.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<Vec<u64>>>,
+        arrived: Notify,
+        release: Notify,
+    }
+
+    /// The recorder as a served peer.
+    struct Peer(Arc<Recorder>);
+
+    #[tonic::async_trait]
+    impl pb::raft_server::Raft for Peer {
+        async fn append_entries(
+            &self,
+            request: Request<pb::AppendEntriesBatch>,
+        ) -> Result<Response<pb::AppendEntriesReplies>, Status> {
+            let groups: Vec<u64> = request.into_inner().messages.iter().map(|m| m.group).collect();
+            let first = {
+                let mut calls = self.0.calls.lock().unwrap();
+                calls.push(groups.clone());
+                calls.len() == 1
+            };
+            if first {
+                self.0.arrived.notify_one();
+                self.0.release.notified().await;
+            }
+            let replies = groups
+                .iter()
+                .map(|g| codec::append_response_to_pb(Err::<AppendEntriesResponse<TypeConfig>, _>(g.to_string())))
+                .collect();
+            Ok(Response::new(pb::AppendEntriesReplies { replies }))
+        }
+
+        async fn vote(&self, _: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn snapshot(
+            &self,
+            _: Request<Streaming<pb::SnapshotChunk>>,
+        ) -> Result<Response<pb::SnapshotResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    fn peers() -> Arc<Peers> {
+        Peers::new(Dialer::new(&TlsConfig { insecure: true, ..Default::default() }).unwrap())
+    }
+
+    fn message(group: u64) -> pb::AppendEntriesRequest {
+        pb::AppendEntriesRequest { group, ..Default::default() }
+    }
+
+    /// The group id the recorder answered with.
+    fn answered(reply: Result<pb::AppendEntriesResponse, Status>) -> String {
+        match reply.unwrap().result {
+            Some(pb::append_entries_response::Result::Refused(g)) => g,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_queued_behind_a_call_leave_together_and_each_gets_its_reply() {
+        let recorder = Arc::new(Recorder::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tonic::transport::Server::builder()
+            .add_service(pb::raft_server::RaftServer::new(Peer(recorder.clone())))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        let server = tokio::spawn(server);
+        let peers = peers();
+
+        let first = tokio::spawn({
+            let (peers, addr) = (peers.clone(), addr.clone());
+            async move { peers.append(&addr, message(1), 0, LONG).await }
+        });
+        tokio::time::timeout(LONG, recorder.arrived.notified()).await.expect("the first call arrives");
+        // Queued (polled once) while the first call is in flight.
+        let mut queued: Vec<_> = (2..=4).map(|g| Box::pin(peers.append(&addr, message(g), 0, LONG))).collect();
+        for q in &mut queued {
+            assert!(futures::poll!(q.as_mut()).is_pending());
+        }
+        recorder.release.notify_one();
+        assert_eq!(answered(first.await.unwrap()), "1");
+        for (g, q) in (2..=4).zip(queued) {
+            assert_eq!(answered(q.await), g.to_string());
+        }
+        assert_eq!(*recorder.calls.lock().unwrap(), vec![vec![1], vec![2, 3, 4]]);
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_behind_an_unanswered_call_fails_by_its_own_deadline() {
+        // Accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let peers = peers();
+        let stuck = tokio::spawn({
+            let (peers, addr) = (peers.clone(), addr.clone());
+            async move { peers.append(&addr, message(1), 0, LONG).await }
+        });
+        let behind = peers.append(&addr, message(2), 0, Duration::from_millis(200));
+        let behind = tokio::time::timeout(LONG / 2, behind).await.expect("not held by the call in flight");
+        assert_eq!(behind.unwrap_err().code(), tonic::Code::DeadlineExceeded);
+        stuck.abort();
+        silent.abort();
     }
 }
