@@ -116,6 +116,12 @@ pub struct TxnCommand {
     /// no client holding it open: idle, it is abandoned (its shards roll it
     /// back after `STATEMENT_TXN_IDLE_MS`, not `txn_idle_timeout_ms`).
     pub statement: bool,
+    /// A `Begin` finding the group held answers [`CommandResult::Busy`] to
+    /// the proposer at once instead of waiting for the holder to end (the
+    /// command also prepares the transaction, and a prepared transaction
+    /// must never wait: see the index server's `executor::txn`). Read by
+    /// the proposer only: replicas apply the command alike either way.
+    pub no_wait: bool,
 }
 
 /// How long a statement's own transaction may sit idle, not prepared, on a
@@ -317,6 +323,7 @@ impl From<Command> for pb::Command {
                 now_ms: t.now_ms,
                 steps: t.steps.into_iter().map(Into::into).collect(),
                 statement: t.statement,
+                no_wait: t.no_wait,
             }),
         };
         pb::Command { kind: Some(kind) }
@@ -334,6 +341,7 @@ impl TryFrom<pb::Command> for Command {
                 now_ms: t.now_ms,
                 steps: t.steps.into_iter().map(Step::try_from).collect::<Result<_>>()?,
                 statement: t.statement,
+                no_wait: t.no_wait,
             }),
         })
     }
@@ -534,7 +542,7 @@ mod tests {
         ];
         for c in [
             Command::Batch(vec![statement(), Statement::new("SELECT 1")]),
-            Command::Txn(TxnCommand { txn, now_ms: -7, steps, statement: true }),
+            Command::Txn(TxnCommand { txn, now_ms: -7, steps, statement: true, no_wait: true }),
         ] {
             assert_eq!(Command::try_from(pb::Command::from(c.clone())), Ok(c));
         }

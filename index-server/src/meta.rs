@@ -186,15 +186,23 @@ fn versioned_objects(rows: Vec<Vec<Value>>) -> (Option<i64>, Vec<catalog::Object
     (version, catalog::objects_from_rows(objects.collect()))
 }
 
-/// Reads the first shard's schema (every shard has the same) and records
-/// it, with its version, as the catalog in the meta group. Returns it.
-pub async fn sync_catalog(tier: &dyn StorageTier) -> Result<Catalog> {
-    let rows = query(tier, GroupId::FIRST_DATA, drsdb_common::sql::SCHEMA_OBJECTS, vec![]).await?;
+/// The catalog as the shards have it: the first shard's schema (every
+/// shard has the same) and its version, with the meta group's list of
+/// reference tables.
+pub async fn shard_catalog(tier: &dyn StorageTier) -> Result<Catalog> {
+    let schema = query(tier, GroupId::FIRST_DATA, drsdb_common::sql::SCHEMA_OBJECTS, vec![]);
+    let (rows, references) = futures::try_join!(schema, references(tier))?;
     let objects = catalog::objects_from_rows(rows);
     let version = drsdb_common::sql::schema_fingerprint(
         objects.iter().map(|o| [o.kind.as_str(), o.name.as_str(), o.table.as_str(), o.sql.as_str()]),
     );
-    let catalog = Catalog::new(objects, &references(tier).await?, Some(version))?;
+    Catalog::new(objects, &references, Some(version))
+}
+
+/// The catalog as the shards have it ([`shard_catalog`]), recorded in the
+/// meta group. Returns it.
+pub async fn sync_catalog(tier: &dyn StorageTier) -> Result<Catalog> {
+    let catalog = shard_catalog(tier).await?;
     meta_write(
         tier,
         vec![
@@ -206,7 +214,7 @@ pub async fn sync_catalog(tier: &dyn StorageTier) -> Result<Catalog> {
             ),
             statement(
                 "INSERT OR REPLACE INTO catalog_version(grp, version) VALUES (?1, ?2)",
-                vec![CATALOG_ROW.into(), version.into()],
+                vec![CATALOG_ROW.into(), catalog.version.into()],
             ),
         ],
     )

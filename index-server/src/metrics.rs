@@ -28,6 +28,10 @@ pub struct Metrics {
     /// Prepared transactions this server's resolver finished after their
     /// coordinator went quiet.
     pub in_doubt_resolved: AtomicU64,
+    /// Statements over several shards whose first attempt, preparing each
+    /// shard as it ran there, found a shard held, and that ran again
+    /// waiting for it (`Executor::in_own_txn`).
+    pub held_reruns: AtomicU64,
 }
 
 impl Metrics {
@@ -48,6 +52,7 @@ impl Metrics {
             ("commits_multi_shard", read(&self.commits_multi_shard)),
             ("aborts", read(&self.aborts)),
             ("in_doubt_resolved", read(&self.in_doubt_resolved)),
+            ("held_reruns", read(&self.held_reruns)),
         ]
     }
 }

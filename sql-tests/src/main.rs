@@ -63,6 +63,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let started = Instant::now();
     let (mut passed, mut failed, mut skipped, mut broken) = (0, 0, 0, 0);
     for file in &files {
+        let file_started = Instant::now();
         let report = runtime.block_on(async {
             let mut client = cluster.client().await?;
             drsdb_sql_tests::reset(&mut client).await?;
@@ -72,12 +73,16 @@ fn run(args: Args) -> anyhow::Result<bool> {
         failed += report.failed;
         skipped += report.skipped;
         let name = file.display();
+        let took = file_started.elapsed().as_secs_f64();
         match &report.error {
             Some(e) => {
                 broken += 1;
-                println!("{name}: ERROR {e}");
+                println!("{name}: ERROR {e} ({took:.1} s)");
             }
-            None => println!("{name}: {} passed, {} failed, {} skipped", report.passed, report.failed, report.skipped),
+            None => println!(
+                "{name}: {} passed, {} failed, {} skipped ({took:.1} s)",
+                report.passed, report.failed, report.skipped
+            ),
         }
         for f in report.failures.iter().take(args.show_failures) {
             println!("  {}", f.replace('\n', "\n  "));

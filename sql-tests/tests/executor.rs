@@ -432,3 +432,70 @@ async fn a_stopped_leader_is_replaced_and_writes_go_on() {
     assert_ne!(c.tier.leader(GroupId(1)), Some(leader));
     c.tier.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_over_shards_that_finds_one_held_leaves_the_others_unprepared_and_waits() {
+    let c = Cluster::start().await;
+    let mut setup = Session::default();
+    c.ok(&mut setup, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
+    c.ok(&mut setup, &insert_rows(40)).await;
+    // Two keys on different shards.
+    let mut keys: std::collections::BTreeMap<i64, i64> = Default::default();
+    for id in 1..=40 {
+        match c.ok(&mut Session::default(), &format!("SHOW SHARD OF t KEY {id}")).await.rows[0][0] {
+            Value::Integer(g) => keys.entry(g).or_insert(id),
+            ref other => panic!("{other:?}"),
+        };
+    }
+    let ids: Vec<i64> = keys.values().copied().collect();
+    let (a, b) = (ids[0], ids[1]);
+    // An explicit transaction holds a's shard; then a broadcast UPDATE
+    // (younger) starts, and finds that shard held.
+    let mut holder = Session::default();
+    c.ok(&mut holder, "BEGIN").await;
+    c.ok(&mut holder, &format!("UPDATE t SET v = 1 WHERE id = {a}")).await;
+    // (Its own request id: ids of the sessions above were claimed.)
+    let mut updater = Session { sent: 100, ..Session::default() };
+    let broadcast = async { c.run(&mut updater, "UPDATE t SET v = v + 10").await };
+    let holder_goes_on = async {
+        // Its first attempt, which prepares each shard as it runs there,
+        // is aborted once it finds the shard held...
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        while metric(&c, "held_reruns").await == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the broadcast never found a's shard held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // ...so it left b's shard free, not prepared: the holder takes it
+        // (a prepared shard would make it wait for the broadcast, which
+        // waits for it) and commits.
+        c.ok(&mut holder, &format!("UPDATE t SET v = 2 WHERE id = {b}")).await;
+        c.ok(&mut holder, "COMMIT").await;
+    };
+    let (broadcast, ()) = tokio::join!(broadcast, holder_goes_on);
+    c.no_transactions().await;
+    let total = c.number("SELECT sum(v) FROM t").await;
+    match broadcast {
+        // It ran again, waiting for the shard, after the holder committed.
+        Ok(answer) => {
+            assert_eq!(answer.rows_affected, 40);
+            assert_eq!(total, 3 + 400);
+        }
+        // Or, holding b's shard when the (older) holder came for it, it was
+        // rolled back everywhere: the driver runs it again.
+        Err(e) => {
+            assert!(matches!(&e, Error::Retryable(_)), "{e:?}");
+            assert_eq!(total, 3);
+        }
+    }
+    c.tier.shutdown().await;
+}
+
+/// The counter `name` of `SHOW METRICS`.
+async fn metric(c: &Cluster, name: &str) -> i64 {
+    let shown = c.ok(&mut Session::default(), "SHOW METRICS").await;
+    let row = shown.rows.iter().find(|r| r[1] == Value::Text(name.into())).unwrap_or_else(|| panic!("{name}"));
+    match row[2] {
+        Value::Integer(n) => n,
+        ref other => panic!("{other:?}"),
+    }
+}

@@ -292,6 +292,7 @@ mod tests {
                 now_ms: 5,
                 steps: vec![Step::Begin, Step::Run(Statement::new("SELECT 1"))],
                 statement: true,
+                no_wait: false,
             })),
         ] {
             let e = Entry { log_id: log_id(3, 9), payload };

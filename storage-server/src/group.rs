@@ -285,9 +285,11 @@ impl Group {
 
 impl Proposer {
     /// Proposes a command; when a transaction holds the group, waits for it
-    /// to end and proposes again.
+    /// to end and proposes again (unless the command says not to wait:
+    /// then `Busy` is its result).
     async fn propose_waiting(&self, command: Command) -> Result<CommandResult> {
         let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+        let no_wait = matches!(&command, Command::Txn(t) if t.no_wait);
         loop {
             let response = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(command.clone()))
                 .await
@@ -299,7 +301,7 @@ impl Proposer {
                 })?
                 .map_err(|e| write_error(self.id, e))?;
             match response.data {
-                CommandResult::Busy(holder) => self.wait_until_free(&holder, deadline).await?,
+                CommandResult::Busy(holder) if !no_wait => self.wait_until_free(&holder, deadline).await?,
                 result => return Ok(result),
             }
         }
@@ -390,6 +392,7 @@ async fn reaper(group: Proposer, idle: Duration, longest: Duration, mut stopped:
                     now_ms,
                     steps: vec![Step::Rollback],
                     statement: h.statement,
+                    no_wait: false,
                 });
                 if let Err(e) = group.raft.client_write(rollback).await {
                     tracing::warn!(group = %group.id, "cannot roll back a transaction {why}: {e}");

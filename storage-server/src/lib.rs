@@ -33,7 +33,8 @@
 //!   time, wound-wait, two-phase commit with the decision recorded at an
 //!   anchor group). Its SQLite transaction stays open across entries on
 //!   every replica. Writes that reach the log meanwhile are answered `Busy`
-//!   (naming the holder) and re-proposed once it lets go. The leader rolls
+//!   (naming the holder) and re-proposed once it lets go, unless the
+//!   command says not to wait (`no_wait`): then `Busy` is its answer. The leader rolls
 //!   back a transaction that is not prepared when it sits idle longer than
 //!   `txn_idle_timeout_ms` (a statement's own: 5 s) or stays open longer
 //!   than `txn_max_duration_ms`; a prepared one only its decision ends.

@@ -28,7 +28,8 @@ impl Executor {
         if groups.len() > 1 {
             // Checked against the shards' schema as it is now: this index
             // server's cached catalog may miss another one's recent DDL.
-            self.set_catalog(meta::sync_catalog(self.tier.as_ref()).await?);
+            // (Recorded in the meta group after the change.)
+            self.set_catalog(meta::shard_catalog(self.tier.as_ref()).await?);
             let sql = statement.sql.clone();
             let reference = creates.as_ref().is_some_and(|(_, r)| *r);
             let catalog = self.catalog();
@@ -66,9 +67,8 @@ impl Executor {
         }
         // On several shards the change is a transaction of its own: on
         // every shard or on none.
-        let own = self.own_txn(txn, groups, &statement, false);
-        let r = self.change_everywhere(&statement, groups, txn.or(own.as_ref())).await;
-        let r = self.finish_own(own, r).await;
+        let own = self.own_txn(txn, groups, &statement, false, true);
+        let r = self.in_own_txn(txn, own.as_ref(), |t| self.change_everywhere(&statement, groups, t)).await;
         match meta::sync_catalog(self.tier.as_ref()).await {
             Ok(c) => self.set_catalog(c),
             // The shards have the change; the catalog heals on the next

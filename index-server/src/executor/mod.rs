@@ -347,9 +347,9 @@ impl Executor {
                 self.send_result(out, r, txn).await
             }
             Plan::Broadcast { groups, same_seed } => {
-                let own = self.own_txn(txn, &groups, &statement, false);
-                let r = self.broadcast(&groups, statement, same_seed, txn.or(own.as_ref())).await;
-                let r = self.finish_own(own, r).await?;
+                let own = self.own_txn(txn, &groups, &statement, false, true);
+                let body = |t| self.broadcast(&groups, &statement, same_seed, t);
+                let r = self.in_own_txn(txn, own.as_ref(), body).await?;
                 self.send_result(out, r, txn).await
             }
         }

@@ -22,10 +22,18 @@
 //! - A statement without a transaction that writes several shards (a
 //!   multi-shard INSERT, a broadcast UPDATE or DELETE, DDL) runs as a
 //!   transaction of its own, committed the same way: atomic, one shard's
-//!   failure rolls back the others. A shard is prepared only once the
-//!   transaction holds every shard it needs: a prepared transaction cannot
-//!   be rolled back for an older one, so preparing earlier could make two
-//!   prepared transactions wait for each other.
+//!   failure rolls back the others. A prepared transaction cannot be
+//!   rolled back for an older one, so a transaction that waits for a shard
+//!   while prepared on another could wait for one that waits for it. So a
+//!   shard is prepared only once the transaction holds every shard it
+//!   needs, with one exception that saves COMMIT its prepare round: a
+//!   statement that sends one command to each shard (a broadcast, DDL, an
+//!   INSERT with one part per shard) first tries with each command
+//!   preparing its shard (`[Begin, Run, Prepare]`, the anchor not
+//!   prepared) and waiting for nothing (`no_wait`: a held shard answers
+//!   `Busy` at once). If a shard was held, that attempt is aborted
+//!   everywhere and the statement runs again the usual way
+//!   ([`Executor::in_own_txn`]).
 //! - A client holds its transaction on one index server (`Sql.Hold`); a
 //!   hold that ends unreleased (the client went away) ends the
 //!   transaction on every shard ([`Executor::release_abandoned`]).
@@ -56,6 +64,16 @@ use crate::metrics::Metrics;
 /// accepted from anyone.
 pub const MAX_TXN_AGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
+/// A statement's own transaction (see [`Executor::own_txn`]).
+#[derive(Debug)]
+pub struct OwnTxn {
+    /// Its first attempt.
+    first: Txn,
+    /// The attempt run when the first prepared each shard as it ran
+    /// there, and found one held.
+    again: Option<Txn>,
+}
+
 /// A transaction, as one statement of it sees it.
 #[derive(Debug)]
 pub struct Txn {
@@ -78,6 +96,16 @@ pub struct Txn {
     /// The first outcome the anchor answered a claim with: the statement
     /// was applied before.
     replayed: Mutex<Option<Outcome>>,
+    /// For a statement run as its own transaction that sends one command
+    /// per shard: each shard but the anchor is prepared by the command
+    /// that runs the statement there, and no command waits for a shard
+    /// held by another transaction (see [`Executor::in_own_txn`]).
+    prepare_in_statement: bool,
+    /// Shards that refused a command of it, being held (with
+    /// `prepare_in_statement` only).
+    busy: Mutex<BTreeSet<GroupId>>,
+    /// Shards where it is prepared.
+    prepared: Mutex<BTreeSet<GroupId>>,
 }
 
 impl Txn {
@@ -119,6 +147,9 @@ impl Txn {
             anchor: None,
             request: None,
             replayed: Mutex::default(),
+            prepare_in_statement: false,
+            busy: Mutex::default(),
+            prepared: Mutex::default(),
         }
     }
 
@@ -144,6 +175,7 @@ impl Txn {
             now_ms: chrono::Utc::now().timestamp_millis(),
             steps,
             statement: self.anchor.is_some(),
+            no_wait: self.prepare_in_statement,
         })
     }
 }
@@ -159,53 +191,95 @@ impl Executor {
     /// The transaction of its own `statement`, a write of one command to
     /// each of `commands` (a shard each) outside `txn`: one when it sends
     /// several commands, so that it is atomic, or when `always`. With a
-    /// request id, the statement is claimed at a shard the id picks.
+    /// request id, the statement is claimed at a shard the id picks. With
+    /// `one_command_each` (the statement sends one command to each shard),
+    /// its first attempt prepares each shard as it runs there (see
+    /// [`Executor::in_own_txn`]).
     pub(super) fn own_txn(
         &self,
         txn: Option<&Txn>,
         commands: &[GroupId],
         statement: &Statement,
         always: bool,
-    ) -> Option<Txn> {
+        one_command_each: bool,
+    ) -> Option<OwnTxn> {
         if txn.is_some() || (commands.len() <= 1 && !always) {
             return None;
         }
-        // The statement's first try dates the transaction, so that it keeps
-        // its age when the statement is run again after losing a conflict.
-        let id = match first_try_ms(statement.request_id.as_deref()) {
-            Some(t) => TxnId(ulid::Ulid::from_parts(t as u64, rand::random()).to_string()),
-            None => self.txn_id(),
-        };
-        let mut own = Txn::begin(id);
         let shards = self.shards.load(std::sync::atomic::Ordering::Relaxed);
-        own.anchor = match &statement.request_id {
-            // The seed is a function of the request id (see `clock_of`).
-            Some(_) if shards > 0 => Some(shard::shard_group(shard::shard_of(statement.seed, shards))),
-            _ => commands.iter().min().copied(),
+        let attempt = || {
+            // The statement's first try dates the transaction, so that it
+            // keeps its age when the statement is run again after losing a
+            // conflict.
+            let id = match first_try_ms(statement.request_id.as_deref()) {
+                Some(t) => TxnId(ulid::Ulid::from_parts(t as u64, rand::random()).to_string()),
+                None => self.txn_id(),
+            };
+            let mut own = Txn::begin(id);
+            own.anchor = match &statement.request_id {
+                // The seed is a function of the request id (see `clock_of`).
+                Some(_) if shards > 0 => Some(shard::shard_group(shard::shard_of(statement.seed, shards))),
+                _ => commands.iter().min().copied(),
+            };
+            own.request = statement.request_id.clone().filter(|_| shards > 0);
+            own
         };
-        own.request = statement.request_id.clone().filter(|_| shards > 0);
-        Some(own)
+        let mut first = attempt();
+        first.prepare_in_statement = one_command_each;
+        Some(OwnTxn { first, again: one_command_each.then(attempt) })
+    }
+
+    /// Runs `body`, a write of a statement, in `txn` or in `own`, the
+    /// statement's own transaction (from [`Executor::own_txn`]), which it
+    /// then commits or aborts. When the first attempt prepared each shard
+    /// as it ran there, COMMIT saves a round; none of its commands waited
+    /// for a shard another transaction holds, since this one, prepared
+    /// elsewhere, could be what that one waits for. When a shard was held,
+    /// that attempt is aborted and the statement runs again the usual way:
+    /// waiting for the shard, then a prepare round.
+    pub(super) async fn in_own_txn<'a, F, Fut>(
+        &'a self,
+        txn: Option<&'a Txn>,
+        own: Option<&'a OwnTxn>,
+        body: F,
+    ) -> Result<StatementResult>
+    where
+        F: Fn(Option<&'a Txn>) -> Fut,
+        Fut: std::future::Future<Output = Result<StatementResult>>,
+    {
+        let Some(own) = own else { return body(txn).await };
+        let r = body(Some(&own.first)).await;
+        let held = !own.first.busy.lock().expect("txn lock").is_empty();
+        let replayed = own.first.replayed.lock().expect("txn lock").is_some();
+        let Some(again) = own.again.as_ref().filter(|_| held && !replayed) else {
+            return self.finish_own(&own.first, r).await;
+        };
+        self.abort(&own.first).await;
+        Metrics::add(&self.metrics.held_reruns, 1);
+        let r = body(Some(again)).await;
+        self.finish_own(again, r).await
     }
 
     /// Ends a write that ran in `own`, its own transaction (see
     /// [`Executor::own_txn`]), with result `r`: commits it, or aborts it.
     /// When the anchor found the statement applied before, the first
     /// outcome is the answer.
-    pub(super) async fn finish_own(&self, own: Option<Txn>, r: Result<StatementResult>) -> Result<StatementResult> {
-        if let Some(first) = own.as_ref().and_then(|o| o.replayed.lock().expect("txn lock").take()) {
-            self.abort(own.as_ref().expect("checked")).await;
+    async fn finish_own(&self, own: &Txn, r: Result<StatementResult>) -> Result<StatementResult> {
+        let replayed = own.replayed.lock().expect("txn lock").take();
+        if let Some(first) = replayed {
+            self.abort(own).await;
             return first;
         }
-        match (own, r) {
-            (Some(own), Ok(v)) => {
+        match r {
+            Ok(v) => {
                 let request = own.request.clone().map(|id| (id, v.clone()));
-                match self.commit(&own, request).await? {
+                match self.commit(own, request).await? {
                     Some(first) => first,
                     None => Ok(v),
                 }
             }
-            (Some(own), Err(e)) => {
-                self.abort(&own).await;
+            Err(e) => {
+                self.abort(own).await;
                 // No commit was sent, so nothing of it can commit: a
                 // failure that left some shard's outcome unknown becomes
                 // one that applied nothing.
@@ -217,7 +291,6 @@ impl Executor {
                     )),
                 })
             }
-            (None, r) => r,
         }
     }
 
@@ -261,10 +334,14 @@ impl Executor {
             held.sort();
         }
         decide.push(Step::Commit { participants: held.clone(), request });
-        if !others.is_empty() {
+        let unprepared: Vec<GroupId> = {
+            let prepared = txn.prepared.lock().expect("txn lock");
+            others.iter().copied().filter(|g| !prepared.contains(g)).collect()
+        };
+        if !unprepared.is_empty() {
             let prepared =
-                join_all(others.iter().map(|g| self.txn_step(*g, txn, vec![Step::Prepare { anchor }]))).await;
-            if let Some((g, e)) = others.iter().zip(prepared).find_map(|(g, r)| r.err().map(|e| (g, e))) {
+                join_all(unprepared.iter().map(|g| self.txn_step(*g, txn, vec![Step::Prepare { anchor }]))).await;
+            if let Some((g, e)) = unprepared.iter().zip(prepared).find_map(|(g, r)| r.err().map(|e| (g, e))) {
                 self.abort(txn).await;
                 return Err(Error::Retryable(format!(
                     "shard {g} could not prepare the transaction ({e}); it was rolled back: run it again from BEGIN"
@@ -428,6 +505,7 @@ impl Executor {
     async fn txn_step(&self, group: GroupId, txn: &Txn, steps: Vec<Step>) -> Result<StatementResult> {
         match self.tier.write(group, txn.command(steps), false).await? {
             CommandResult::Txn(outcome) => outcome,
+            CommandResult::Busy(holder) => Err(busy(txn, group, &holder)),
             other => Err(Error::io(format!("unexpected transaction result {other:?}"))),
         }
     }
@@ -450,13 +528,18 @@ impl Executor {
     /// (or may be) and of a claim answered with an earlier outcome.
     async fn send_steps(&self, t: &Txn, group: GroupId, steps: Vec<Step>) -> Result<StatementResult> {
         t.sent.lock().expect("txn lock").insert(group);
+        let prepares = steps.iter().any(|s| matches!(s, Step::Prepare { .. }));
         match self.tier.write(group, t.command(steps), false).await {
             Ok(CommandResult::Txn(outcome)) => {
                 if outcome.is_ok() {
                     t.held.lock().expect("txn lock").insert(group);
+                    if prepares {
+                        t.prepared.lock().expect("txn lock").insert(group);
+                    }
                 }
                 outcome
             }
+            Ok(CommandResult::Busy(holder)) => Err(busy(t, group, &holder)),
             Ok(CommandResult::Replayed(first)) => {
                 *t.replayed.lock().expect("txn lock") = Some(first);
                 Err(Error::Retryable(format!("statement {:?} was applied before", t.request)))
@@ -485,6 +568,10 @@ impl Executor {
                 steps.extend(t.request.clone().map(Step::Claim));
             }
             steps.push(Step::Run(statement));
+            match t.anchor {
+                Some(anchor) if t.prepare_in_statement && anchor != group => steps.push(Step::Prepare { anchor }),
+                _ => {}
+            }
             return self.send_steps(t, group, steps).await;
         }
         // With a request id the storage tier applies it once, so it may be
@@ -578,6 +665,13 @@ impl Executor {
     }
 }
 
+/// The error of a command of `txn` that `group` refused without waiting,
+/// being held by transaction `holder`.
+fn busy(txn: &Txn, group: GroupId, holder: &TxnId) -> Error {
+    txn.busy.lock().expect("txn lock").insert(group);
+    Error::Retryable(format!("shard {group} is held by transaction {holder}"))
+}
+
 /// `step` of transaction `txn`, sent by someone other than its
 /// coordinator (a resolver, a client asking its outcome).
 fn lone_step(txn: &TxnId, step: Step) -> Command {
@@ -586,6 +680,7 @@ fn lone_step(txn: &TxnId, step: Step) -> Command {
         now_ms: chrono::Utc::now().timestamp_millis(),
         steps: vec![step],
         statement: false,
+        no_wait: false,
     })
 }
 

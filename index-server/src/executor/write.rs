@@ -19,12 +19,12 @@ impl Executor {
     pub(super) async fn broadcast(
         &self,
         groups: &[GroupId],
-        statement: Statement,
+        statement: &Statement,
         same_seed: bool,
         txn: Option<&Txn>,
     ) -> Result<StatementResult> {
         let results =
-            join_all(groups.iter().map(|g| self.apply(*g, Self::for_shard(&statement, *g, same_seed), txn))).await;
+            join_all(groups.iter().map(|g| self.apply(*g, Self::for_shard(statement, *g, same_seed), txn))).await;
         combine(results, same_seed)
     }
 
@@ -98,24 +98,27 @@ impl Executor {
         // (the data changed), and go to other shards than the first time:
         // only the claim at the shard its request id picks finds it then.
         let read_data = matches!(source, Source::Query(..)) && statement.request_id.is_some();
-        let own = self.own_txn(txn, &groups, &statement, read_data);
-        let txn = txn.or(own.as_ref());
-        let parts_done = join_all(parts.iter().enumerate().map(|(i, p)| {
-            let s = Statement {
-                sql: p.sql.clone(),
-                params: p.params.clone(),
-                // A chunk's copies (reference tables) compute the same values.
-                seed: statement.seed ^ spread_seed(p.last_row as u64 + 1),
-                now_ms: statement.now_ms,
-                request_id: statement.request_id.as_ref().map(|r| format!("{r}#{i}")),
-                schema_version: statement.schema_version,
-                memory_limit: statement.memory_limit,
-            };
-            self.apply(p.group, s, txn)
-        }));
-        let (results, anchor) = futures::join!(parts_done, self.join_anchor(txn, &groups));
-        let r = anchor.and_then(|_| combine_parts(table.is_sharded(), &parts, results));
-        self.finish_own(own, r).await
+        let distinct: std::collections::BTreeSet<&GroupId> = groups.iter().collect();
+        let one_command_each = distinct.len() == groups.len();
+        let own = self.own_txn(txn, &groups, &statement, read_data, one_command_each);
+        let write = async |txn| {
+            let parts_done = join_all(parts.iter().enumerate().map(|(i, p)| {
+                let s = Statement {
+                    sql: p.sql.clone(),
+                    params: p.params.clone(),
+                    // A chunk's copies (reference tables) compute the same values.
+                    seed: statement.seed ^ spread_seed(p.last_row as u64 + 1),
+                    now_ms: statement.now_ms,
+                    request_id: statement.request_id.as_ref().map(|r| format!("{r}#{i}")),
+                    schema_version: statement.schema_version,
+                    memory_limit: statement.memory_limit,
+                };
+                self.apply(p.group, s, txn)
+            }));
+            let (results, anchor) = futures::join!(parts_done, self.join_anchor(txn, &groups));
+            anchor.and_then(|_| combine_parts(table.is_sharded(), &parts, results))
+        };
+        self.in_own_txn(txn, own.as_ref(), write).await
     }
 }
 

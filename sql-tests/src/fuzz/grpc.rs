@@ -562,6 +562,7 @@ fn command(rng: &mut Rng) -> pb::Command {
             now_ms: rng.range(0, 1 << 45),
             steps: (0..rng.below(4)).map(|_| step(rng)).collect(),
             statement: rng.chance(50),
+            no_wait: rng.chance(50),
         }),
         _ => Kind::Batch(pb::Batch { statements: vec![statement(rng, STORAGE_SQL)] }),
     };

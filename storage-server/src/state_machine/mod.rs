@@ -787,7 +787,7 @@ mod tests {
     }
 
     fn txn(id: &str, steps: Vec<Step>) -> Command {
-        Command::Txn(TxnCommand { txn: TxnId(id.into()), now_ms: 1, steps, statement: false })
+        Command::Txn(TxnCommand { txn: TxnId(id.into()), now_ms: 1, steps, statement: false, no_wait: false })
     }
 
     fn busy(holder: &str) -> CommandResult {

@@ -86,7 +86,7 @@ impl Inner {
         before: Option<LogId>,
         command: TxnCommand,
     ) -> io::Result<CommandResult> {
-        let TxnCommand { txn, now_ms, steps, statement } = command;
+        let TxnCommand { txn, now_ms, steps, statement, no_wait: _ } = command;
         if steps.iter().skip(1).any(|s| *s == Step::Begin) {
             return Ok(CommandResult::Txn(Err(Error::invalid("malformed command: Begin must be its first step"))));
         }
