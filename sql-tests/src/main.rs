@@ -31,6 +31,10 @@ struct Args {
     /// Keep the cluster directory (for its logs) instead of deleting it.
     #[arg(long)]
     keep: bool,
+    /// Have the index servers relay query results, instead of the client
+    /// reading them from the storage servers (direct streaming).
+    #[arg(long)]
+    relay: bool,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         let file_started = Instant::now();
         let report = runtime.block_on(async {
             let mut client = cluster.client().await?;
+            client.set_direct(!args.relay);
             drsdb_sql_tests::reset(&mut client).await?;
             anyhow::Ok(drsdb_sql_tests::run_file(file, client).await)
         })?;

@@ -64,6 +64,10 @@ pub struct Executor {
     rowids: RowidGenerator,
     /// Makes transaction ids.
     txn_ids: std::sync::Mutex<ulid::Generator>,
+    /// Until when (ms since 1970) statements over several shards skip
+    /// preparing each shard as they run there: one that tried found a
+    /// shard held (see `Executor::in_own_txn`).
+    contended_until_ms: std::sync::atomic::AtomicI64,
     /// Signs direct-streaming tickets; `None`: every row is relayed.
     tickets: Option<Tickets>,
     /// What this server has done.
@@ -101,6 +105,7 @@ impl Executor {
             statement_memory: config.statement_memory_mb << 20,
             rowids: RowidGenerator::new(rand::random()),
             txn_ids: std::sync::Mutex::new(ulid::Generator::new()),
+            contended_until_ms: Default::default(),
             tickets,
             metrics: Metrics::default(),
             address,

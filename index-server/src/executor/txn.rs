@@ -47,6 +47,7 @@
 //!   BEGIN).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use drsdb_common::command::{
@@ -73,6 +74,11 @@ pub struct OwnTxn {
     /// there, and found one held.
     again: Option<Txn>,
 }
+
+/// After a statement that prepared each shard as it ran there found a shard
+/// held, how long the others skip doing so (under contention, such an
+/// attempt mostly costs a round and an abort).
+const CONTENDED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A transaction, as one statement of it sees it.
 #[derive(Debug)]
@@ -224,9 +230,11 @@ impl Executor {
             own.request = statement.request_id.clone().filter(|_| shards > 0);
             own
         };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let early = one_command_each && now_ms >= self.contended_until_ms.load(Ordering::Relaxed);
         let mut first = attempt();
-        first.prepare_in_statement = one_command_each;
-        Some(OwnTxn { first, again: one_command_each.then(attempt) })
+        first.prepare_in_statement = early;
+        Some(OwnTxn { first, again: early.then(attempt) })
     }
 
     /// Runs `body`, a write of a statement, in `txn` or in `own`, the
@@ -236,7 +244,8 @@ impl Executor {
     /// for a shard another transaction holds, since this one, prepared
     /// elsewhere, could be what that one waits for. When a shard was held,
     /// that attempt is aborted and the statement runs again the usual way:
-    /// waiting for the shard, then a prepare round.
+    /// waiting for the shard, then a prepare round; so do the statements
+    /// that start in the next [`CONTENDED_FOR`].
     pub(super) async fn in_own_txn<'a, F, Fut>(
         &'a self,
         txn: Option<&'a Txn>,
@@ -254,6 +263,10 @@ impl Executor {
         let Some(again) = own.again.as_ref().filter(|_| held && !replayed) else {
             return self.finish_own(&own.first, r).await;
         };
+        // Other statements will likely find shards held too for a while:
+        // they go the usual way at once.
+        let until = chrono::Utc::now().timestamp_millis() + CONTENDED_FOR.as_millis() as i64;
+        self.contended_until_ms.fetch_max(until, Ordering::Relaxed);
         self.abort(&own.first).await;
         Metrics::add(&self.metrics.held_reruns, 1);
         let r = body(Some(again)).await;
