@@ -143,6 +143,19 @@ impl Cluster {
         }
     }
 
+    /// Keys of table `t` among 1..=`n`, one per shard holding any, in the
+    /// order of their shards.
+    async fn keys_on_different_shards(&self, n: i64) -> Vec<i64> {
+        let mut keys: std::collections::BTreeMap<i64, i64> = Default::default();
+        for id in 1..=n {
+            match self.ok(&mut Session::default(), &format!("SHOW SHARD OF t KEY {id}")).await.rows[0][0] {
+                Value::Integer(g) => keys.entry(g).or_insert(id),
+                ref other => panic!("{other:?}"),
+            };
+        }
+        keys.into_values().collect()
+    }
+
     /// How many rows of `table` each data shard holds.
     async fn spread(&self, table: &str) -> Vec<i64> {
         let shown = self.ok(&mut Session::default(), &format!("SHOW SHARDS OF {table}")).await;
@@ -358,17 +371,8 @@ async fn transactions_on_disjoint_shards_run_side_by_side_and_the_older_one_wins
     let mut setup = Session::default();
     c.ok(&mut setup, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
     c.ok(&mut setup, &insert_rows(40)).await;
-    let shard_of = |rows: &Vec<Vec<Value>>| match rows[0][0] {
-        Value::Integer(g) => g,
-        _ => panic!("{rows:?}"),
-    };
-    // Two keys on different shards, and one on the first key's shard.
-    let mut keys: std::collections::BTreeMap<i64, i64> = Default::default();
-    for id in 1..=40 {
-        let g = shard_of(&c.ok(&mut Session::default(), &format!("SHOW SHARD OF t KEY {id}")).await.rows);
-        keys.entry(g).or_insert(id);
-    }
-    let ids: Vec<i64> = keys.values().copied().collect();
+    // Two keys on different shards.
+    let ids = c.keys_on_different_shards(40).await;
     let (a, b) = (ids[0], ids[1]);
     let mut older = Session::default();
     let mut younger = Session::default();
@@ -440,14 +444,7 @@ async fn a_statement_over_shards_that_finds_one_held_leaves_the_others_unprepare
     c.ok(&mut setup, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
     c.ok(&mut setup, &insert_rows(40)).await;
     // Two keys on different shards.
-    let mut keys: std::collections::BTreeMap<i64, i64> = Default::default();
-    for id in 1..=40 {
-        match c.ok(&mut Session::default(), &format!("SHOW SHARD OF t KEY {id}")).await.rows[0][0] {
-            Value::Integer(g) => keys.entry(g).or_insert(id),
-            ref other => panic!("{other:?}"),
-        };
-    }
-    let ids: Vec<i64> = keys.values().copied().collect();
+    let ids = c.keys_on_different_shards(40).await;
     let (a, b) = (ids[0], ids[1]);
     // An explicit transaction holds a's shard; then a broadcast UPDATE
     // (younger) starts, and finds that shard held.

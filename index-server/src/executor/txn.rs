@@ -47,7 +47,7 @@
 //!   BEGIN).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use drsdb_common::command::{
@@ -107,9 +107,9 @@ pub struct Txn {
     /// that runs the statement there, and no command waits for a shard
     /// held by another transaction (see [`Executor::in_own_txn`]).
     prepare_in_statement: bool,
-    /// Shards that refused a command of it, being held (with
+    /// A shard refused a command of it, being held (with
     /// `prepare_in_statement` only).
-    busy: Mutex<BTreeSet<GroupId>>,
+    found_held: AtomicBool,
     /// Shards where it is prepared.
     prepared: Mutex<BTreeSet<GroupId>>,
 }
@@ -154,7 +154,7 @@ impl Txn {
             request: None,
             replayed: Mutex::default(),
             prepare_in_statement: false,
-            busy: Mutex::default(),
+            found_held: AtomicBool::new(false),
             prepared: Mutex::default(),
         }
     }
@@ -258,7 +258,7 @@ impl Executor {
     {
         let Some(own) = own else { return body(txn).await };
         let r = body(Some(&own.first)).await;
-        let held = !own.first.busy.lock().expect("txn lock").is_empty();
+        let held = own.first.found_held.load(Ordering::Relaxed);
         let replayed = own.first.replayed.lock().expect("txn lock").is_some();
         let Some(again) = own.again.as_ref().filter(|_| held && !replayed) else {
             return self.finish_own(&own.first, r).await;
@@ -681,7 +681,7 @@ impl Executor {
 /// The error of a command of `txn` that `group` refused without waiting,
 /// being held by transaction `holder`.
 fn busy(txn: &Txn, group: GroupId, holder: &TxnId) -> Error {
-    txn.busy.lock().expect("txn lock").insert(group);
+    txn.found_held.store(true, Ordering::Relaxed);
     Error::Retryable(format!("shard {group} is held by transaction {holder}"))
 }
 
