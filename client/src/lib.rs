@@ -31,10 +31,12 @@
 
 mod client;
 mod direct;
+mod load;
 mod rows;
 mod syntax;
 
 pub use client::{Client, TxnOutcome};
 pub use drsdb_common::{Error, Result, Value};
+pub use load::{LoadOptions, Loader, OnConflict, DEFAULT_BATCH, DEFAULT_PARALLEL};
 pub use rows::{Column, FromValue, ResultSet, Row, RowStream, Summary};
 pub use syntax::check as check_syntax;

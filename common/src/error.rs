@@ -83,6 +83,20 @@ impl Error {
         Error::Io(msg.to_string())
     }
 
+    /// The same error with `note` after its message (errors without a
+    /// message of their own are returned as they are).
+    pub fn noted(self, note: impl fmt::Display) -> Self {
+        match self {
+            Error::InvalidInput(m) => Error::InvalidInput(format!("{m}; {note}")),
+            Error::Retryable(m) => Error::Retryable(format!("{m}; {note}")),
+            Error::Unavailable(m) => Error::Unavailable(format!("{m}; {note}")),
+            Error::Corrupt(m) => Error::Corrupt(format!("{m}; {note}")),
+            Error::Io(m) => Error::Io(format!("{m}; {note}")),
+            Error::Internal(m) => Error::Internal(format!("{m}; {note}")),
+            e @ (Error::NotLeader { .. } | Error::StaleSchema { .. }) => e,
+        }
+    }
+
     /// True when sending the same request again (possibly elsewhere) may
     /// succeed.
     pub fn is_transient(&self) -> bool {

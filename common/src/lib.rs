@@ -6,6 +6,7 @@
 //!
 //! Nothing here does I/O beyond reading config and certificate files.
 
+pub mod affinity;
 pub mod command;
 pub mod config;
 pub mod connections;

@@ -36,6 +36,15 @@ impl Collation {
         }
     }
 
+    /// Its name in SQL.
+    pub fn name(self) -> &'static str {
+        match self {
+            Collation::Binary => "BINARY",
+            Collation::NoCase => "NOCASE",
+            Collation::RTrim => "RTRIM",
+        }
+    }
+
     /// Compares two texts, by their bytes as SQLite does (they need not
     /// be valid UTF-8).
     pub fn compare(self, a: &[u8], b: &[u8]) -> Ordering {

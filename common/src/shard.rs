@@ -26,6 +26,10 @@ pub const REPLICATION_FACTOR: usize = 3;
 /// Shards per full replica set of storage servers when the config does
 /// not choose.
 pub const DEFAULT_SHARDS_PER_REPLICA_SET: usize = 4;
+/// Rows of one INSERT that get assigned ids go to one shard in runs of
+/// this many: a small INSERT writes one shard (no two-phase commit), a big
+/// one spreads.
+pub const ASSIGNED_ROWS_PER_SHARD: usize = 1000;
 /// Most shards a cluster may have.
 pub const MAX_SHARDS: usize = 1024;
 

@@ -51,6 +51,9 @@ fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>> {
 
 /// Longest statement text a client may send.
 pub const MAX_STATEMENT_BYTES: usize = 8 << 20;
+/// Most placeholders in one statement an index server sends a shard
+/// (SQLite's limit is 32766): an INSERT with more rows is split.
+pub const MAX_PARAMS_PER_STATEMENT: usize = 30_000;
 /// Longest string or blob drsdb stores or computes (16 MiB).
 pub const MAX_VALUE_BYTES: usize = 16 << 20;
 

@@ -12,22 +12,18 @@
 //! whole to every shard, in the same chunks.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 
 use drsdb_common::command::Statement;
 use drsdb_common::order::Collation;
 use drsdb_common::{shard, sql, Error, GroupId, Result, Value};
-use sqlparser::ast::{Insert, ObjectNamePart, SqliteOnConflict};
+use sqlparser::ast::{Insert, ObjectNamePart, OnConflictAction, OnInsert, SqliteOnConflict};
 
 use crate::catalog::Table;
 use crate::keys::{self, RowidGenerator};
 
-/// Most placeholders in one statement (SQLite's limit is 32766).
-const MAX_PARAMS_PER_STATEMENT: usize = 30_000;
 /// Roughly most bytes of values in one statement.
 const MAX_BYTES_PER_STATEMENT: usize = 4 << 20;
-/// Rows with assigned ids go to one shard in runs of this many: a small
-/// INSERT writes one shard (no two-phase commit), a big one spreads.
-const ASSIGNED_ROWS_PER_SHARD: usize = 1000;
 
 /// One statement for one shard.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +48,27 @@ pub fn plain_rows(insert: &Insert, params: &[Value]) -> Option<Vec<Vec<Value>>> 
     }
     let sqlparser::ast::SetExpr::Values(values) = query.body.as_ref() else { return None };
     values.rows.iter().map(|row| row.iter().map(|e| keys::plain_value(e, params)).collect()).collect()
+}
+
+/// The rows of an INSERT sent with `n` rows of parameters
+/// (`batch_rows`): its VALUES is one row of plain values, evaluated once
+/// per row of `params`.
+pub fn batch_rows(insert: &Insert, params: &[Value], n: usize) -> Result<Vec<Vec<Value>>> {
+    let refused = |why: &str| Error::invalid(format!("batch_rows: {why}"));
+    if params.is_empty() || !params.len().is_multiple_of(n) {
+        return Err(refused(&format!("{} parameters do not make {n} rows of equal width", params.len())));
+    }
+    let upsert = matches!(&insert.on, Some(OnInsert::OnConflict(c)) if c.action != OnConflictAction::DoNothing);
+    if insert.returning.is_some() || upsert || matches!(insert.on, Some(OnInsert::DuplicateKeyUpdate(_))) {
+        return Err(refused("RETURNING and DO UPDATE are not supported with a batch of rows"));
+    }
+    params
+        .chunks(params.len() / n)
+        .map(|row| match plain_rows(insert, row) {
+            Some(mut rows) if rows.len() == 1 => Ok(rows.pop().expect("one row")),
+            _ => Err(refused("the INSERT's VALUES must be one row of parameters and plain literals")),
+        })
+        .collect()
 }
 
 /// The INSERT's target columns (indexes into `table.columns`).
@@ -91,7 +108,7 @@ pub fn split(
     // statement's seed (so of its request id), so that the statement sent
     // again writes the same shards.
     let first = shard::shard_of(statement.seed, shards.max(1));
-    let place = |n: usize| (first + n / ASSIGNED_ROWS_PER_SHARD) % shards.max(1);
+    let place = |n: usize| (first + n / shard::ASSIGNED_ROWS_PER_SHARD) % shards.max(1);
     let mut columns = target_columns(table, insert)?;
     let width = columns.len();
     if let Some(bad) = rows.iter().find(|r| r.len() != width) {
@@ -195,16 +212,22 @@ pub fn split(
                 return;
             }
             let mut params = Vec::with_capacity(chunk.len() * names.len());
-            let mut tuples = Vec::with_capacity(chunk.len());
-            for i in chunk.iter() {
-                let first = params.len();
-                params.extend(rows[*i].iter().cloned());
-                let marks: Vec<String> = (first + 1..=params.len()).map(|n| format!("?{n}")).collect();
-                tuples.push(format!("({})", marks.join(", ")));
+            // `(?1, ?2), (?3, ?4)…`, written in place: big batches make
+            // this text long.
+            let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * names.len() * 9);
+            sql.push_str(&head);
+            for (n, i) in chunk.iter().enumerate() {
+                sql.push_str(if n == 0 { "(" } else { ", (" });
+                for (c, v) in rows[*i].iter().enumerate() {
+                    params.push(v.clone());
+                    let _ = write!(sql, "{}?{}", if c == 0 { "" } else { ", " }, params.len());
+                }
+                sql.push(')');
             }
+            sql.push_str(&tail);
             parts.push(Part {
                 group: shard::shard_group(k),
-                sql: format!("{head}{}{tail}", tuples.join(", ")),
+                sql,
                 params,
                 last_row: *chunk.last().expect("chunk is not empty"),
             });
@@ -213,7 +236,7 @@ pub fn split(
         for i in indexes {
             let size: usize = rows[i].iter().map(Value::size).sum();
             if !chunk.is_empty()
-                && ((chunk.len() + 1) * names.len() > MAX_PARAMS_PER_STATEMENT
+                && ((chunk.len() + 1) * names.len() > sql::MAX_PARAMS_PER_STATEMENT
                     || bytes + size > MAX_BYTES_PER_STATEMENT)
             {
                 flush(&mut chunk, &mut parts);

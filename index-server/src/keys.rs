@@ -19,6 +19,7 @@
 
 use std::sync::Mutex;
 
+use drsdb_common::affinity::Affinity;
 use drsdb_common::order::Collation;
 use drsdb_common::shard;
 use drsdb_common::{Error, Result, Value};
@@ -40,57 +41,18 @@ pub struct Keys<'a> {
     pub params: &'a [Value],
 }
 
-/// A column's type affinity, from its declared type (SQLite's rules,
-/// "Datatypes In SQLite" §3.1).
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Affinity {
-    Integer,
-    Text,
-    Blob,
-    Real,
-    Numeric,
-}
-
-fn affinity(decl_type: &str) -> Affinity {
-    let t = decl_type.to_ascii_uppercase();
-    if t.contains("INT") {
-        Affinity::Integer
-    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
-        Affinity::Text
-    } else if t.contains("BLOB") || t.is_empty() {
-        Affinity::Blob
-    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
-        Affinity::Real
-    } else {
-        Affinity::Numeric
-    }
-}
-
-/// Whether a column of affinity `a` stores `v` unchanged; `false` when it
-/// may convert it (then SQLite's own conversion decides).
-fn stored_unchanged(v: &Value, a: Affinity) -> bool {
-    matches!(
-        (v, a),
-        (Value::Null | Value::Blob(_), _)
-            | (_, Affinity::Blob)
-            | (Value::Text(_), Affinity::Text)
-            | (Value::Integer(_), Affinity::Integer | Affinity::Numeric)
-            | (Value::Real(_), Affinity::Real)
-    )
-}
-
 /// The key hashes of `rows` without SQLite, when every value is stored
 /// unchanged.
 fn hash_unchanged(table: &Table, rows: &[Vec<Value>]) -> Option<Vec<u64>> {
     let key = table.key_columns()?;
     let columns: Vec<(Affinity, Collation)> =
-        key.iter().map(|c| (affinity(&table.columns[*c].decl_type), table.columns[*c].collation)).collect();
+        key.iter().map(|c| (Affinity::of(&table.columns[*c].decl_type), table.columns[*c].collation)).collect();
     rows.iter()
         .map(|row| {
             let key: Option<Vec<(Value, Collation)>> = row
                 .iter()
                 .zip(&columns)
-                .map(|(v, (a, coll))| stored_unchanged(v, *a).then(|| (v.clone(), *coll)))
+                .map(|(v, (a, coll))| a.stores_unchanged(v).then(|| (v.clone(), *coll)))
                 .collect();
             key.filter(|k| k.len() == columns.len()).map(|k| shard::key_hash(&k))
         })

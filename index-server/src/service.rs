@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::catalog::Table;
 use crate::executor::{Executor, Txn};
 use crate::metrics::Metrics;
 
@@ -125,6 +126,16 @@ impl pb::sql_server::Sql for SqlService {
         Ok(Response::new(pb::HoldReleased {}))
     }
 
+    async fn table_layout(
+        &self,
+        request: Request<pb::TableLayoutRequest>,
+    ) -> Result<Response<pb::TableLayoutResponse>, Status> {
+        let name = request.into_inner().table;
+        tracing::debug!(table = %name, "table layout");
+        let (table, shards) = catch_panic(self.executor.table(&name)).await?;
+        Ok(Response::new(layout(&table, shards)))
+    }
+
     async fn index_servers(
         &self,
         _request: Request<pb::IndexServersRequest>,
@@ -132,5 +143,25 @@ impl pb::sql_server::Sql for SqlService {
         tracing::debug!("index servers");
         let addrs = self.executor.live_index_servers().await?;
         Ok(Response::new(pb::IndexServersResponse { addrs }))
+    }
+}
+
+/// A table's layout as the client reads it.
+fn layout(table: &Table, shards: usize) -> pb::TableLayoutResponse {
+    let columns = table
+        .columns
+        .iter()
+        .map(|c| pb::LayoutColumn {
+            name: c.name.clone(),
+            decl_type: c.decl_type.clone(),
+            collation: c.collation.name().to_string(),
+        })
+        .collect();
+    pb::TableLayoutResponse {
+        table: table.name.clone(),
+        columns,
+        shards: shards as u32,
+        key: table.key_columns().unwrap_or_default().iter().map(|c| *c as u32).collect(),
+        reference: !table.is_sharded(),
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use drsdb_cli::local::{LocalCluster, Options};
-use drsdb_client::{params, Client, Error, Value};
+use drsdb_client::{params, Client, Error, LoadOptions, OnConflict, Value};
 use drsdb_common::config::RaftConfig;
 
 const READY: Duration = Duration::from_secs(60);
@@ -788,4 +788,131 @@ async fn rows_of_8_and_16_mib_replicate_and_survive_a_leader_kill_and_a_restart(
     let replicas = replica_rows(dir.path(), "SELECT id, b FROM large ORDER BY id");
     assert_eq!(replicas[0].len(), 4);
     assert!(replicas[0] == replicas[1] && replicas[1] == replicas[2], "the replicas hold the same rows");
+}
+
+/// Rows as `SELECT` returns them, from the cluster.
+async fn cluster_rows(client: &mut Client, sql: &str) -> Vec<Vec<Value>> {
+    let rs = client.execute(sql, &[]).await.unwrap();
+    rs.rows.iter().map(|r| r.values().to_vec()).collect()
+}
+
+/// Rows as `SELECT` returns them, from SQLite.
+fn sqlite_rows(db: &rusqlite::Connection, sql: &str) -> Vec<Vec<Value>> {
+    let mut stmt = db.prepare(sql).unwrap();
+    let width = stmt.column_count();
+    stmt.query_map([], |r| (0..width).map(|i| r.get_ref(i).map(Value::from)).collect::<Result<Vec<_>, _>>())
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+/// Loads `rows` into `table` through a loader; the rows loaded.
+async fn load(
+    client: &mut Client,
+    table: &str,
+    rows: impl IntoIterator<Item = Vec<Value>>,
+    on_conflict: OnConflict,
+) -> drsdb_client::Result<u64> {
+    let options = LoadOptions { batch: 300, parallel: 4, on_conflict };
+    let mut loader = client.loader(table, &[], options).await?;
+    for row in rows {
+        if loader.push(row).await.is_err() {
+            break;
+        }
+    }
+    loader.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_loads_write_every_row_once_one_shard_per_batch_as_sqlite_stores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), Options { shards: Some(4), index_servers: 1, ..Options::default() }).await;
+    let mut client = cluster.client().await.unwrap();
+    let sqlite = rusqlite::Connection::open_in_memory().unwrap();
+    for create in [
+        "CREATE TABLE kv(k TEXT PRIMARY KEY, n INTEGER, r REAL, x)",
+        "CREATE TABLE ik(id INTEGER PRIMARY KEY, v TEXT)",
+        "CREATE TABLE plain(a NUMERIC, b BLOB)",
+        "CREATE REFERENCE TABLE codes(code TEXT PRIMARY KEY COLLATE NOCASE, n INT)",
+    ] {
+        client.execute(create, &[]).await.unwrap();
+        sqlite.execute_batch(&create.replace("REFERENCE ", "")).unwrap();
+    }
+    // Values as a CSV file gives them (text), some that only SQLite converts.
+    let text = |s: String| Value::Text(s);
+    let kv = |i: usize| {
+        let x = match i % 7 {
+            0 => Value::Null,
+            1 => Value::Blob(vec![i as u8, 0]),
+            _ => text(format!("{i:05}")),
+        };
+        vec![text(format!("k{i}")), text(i.to_string()), text(format!("{i}.5")), x]
+    };
+    // Every third row leaves its integer key out: the cluster assigns it.
+    let ik = |i: usize| match i % 3 {
+        0 => vec![Value::Null, text("assigned".into())],
+        _ => vec![text(format!("-{}", i + 1)), text("given".into())],
+    };
+    let plain = |i: usize| vec![text(format!(" {i}")), Value::Blob(i.to_be_bytes().to_vec())];
+    const ROWS: usize = 3000;
+    let before = metric(&mut client, "commits_multi_shard").await;
+    for (table, row) in [("kv", &kv as &dyn Fn(usize) -> Vec<Value>), ("ik", &ik), ("plain", &plain)] {
+        let loaded = load(&mut client, table, (0..ROWS).map(row), OnConflict::Abort).await.unwrap();
+        assert_eq!(loaded, ROWS as u64, "{table}");
+        let mut insert =
+            sqlite.prepare(&format!("INSERT INTO {table} VALUES ({})", ["?"; 4][..row(0).len()].join(", "))).unwrap();
+        for i in 0..ROWS {
+            insert.execute(rusqlite::params_from_iter(row(i))).unwrap();
+        }
+    }
+    // Each batch wrote one shard: no statement needed two-phase commit.
+    assert_eq!(metric(&mut client, "commits_multi_shard").await, before, "a batch wrote several shards");
+    for query in [
+        "SELECT k, n, r, x, typeof(n), typeof(r), typeof(x) FROM kv ORDER BY k",
+        "SELECT id, v, typeof(id) FROM ik WHERE v = 'given' ORDER BY id",
+        "SELECT count(*), count(DISTINCT id), min(typeof(id)) FROM ik WHERE v = 'assigned'",
+        "SELECT a, b, typeof(a) FROM plain ORDER BY a",
+    ] {
+        assert_eq!(cluster_rows(&mut client, query).await, sqlite_rows(&sqlite, query), "{query}");
+    }
+    let spread = cluster_rows(&mut client, "SHOW SHARDS OF kv").await;
+    assert!(spread.iter().all(|r| r[1] != Value::Integer(0)), "kv's rows reached every shard: {spread:?}");
+
+    // A duplicate key stops the load: what committed stays and is counted.
+    let again = (ROWS - 100..ROWS + 400).map(kv);
+    let stopped = load(&mut client, "kv", again.clone(), OnConflict::Abort).await.unwrap_err();
+    assert!(
+        matches!(&stopped, Error::InvalidInput(m) if m.contains("UNIQUE") && m.contains("stay in the table")),
+        "{stopped}"
+    );
+    // Loading the same rows again, ignoring duplicates, completes it.
+    load(&mut client, "kv", again, OnConflict::Ignore).await.unwrap();
+    let count = cluster_rows(&mut client, "SELECT count(*), count(DISTINCT k) FROM kv").await;
+    assert_eq!(count, vec![vec![Value::Integer(ROWS as i64 + 400), Value::Integer(ROWS as i64 + 400)]]);
+
+    // A reference table gets every row on every shard (one statement per batch).
+    let codes = |i: usize| vec![text(format!("C{i}")), text(i.to_string())];
+    assert_eq!(load(&mut client, "codes", (0..700).map(codes), OnConflict::Abort).await.unwrap(), 700);
+    let query = "SELECT count(*), sum(n), max(code) FROM codes";
+    let mut insert = sqlite.prepare("INSERT INTO codes VALUES (?, ?)").unwrap();
+    for i in 0..700 {
+        insert.execute(rusqlite::params_from_iter(codes(i))).unwrap();
+    }
+    assert_eq!(cluster_rows(&mut client, query).await, sqlite_rows(&sqlite, query));
+
+    // Rows of parameters are for an INSERT of one row, and clear errors say so.
+    let one = [vec![Value::Integer(1)]];
+    for (statement, rows, says) in [
+        ("SELECT ?", &one[..], "batch_rows is for an INSERT"),
+        ("INSERT INTO ik(id) VALUES (?), (?)", &one[..], "one row"),
+        ("INSERT INTO ik(id) VALUES (?) RETURNING id", &one[..], "RETURNING"),
+        ("INSERT INTO codes(n) VALUES (?)", &one[..], "sharded table"),
+    ] {
+        let e = client.execute_many(statement, rows).await.unwrap_err();
+        assert!(matches!(&e, Error::InvalidInput(m) if m.contains(says)), "{statement}: {e}");
+    }
+    let ragged = [vec![Value::Integer(1)], vec![]];
+    assert!(matches!(client.execute_many("INSERT INTO ik(id) VALUES (?)", &ragged).await, Err(Error::InvalidInput(_))));
+    let missing = client.loader("nope", &[], LoadOptions::default()).await.err().expect("unknown table refused");
+    assert!(matches!(&missing, Error::InvalidInput(m) if m.contains("no such table")), "{missing}");
 }

@@ -39,12 +39,12 @@ use drsdb_sqlite::Failure;
 pub use output::{done, send_rows, PartSender};
 pub use txn::{Held, Txn};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Table};
 use crate::introspection;
 use crate::keys::{Keys, RowidGenerator};
 use crate::meta;
 use crate::metrics::Metrics;
-use crate::planner::{self, Context, Plan};
+use crate::planner::{self, Context, Plan, Source};
 use output::send;
 
 /// An index server counts as alive for this many announce intervals.
@@ -163,6 +163,20 @@ impl Executor {
         Ok(n)
     }
 
+    /// The catalog's table `name` and the shard count, reloading the
+    /// catalog once if the cache does not know the table.
+    pub async fn table(&self, name: &str) -> Result<(Table, usize)> {
+        let shards = self.shard_count().await?;
+        if let Some(t) = self.catalog().table(name) {
+            return Ok((t.clone(), shards));
+        }
+        self.refresh_catalog().await?;
+        match self.catalog().table(name) {
+            Some(t) => Ok((t.clone(), shards)),
+            None => Err(Error::invalid(format!("no such table: {name}"))),
+        }
+    }
+
     /// Makes sure the catalog knows every table `sql` names: when the cache
     /// misses one, reloads it from the meta group, then from the first
     /// shard's own schema (which also heals a catalog that missed a
@@ -195,6 +209,10 @@ impl Executor {
         // Reads inside a transaction must see its writes: they run in its
         // shards' logs, through here.
         let direct = self.tickets.is_some() && req.accept_fragments && req.txn_id.is_empty();
+        let batch_rows = req.batch_rows as usize;
+        if batch_rows > 0 && (kind != Kind::Write || explained(&req.sql).is_some()) {
+            return Err(Error::invalid("batch_rows is for an INSERT … VALUES of one row"));
+        }
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
         let (seed, now_ms) = clock_of(request_id.as_deref());
         let statement = Statement {
@@ -247,7 +265,8 @@ impl Executor {
                 if matches!(kind, Kind::Read | Kind::Write) {
                     self.ensure_known(&statement.sql, kind).await?;
                 }
-                self.plan_and_run(kind, statement, txn.as_ref(), shards, direct && kind == Kind::Read, out).await
+                let direct = direct && kind == Kind::Read;
+                self.plan_and_run(kind, statement, batch_rows, txn.as_ref(), shards, direct, out).await
             }
         }
     }
@@ -258,11 +277,14 @@ impl Executor {
     /// reloaded and the statement planned again. Nothing has reached the
     /// client then: every shard checks before it answers. (A read handed
     /// out as fragments is checked when the client opens them; the client
-    /// then sends it again, asking for relayed rows.)
+    /// then sends it again, asking for relayed rows.) With `batch_rows`,
+    /// the parameters are that many rows for an INSERT of one row.
+    #[allow(clippy::too_many_arguments)]
     async fn plan_and_run(
         &self,
         kind: Kind,
         statement: Statement,
+        batch_rows: usize,
         txn: Option<&Txn>,
         shards: usize,
         direct: bool,
@@ -281,7 +303,7 @@ impl Executor {
             if matches!(kind, Kind::Read | Kind::Write) && txn.is_none() {
                 planned.schema_version = catalog.version;
             }
-            let ran = self.run(plan, kind, planned, txn, shards, out).await;
+            let ran = self.run(plan, kind, planned, batch_rows, txn, shards, out).await;
             let ran = match txn {
                 Some(t) => self.settle(t, ran).await,
                 None => ran,
@@ -320,16 +342,26 @@ impl Executor {
         planner::plan(&Context { catalog, shards, keys: &keys, direct }, &numbered, kind)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         plan: Plan,
         kind: Kind,
         statement: Statement,
+        batch_rows: usize,
         txn: Option<&Txn>,
         shards: usize,
         out: &PartSender,
     ) -> Result<()> {
         match plan {
+            Plan::Insert { table, source: source @ Source::Local(_) } if batch_rows > 0 => {
+                let r = self.insert(&table, source, statement, batch_rows, txn, shards).await?;
+                self.send_result(out, r, txn).await
+            }
+            _ if batch_rows > 0 => Err(Error::invalid(
+                "batch_rows is for an INSERT … VALUES of one row into a sharded table (send a reference table's rows \
+                 as one multi-row INSERT)",
+            )),
             Plan::Single { group, .. } if kind == Kind::Read && txn.is_none() => {
                 self.stream_read(group, statement, out).await
             }
@@ -344,7 +376,7 @@ impl Executor {
                 self.send_result(out, r, txn).await
             }
             Plan::Insert { table, source } => {
-                let r = self.insert(&table, source, statement, txn, shards).await?;
+                let r = self.insert(&table, source, statement, 0, txn, shards).await?;
                 self.send_result(out, r, txn).await
             }
             Plan::Single { group, .. } => {

@@ -5,6 +5,7 @@
 //! as fragments to read from the storage servers itself (direct
 //! streaming). A one-shard read is relayed as its leader streams it.
 
+use drsdb_common::affinity::Affinity;
 use drsdb_common::command::Statement;
 use drsdb_common::order::Collation;
 use drsdb_common::stream::{part, Combined, PartReader};
@@ -171,20 +172,17 @@ fn partial_table(columns: &[PartialColumn], reported: &[pb::Column]) -> String {
     format!("CREATE TABLE partial({})", defs.join(", "))
 }
 
-/// The affinity SQLite gives a column declared `decl` (its rules, in
-/// order), as the one keyword that declares it; `ANY` (STRICT tables) and
-/// BLOB have none.
+/// The affinity SQLite gives a column declared `decl`, as the one keyword
+/// that declares it; `ANY` (STRICT tables) and BLOB have none.
 fn affinity(decl: &str) -> &'static str {
-    let t = decl.to_ascii_uppercase();
-    if t.contains("INT") {
-        "INTEGER"
-    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
-        "TEXT"
-    } else if t.is_empty() || t.contains("BLOB") || t.trim() == "ANY" {
-        ""
-    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
-        "REAL"
-    } else {
-        "NUMERIC"
+    if decl.trim().eq_ignore_ascii_case("ANY") {
+        return "";
+    }
+    match Affinity::of(decl) {
+        Affinity::Integer => "INTEGER",
+        Affinity::Text => "TEXT",
+        Affinity::Blob => "",
+        Affinity::Real => "REAL",
+        Affinity::Numeric => "NUMERIC",
     }
 }

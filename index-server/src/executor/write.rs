@@ -28,12 +28,15 @@ impl Executor {
         combine(results, same_seed)
     }
 
-    /// Computes an INSERT's rows, splits them by shard and writes them.
+    /// Computes an INSERT's rows (with `batch_rows`, the parameters are
+    /// that many rows of values for a VALUES of one row), splits them by
+    /// shard and writes them.
     pub(super) async fn insert(
         &self,
         table: &str,
         source: Source,
         statement: Statement,
+        batch_rows: usize,
         txn: Option<&Txn>,
         shards: usize,
     ) -> Result<StatementResult> {
@@ -53,6 +56,7 @@ impl Executor {
             return Err(Error::invalid("not an INSERT"));
         };
         let rows = match &source {
+            Source::Local(_) if batch_rows > 0 => insert::batch_rows(&ins, &statement.params, batch_rows)?,
             Source::Defaults => vec![Vec::new()],
             Source::Local(sql) => match insert::plain_rows(&ins, &statement.params) {
                 Some(rows) => rows,

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 
+use drsdb_common::affinity::Affinity;
 use drsdb_common::order::Collation;
 use sqlparser::ast::{Expr, Select, TableFactor, UnaryOperator, VisitMut, VisitorMut};
 
@@ -182,15 +183,10 @@ pub(super) fn join_constraint(op: &sqlparser::ast::JoinOperator) -> Option<&sqlp
 /// SQLite's affinity of a declared type, as far as hashing goes: 0 for
 /// numeric (INTEGER, REAL, NUMERIC), 1 for TEXT, 2 for BLOB (none).
 pub(super) fn affinity_class(decl_type: &str) -> u8 {
-    let t = decl_type.to_ascii_uppercase();
-    if t.contains("INT") {
-        0
-    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
-        1
-    } else if t.is_empty() || t.contains("BLOB") {
-        2
-    } else {
-        0
+    match Affinity::of(decl_type) {
+        Affinity::Integer | Affinity::Real | Affinity::Numeric => 0,
+        Affinity::Text => 1,
+        Affinity::Blob => 2,
     }
 }
 

@@ -619,6 +619,7 @@ impl Material {
                 },
                 accept_fragments: rng.chance(50),
                 txn_groups: (0..rng.below(3)).map(|_| rng.below(10) as u64).collect(),
+                batch_rows: if rng.chance(20) { rng.below(5) as u32 } else { 0 },
             }
             .encode_to_vec(),
             Method::IndexServers => pb::IndexServersRequest {}.encode_to_vec(),

@@ -4,10 +4,12 @@
 //! - `drsdb local --data DIR`: a whole cluster on this machine.
 //! - `drsdb certs --out DIR`: certificates for a cluster.
 //! - `drsdb bench`: throughput and latency against a cluster and SQLite.
+//! - `drsdb import FILE --table T`: a CSV file into a table, in parallel batches.
 //! - `drsdb probe ADDR --certs DIR [--storage]`: whether a server answers
 //!   (container healthchecks).
 
 mod bench;
+mod import;
 mod local;
 mod probe;
 mod shell;
@@ -94,6 +96,9 @@ enum Command {
     },
     /// Measure throughput and latency, against the cluster and plain SQLite.
     Bench(bench::BenchArgs),
+    /// Load a CSV file into an existing table: rows grouped by shard, sent
+    /// in parallel batches that each commit on their own.
+    Import(import::ImportArgs),
     /// Exit 0 when a server answers (for container healthchecks).
     Probe(probe::ProbeArgs),
     /// Run a storage server (used by `drsdb local`).
@@ -166,6 +171,7 @@ fn main() -> ExitCode {
             })
             .map_err(Into::into),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Import(args)) => import::run(args),
         Some(Command::Probe(args)) => probe::run(args),
         Some(Command::ServeStorage { config, listen_fd }) => {
             drsdb_cli::local::serve(drsdb_cli::local::SERVE_STORAGE, &config, listen_fd)
