@@ -247,8 +247,13 @@ impl Loader {
     /// which may or may not commit.
     pub async fn finish(mut self) -> Result<u64> {
         for at in 0..self.buffers.len() {
-            if !self.buffers[at].is_empty() && self.failed.is_none() {
-                self.send(at).await?;
+            if self.failed.is_some() {
+                break;
+            }
+            if !self.buffers[at].is_empty() {
+                if let Err(e) = self.send(at).await {
+                    self.failed.get_or_insert(e);
+                }
             }
         }
         while !self.running.is_empty() {
