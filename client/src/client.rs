@@ -267,16 +267,15 @@ impl Client {
     /// makes this the fastest way to write many rows ([`crate::Loader`]
     /// sends its batches so).
     pub async fn execute_many(&mut self, statement: &str, rows: &[Vec<Value>]) -> Result<ResultSet> {
-        let width = rows.first().map_or(0, Vec::len);
+        let Some(width) = rows.first().map(Vec::len) else {
+            return Err(Error::invalid("execute_many needs at least one row"));
+        };
         if let Some(bad) = rows.iter().position(|r| r.len() != width) {
             return Err(Error::invalid(format!(
                 "row {} has {} values, the first has {width}: every row gives the same parameters",
                 bad + 1,
                 rows[bad].len()
             )));
-        }
-        if rows.is_empty() {
-            return Err(Error::invalid("execute_many needs at least one row"));
         }
         let params: Vec<Value> = rows.iter().flatten().cloned().collect();
         let batch = u32::try_from(rows.len()).map_err(|_| Error::invalid("too many rows for one statement"))?;

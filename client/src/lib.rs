@@ -25,6 +25,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Many rows go in fastest through [`Client::loader`] (rows grouped by
+//! shard, batches in parallel) or, one batch at a time,
+//! [`Client::execute_many`].
+//!
 //! This crate is the driver alone: it links neither server nor Raft. The
 //! `drsdb` binary (shell, certificates, `drsdb local`, `drsdb bench`) is
 //! the `drsdb-cli` package.

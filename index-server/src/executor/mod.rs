@@ -353,15 +353,13 @@ impl Executor {
         shards: usize,
         out: &PartSender,
     ) -> Result<()> {
-        match plan {
-            Plan::Insert { table, source: source @ Source::Local(_) } if batch_rows > 0 => {
-                let r = self.insert(&table, source, statement, batch_rows, txn, shards).await?;
-                self.send_result(out, r, txn).await
-            }
-            _ if batch_rows > 0 => Err(Error::invalid(
+        if batch_rows > 0 && !matches!(plan, Plan::Insert { source: Source::Local(_), .. }) {
+            return Err(Error::invalid(
                 "batch_rows is for an INSERT … VALUES of one row into a sharded table (send a reference table's rows \
                  as one multi-row INSERT)",
-            )),
+            ));
+        }
+        match plan {
             Plan::Single { group, .. } if kind == Kind::Read && txn.is_none() => {
                 self.stream_read(group, statement, out).await
             }
@@ -376,7 +374,7 @@ impl Executor {
                 self.send_result(out, r, txn).await
             }
             Plan::Insert { table, source } => {
-                let r = self.insert(&table, source, statement, 0, txn, shards).await?;
+                let r = self.insert(&table, source, statement, batch_rows, txn, shards).await?;
                 self.send_result(out, r, txn).await
             }
             Plan::Single { group, .. } => {
