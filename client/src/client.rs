@@ -258,7 +258,7 @@ impl Client {
 
     /// Runs one statement and returns its rows as a stream.
     pub async fn query(&mut self, statement: &str, params: &[Value]) -> Result<RowStream> {
-        self.query_rows(statement, params, 0).await
+        self.query_rows(statement, params.iter().cloned().map(Into::into).collect(), 0).await
     }
 
     /// Runs `statement`, an INSERT whose VALUES is one row, once for each
@@ -277,13 +277,14 @@ impl Client {
                 rows[bad].len()
             )));
         }
-        let params: Vec<Value> = rows.iter().flatten().cloned().collect();
+        let params = rows.iter().flatten().cloned().map(Into::into).collect();
         let batch = u32::try_from(rows.len()).map_err(|_| Error::invalid("too many rows for one statement"))?;
-        self.query_rows(statement, &params, batch).await?.collect().await
+        self.query_rows(statement, params, batch).await?.collect().await
     }
 
-    /// [`Client::query`], with `batch_rows` rows of parameters when not 0.
-    async fn query_rows(&mut self, statement: &str, params: &[Value], batch_rows: u32) -> Result<RowStream> {
+    /// [`Client::query`] with its parameters on the wire already, and
+    /// `batch_rows` rows of them when not 0.
+    async fn query_rows(&mut self, statement: &str, params: Vec<pb::Value>, batch_rows: u32) -> Result<RowStream> {
         sql::check_length(statement)?;
         let statements = sql::split_script(statement)?;
         let [statement] = statements.as_slice() else {
@@ -297,7 +298,7 @@ impl Client {
         self.relay_until = self.relay_until.filter(|t| Instant::now() < *t);
         let req = pb::ExecuteRequest {
             sql: statement.clone(),
-            params: params.iter().cloned().map(Into::into).collect(),
+            params,
             txn_id: self.txn.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
             // Led by a ULID of this first try: a statement that runs as a
             // transaction of its own keeps its age across retries (so it
@@ -444,9 +445,9 @@ impl Client {
         self.abandon(txn);
         match e {
             Error::Retryable(m) if m.contains("rolled back") => Error::Retryable(m),
-            Error::Retryable(m) => Error::Retryable(format!("{m}; the transaction was rolled back")),
-            Error::Unavailable(m) => Error::Unavailable(format!("{m}; the transaction was rolled back")),
-            Error::Io(m) => Error::Io(format!("{m}; the transaction was rolled back")),
+            e @ (Error::Retryable(_) | Error::Unavailable(_) | Error::Io(_)) => {
+                e.noted("the transaction was rolled back")
+            }
             other => other,
         }
     }

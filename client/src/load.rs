@@ -219,7 +219,7 @@ impl Loader {
     /// fills, waiting for a session when all are busy. After an error from
     /// a batch, call [`Loader::finish`]: it waits for the batches still in
     /// flight and says how many rows are in.
-    pub async fn push(&mut self, row: Vec<Value>) -> Result<()> {
+    pub async fn push(&mut self, mut row: Vec<Value>) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -233,7 +233,9 @@ impl Loader {
             )));
         }
         self.pushed += 1;
-        let row: Vec<Value> = row.into_iter().zip(&self.affinities).map(|(v, a)| a.apply_exact(v)).collect();
+        for (v, a) in row.iter_mut().zip(&self.affinities) {
+            *v = a.apply_exact(std::mem::replace(v, Value::Null));
+        }
         let at = self.shard_of(&row).unwrap_or(self.shards);
         self.buffers[at].push(row);
         if self.buffers[at].len() >= self.limits[at] {

@@ -58,8 +58,13 @@ pub fn batch_rows(insert: &Insert, params: &[Value], n: usize) -> Result<Vec<Vec
     if params.is_empty() || !params.len().is_multiple_of(n) {
         return Err(refused(&format!("{} parameters do not make {n} rows of equal width", params.len())));
     }
-    let upsert = matches!(&insert.on, Some(OnInsert::OnConflict(c)) if c.action != OnConflictAction::DoNothing);
-    if insert.returning.is_some() || upsert || matches!(insert.on, Some(OnInsert::DuplicateKeyUpdate(_))) {
+    let updates = match &insert.on {
+        None => false,
+        Some(OnInsert::OnConflict(c)) => c.action != OnConflictAction::DoNothing,
+        // DuplicateKeyUpdate, and any clause sqlparser adds later.
+        Some(_) => true,
+    };
+    if insert.returning.is_some() || updates {
         return Err(refused("RETURNING and DO UPDATE are not supported with a batch of rows"));
     }
     params

@@ -143,17 +143,24 @@ impl Cluster {
         }
     }
 
-    /// Keys of table `t` among 1..=`n`, one per shard holding any, in the
-    /// order of their shards.
-    async fn keys_on_different_shards(&self, n: i64) -> Vec<i64> {
+    /// Creates table `t(id, v)` with ids 1..=40 over every shard, and
+    /// returns two of its keys that live on different shards.
+    async fn table_with_keys_on_two_shards(&self) -> (i64, i64) {
+        const ROWS: i64 = 40;
+        let mut setup = Session::default();
+        self.ok(&mut setup, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
+        self.ok(&mut setup, &insert_rows(ROWS)).await;
         let mut keys: std::collections::BTreeMap<i64, i64> = Default::default();
-        for id in 1..=n {
+        for id in 1..=ROWS {
             match self.ok(&mut Session::default(), &format!("SHOW SHARD OF t KEY {id}")).await.rows[0][0] {
                 Value::Integer(g) => keys.entry(g).or_insert(id),
                 ref other => panic!("{other:?}"),
             };
         }
-        keys.into_values().collect()
+        match keys.into_values().collect::<Vec<_>>()[..] {
+            [a, b, ..] => (a, b),
+            ref one => panic!("the rows reached only {one:?}"),
+        }
     }
 
     /// How many rows of `table` each data shard holds.
@@ -368,12 +375,7 @@ async fn the_outcome_of_a_transaction_can_be_asked_and_is_final() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_on_disjoint_shards_run_side_by_side_and_the_older_one_wins_a_conflict() {
     let c = Cluster::start().await;
-    let mut setup = Session::default();
-    c.ok(&mut setup, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
-    c.ok(&mut setup, &insert_rows(40)).await;
-    // Two keys on different shards.
-    let ids = c.keys_on_different_shards(40).await;
-    let (a, b) = (ids[0], ids[1]);
+    let (a, b) = c.table_with_keys_on_two_shards().await;
     let mut older = Session::default();
     let mut younger = Session::default();
     c.ok(&mut older, "BEGIN").await;
@@ -440,12 +442,7 @@ async fn a_stopped_leader_is_replaced_and_writes_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_over_shards_that_finds_one_held_leaves_the_others_unprepared_and_waits() {
     let c = Cluster::start().await;
-    let mut setup = Session::default();
-    c.ok(&mut setup, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
-    c.ok(&mut setup, &insert_rows(40)).await;
-    // Two keys on different shards.
-    let ids = c.keys_on_different_shards(40).await;
-    let (a, b) = (ids[0], ids[1]);
+    let (a, b) = c.table_with_keys_on_two_shards().await;
     // An explicit transaction holds a's shard; then a broadcast UPDATE
     // (younger) starts, and finds that shard held.
     let mut holder = Session::default();
