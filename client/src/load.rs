@@ -73,7 +73,8 @@ impl OnConflict {
 /// How a [`Loader`] sends rows.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Most rows per INSERT (at least 1).
+    /// Most rows per INSERT (at least 1; fewer for wide rows, see
+    /// [`DEFAULT_BATCH`] and [`sql::MAX_BYTES_PER_STATEMENT`]).
     pub batch: usize,
     /// Most INSERTs in flight at once, each on a session of its own (at
     /// least 1).
@@ -88,8 +89,9 @@ impl Default for LoadOptions {
     }
 }
 
-/// Loads rows into one table ([module docs](self)): [`Loader::push`] each
-/// row, then [`Loader::finish`].
+/// Loads rows into one table, grouped by shard, in batches sent in
+/// parallel that each commit on their own: [`Loader::push`] each row, then
+/// [`Loader::finish`].
 pub struct Loader {
     /// `INSERT INTO t(a, b) VALUES (?, ?)`: a batch is this statement
     /// with its rows of values ([`Client::execute_many`]).
@@ -111,6 +113,10 @@ pub struct Loader {
     buffers: Vec<Vec<Vec<Value>>>,
     /// Rows per batch of each buffer.
     limits: Vec<usize>,
+    /// Bytes of values in each buffer: a batch stays within
+    /// [`sql::MAX_BYTES_PER_STATEMENT`] (then it is one statement on its
+    /// shard, and far from the largest request an index server takes).
+    bytes: Vec<usize>,
     /// Sessions not sending now.
     idle: Vec<Client>,
     /// Batches in flight: each gives its session back.
@@ -188,6 +194,7 @@ impl Client {
             key,
             shards,
             buffers: vec![Vec::new(); shards + 1],
+            bytes: vec![0; shards + 1],
             limits,
             idle,
             running: JoinSet::new(),
@@ -237,6 +244,11 @@ impl Loader {
             *v = a.apply_exact(std::mem::replace(v, Value::Null));
         }
         let at = self.shard_of(&row).unwrap_or(self.shards);
+        let size: usize = row.iter().map(Value::size).sum();
+        if !self.buffers[at].is_empty() && self.bytes[at] + size > sql::MAX_BYTES_PER_STATEMENT {
+            self.send(at).await?;
+        }
+        self.bytes[at] += size;
         self.buffers[at].push(row);
         if self.buffers[at].len() >= self.limits[at] {
             self.send(at).await?;
@@ -296,6 +308,7 @@ impl Loader {
         }
         let Some(mut session) = self.idle.pop() else { return Err(Error::io("the loader has no session left")) };
         let batch = std::mem::take(&mut self.buffers[at]);
+        self.bytes[at] = 0;
         let rows = batch.len();
         let reference = self.reference.as_mut().map(|(n, text)| {
             if *n != rows {

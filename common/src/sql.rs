@@ -54,6 +54,9 @@ pub const MAX_STATEMENT_BYTES: usize = 8 << 20;
 /// Most placeholders in one statement an index server sends a shard
 /// (SQLite's limit is 32766): an INSERT with more rows is split.
 pub const MAX_PARAMS_PER_STATEMENT: usize = 30_000;
+/// Roughly most bytes of values in one statement an index server sends a
+/// shard: an INSERT with more is split.
+pub const MAX_BYTES_PER_STATEMENT: usize = 4 << 20;
 /// Longest string or blob drsdb stores or computes (16 MiB).
 pub const MAX_VALUE_BYTES: usize = 16 << 20;
 

@@ -22,9 +22,6 @@ use sqlparser::ast::{Insert, ObjectNamePart, OnConflictAction, OnInsert, SqliteO
 use crate::catalog::Table;
 use crate::keys::{self, RowidGenerator};
 
-/// Roughly most bytes of values in one statement.
-const MAX_BYTES_PER_STATEMENT: usize = 4 << 20;
-
 /// One statement for one shard.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
@@ -242,7 +239,7 @@ pub fn split(
             let size: usize = rows[i].iter().map(Value::size).sum();
             if !chunk.is_empty()
                 && ((chunk.len() + 1) * names.len() > sql::MAX_PARAMS_PER_STATEMENT
-                    || bytes + size > MAX_BYTES_PER_STATEMENT)
+                    || bytes + size > sql::MAX_BYTES_PER_STATEMENT)
             {
                 flush(&mut chunk, &mut parts);
                 bytes = 0;

@@ -913,6 +913,19 @@ async fn bulk_loads_write_every_row_once_one_shard_per_batch_as_sqlite_stores_it
     }
     let ragged = [vec![Value::Integer(1)], vec![]];
     assert!(matches!(client.execute_many("INSERT INTO ik(id) VALUES (?)", &ragged).await, Err(Error::InvalidInput(_))));
+    // Wide rows: a batch of the default row count would be larger than a
+    // request may be; the loader sends smaller ones.
+    client.execute("CREATE TABLE docs(body BLOB)", &[]).await.unwrap();
+    const DOCS: usize = 1000;
+    const DOC_BYTES: usize = 48 << 10;
+    let doc = |i: usize| vec![Value::Blob(vec![i as u8; DOC_BYTES])];
+    let mut loader = client.loader("docs", &[], LoadOptions::default()).await.unwrap();
+    for i in 0..DOCS {
+        loader.push(doc(i)).await.unwrap();
+    }
+    assert_eq!(loader.finish().await.unwrap(), DOCS as u64);
+    let stored = cluster_rows(&mut client, "SELECT count(*), sum(length(body)) FROM docs").await;
+    assert_eq!(stored, vec![vec![Value::Integer(DOCS as i64), Value::Integer((DOCS * DOC_BYTES) as i64)]]);
     let missing = client.loader("nope", &[], LoadOptions::default()).await.err().expect("unknown table refused");
     assert!(matches!(&missing, Error::InvalidInput(m) if m.contains("no such table")), "{missing}");
 }
