@@ -65,15 +65,35 @@ impl Cluster {
 
     /// Runs `sql` with request id `id` on index server `executor`.
     async fn send_to(&self, executor: &Executor, session: &mut Session, sql: &str, id: &str) -> Result<Answer, Error> {
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let in_txn = !session.txn.is_empty();
+        let req = pb::ExecuteRequest { sql: sql.into(), request_id: id.into(), ..Default::default() };
+        self.send_request(executor, session, req).await
+    }
+
+    /// Runs `sql`, an INSERT of one row, once per row of `rows` (a batch
+    /// of parameter rows, as `Client::execute_many` sends it), with
+    /// request id `id`.
+    async fn send_batch(&self, sql: &str, rows: &[Vec<Value>], id: &str) -> Result<Answer, Error> {
         let req = pb::ExecuteRequest {
             sql: sql.into(),
-            txn_id: session.txn.clone(),
-            txn_groups: session.groups.clone(),
+            params: rows.iter().flatten().cloned().map(Into::into).collect(),
+            batch_rows: rows.len() as u32,
             request_id: id.into(),
             ..Default::default()
         };
+        self.send_request(&self.executor, &mut Session::default(), req).await
+    }
+
+    /// Runs `req` in `session` on index server `executor`.
+    async fn send_request(
+        &self,
+        executor: &Executor,
+        session: &mut Session,
+        req: pb::ExecuteRequest,
+    ) -> Result<Answer, Error> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let in_txn = !session.txn.is_empty();
+        let sql = req.sql.clone();
+        let req = pb::ExecuteRequest { txn_id: session.txn.clone(), txn_groups: session.groups.clone(), ..req };
         let run = async move {
             let r = executor.execute(req, &tx).await;
             drop(tx);
@@ -98,7 +118,7 @@ impl Cluster {
             return Err(e);
         }
         let (rows, done) = read.map_err(Error::from)?;
-        let control = ["BEGIN", "COMMIT", "ROLLBACK"].contains(&sql);
+        let control = ["BEGIN", "COMMIT", "ROLLBACK"].contains(&sql.as_str());
         if control || !done.txn_id.is_empty() {
             session.txn = done.txn_id;
             session.groups = done.txn_groups;
@@ -186,6 +206,42 @@ async fn index_server(tier: &Arc<InProcessTier>) -> Executor {
 fn insert_rows(n: i64) -> String {
     let rows: Vec<String> = (1..=n).map(|i| format!("({i}, 0)")).collect();
     format!("INSERT INTO t(id, v) VALUES {}", rows.join(", "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_parameter_rows_is_one_atomic_statement_applied_once() {
+    let c = Cluster::start().await;
+    let mut s = Session::default();
+    c.ok(&mut s, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)").await;
+    c.ok(&mut s, "CREATE TABLE u(v INTEGER)").await;
+    let keyed: Vec<Vec<Value>> = (1..=40).map(|i| vec![Value::Integer(i), Value::Integer(i)]).collect();
+    let insert = "INSERT INTO t(id, v) VALUES (?, ?)";
+    // Over every shard: one failing shard applies the batch nowhere...
+    c.tier.fail_calls(GroupId(3), 1);
+    let e = c.send_batch(insert, &keyed, "batch-1").await.expect_err("one shard failed");
+    assert!(matches!(&e, Error::Unavailable(m) if m.contains("nothing")), "{e:?}");
+    c.no_transactions().await;
+    assert_eq!(c.spread("t").await, vec![0; SHARDS], "no shard kept its rows");
+    // ...and sent again, then once more under the same id, it applies once.
+    for _ in 0..2 {
+        assert_eq!(c.send_batch(insert, &keyed, "batch-1").await.expect("sent again").rows_affected, 40);
+    }
+    assert_eq!(c.number("SELECT count(*) FROM t").await, 40);
+    assert_eq!(c.number("SELECT sum(v) FROM t").await, (1..=40).sum::<i64>());
+    // Rows whose rowids the index server assigns: sent again, the same rows.
+    let unkeyed: Vec<Vec<Value>> = (1..=30).map(|i| vec![Value::Integer(i)]).collect();
+    for _ in 0..2 {
+        let r = c.send_batch("INSERT INTO u(v) VALUES (?)", &unkeyed, "batch-2").await.expect("applied");
+        assert_eq!(r.rows_affected, 30);
+    }
+    assert_eq!(c.number("SELECT count(*) FROM u").await, 30);
+    // A constraint failure in one row undoes the whole batch.
+    let mut clash: Vec<Vec<Value>> = (41..=60).map(|i| vec![Value::Integer(i), Value::Integer(0)]).collect();
+    clash.push(vec![Value::Integer(1), Value::Integer(0)]);
+    let e = c.send_batch(insert, &clash, "batch-3").await.expect_err("duplicate key");
+    assert!(matches!(&e, Error::InvalidInput(m) if m.contains("UNIQUE")), "{e:?}");
+    assert_eq!(c.number("SELECT count(*) FROM t").await, 40);
+    c.tier.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
