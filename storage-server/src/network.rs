@@ -196,7 +196,7 @@ async fn call(
                 format!("malformed raft reply: {} answers to {} messages", r.get_ref().replies.len(), replies.len());
             vec![Err(tonic::Status::internal(why)); replies.len()]
         }
-        Err(status) => vec![Err(status); replies.len()],
+        Err(status) => vec![Err(expired_as_deadline(status)); replies.len()],
     };
     drop(permit);
     for (reply, answer) in replies.into_iter().zip(answers) {
@@ -247,6 +247,17 @@ fn remote<T>(answer: Result<Result<T, String>, Malformed>) -> Result<T, RPCError
     let answer =
         answer.map_err(|e| RPCError::Network(NetworkError::from_string(format!("malformed raft reply: {e}"))))?;
     answer.map_err(|why| RPCError::Unreachable(Unreachable::from_string(format!("peer failed: {why}"))))
+}
+
+/// `status`, except that the transport's own timer running out (which
+/// tonic reports as `Cancelled`) is the `DeadlineExceeded` it is: the call
+/// and its senders' timers expire at the same instant, and which one fires
+/// first must not change the answer.
+fn expired_as_deadline(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::Cancelled && status.message() == tonic::TimeoutExpired(()).to_string() {
+        return tonic::Status::deadline_exceeded(status.message());
+    }
+    status
 }
 
 /// openraft's deadline for a message, stretched by its size.
@@ -493,6 +504,16 @@ mod tests {
         }
         assert_eq!(*recorder.calls.lock().unwrap(), vec![vec![1], vec![2, 3, 4]]);
         server.abort();
+    }
+
+    #[test]
+    fn the_transports_timer_running_out_is_a_deadline_not_a_cancellation() {
+        // As tonic turns its own timeout into a status.
+        let expired = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(expired.code(), tonic::Code::Cancelled, "tonic's mapping changed");
+        assert_eq!(expired_as_deadline(expired).code(), tonic::Code::DeadlineExceeded);
+        let cancelled = tonic::Status::cancelled("the peer went away");
+        assert_eq!(expired_as_deadline(cancelled).code(), tonic::Code::Cancelled);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
