@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use drsdb_common::config::TlsConfig;
+use drsdb_common::shard::KeyRoute;
 use drsdb_common::sql::{self, Kind};
 use drsdb_common::tls::Dialer;
 use drsdb_common::{Error, Result, Value};
@@ -43,6 +44,9 @@ const CUT_LONGEST_PAUSE: Duration = Duration::from_millis(50);
 /// rolls back an idle transaction after `txn_idle_timeout_ms`, 30 s by
 /// default).
 const ROLLBACK_RETRY_FOR: Duration = Duration::from_secs(30);
+/// Routes a session keeps (one per statement text); when full, it starts
+/// over.
+const MAX_ROUTES: usize = 1024;
 /// After the storage servers could not be reached for a direct read, the
 /// session asks for relayed rows this long before trying again.
 const RELAY_AFTER_UNREACHABLE: Duration = Duration::from_secs(30);
@@ -135,6 +139,26 @@ pub struct Client {
     /// Until when the session asks for relayed rows because the storage
     /// servers were not reachable.
     relay_until: Option<Instant>,
+    /// Routes of reads pinned to one shard by their parameters, by
+    /// statement text.
+    routes: HashMap<String, Route>,
+}
+
+/// A read's route (`pb::Route`): its signed statement, how its parameters
+/// pick its shard, and each shard's storage servers (leader first).
+struct Route {
+    ticket: pb::Ticket,
+    key: KeyRoute,
+    shards: Vec<Vec<String>>,
+}
+
+impl Route {
+    /// The route the index server sent, if this version can follow it.
+    fn from_pb(r: pb::Route) -> Option<Route> {
+        let key = KeyRoute::try_from(&r.key?).ok()?;
+        let shards: Vec<Vec<String>> = r.shards.into_iter().map(|s| s.addrs).collect();
+        (shards.len() == key.shards).then_some(Route { ticket: r.ticket?, key, shards })
+    }
 }
 
 impl Client {
@@ -156,6 +180,7 @@ impl Client {
             storage: StorageChannels::new(dialer.clone()),
             direct: true,
             relay_until: None,
+            routes: HashMap::new(),
             dialer,
             seeds,
             rotation: Vec::new(),
@@ -284,9 +309,19 @@ impl Client {
 
     /// [`Client::query`] with its parameters on the wire already, and
     /// `batch_rows` rows of them when not 0.
-    async fn query_rows(&mut self, statement: &str, params: Vec<pb::Value>, batch_rows: u32) -> Result<RowStream> {
-        sql::check_length(statement)?;
-        let statements = sql::split_script(statement)?;
+    async fn query_rows(&mut self, text: &str, params: Vec<pb::Value>, batch_rows: u32) -> Result<RowStream> {
+        self.relay_until = self.relay_until.filter(|t| Instant::now() < *t);
+        // A read outside a transaction may run on its shard directly,
+        // through a route an index server handed out for the same text
+        // (which was checked then, and found to be a read).
+        let routable = self.txn.is_none() && batch_rows == 0 && self.direct && self.relay_until.is_none();
+        if routable {
+            if let Some(rows) = self.read_routed(text, &params).await {
+                return Ok(rows);
+            }
+        }
+        sql::check_length(text)?;
+        let statements = sql::split_script(text)?;
         let [statement] = statements.as_slice() else {
             return Err(Error::invalid(format!(
                 "expected one statement, got {}; use execute_script for several",
@@ -295,7 +330,6 @@ impl Client {
         };
         let kind = syntax::check(statement)?;
         self.sent += 1;
-        self.relay_until = self.relay_until.filter(|t| Instant::now() < *t);
         let req = pb::ExecuteRequest {
             sql: statement.clone(),
             params,
@@ -307,6 +341,7 @@ impl Client {
             accept_fragments: self.direct && self.relay_until.is_none(),
             txn_groups: self.txn.as_ref().map(|t| t.groups.clone()).unwrap_or_default(),
             batch_rows,
+            want_route: routable && kind == Kind::Read,
         };
         // Outside a transaction a statement may be sent again after a lost
         // reply: reads are harmless, writes are deduplicated by request id.
@@ -384,7 +419,33 @@ impl Client {
             },
             (_, txn) => self.txn = txn,
         }
+        if let Some(route) = result.as_mut().ok().and_then(RowStream::take_route).and_then(Route::from_pb) {
+            if self.routes.len() >= MAX_ROUTES {
+                self.routes.clear();
+            }
+            self.routes.insert(text.to_string(), route);
+        }
         result
+    }
+
+    /// Runs a read on its shard's leader through the route kept for
+    /// `text`. `None` when there is none, or its parameters need SQLite to
+    /// pick the shard, or the read failed before its answer began (a new
+    /// leader, a schema change, an expired route, a server down: the route
+    /// is dropped): then an index server runs it.
+    async fn read_routed(&mut self, text: &str, params: &[pb::Value]) -> Option<RowStream> {
+        let route = self.routes.get(text)?;
+        let values: Vec<Value> = params.iter().cloned().map(Value::from).collect();
+        let leader = route.shards.get(route.key.shard(&values)?)?.first()?;
+        let read = pb::RoutedRead { ticket: Some(route.ticket.clone()), params: params.to_vec() };
+        match self.storage.read_routed(leader, read).await {
+            Ok(rows) => Some(rows),
+            Err(e) => {
+                tracing::debug!(%leader, "routed read failed, asking an index server: {e}");
+                self.routes.remove(text);
+                None
+            }
+        }
     }
 
     /// Sends `req` (failing over when safe), opening the fragments of a
@@ -477,6 +538,7 @@ impl Client {
             accept_fragments: false,
             txn_groups: groups,
             batch_rows: 0,
+            want_route: false,
         };
         let first = self.next;
         tokio::spawn(async move {

@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::rows::{Column, Row};
+use crate::rows::{Column, Failure, Row, RowStream};
 
 /// Result parts a fragment's task reads ahead of the consumer.
 const PARTS_AHEAD: usize = 4;
@@ -87,6 +87,26 @@ impl StorageChannels {
         let mut unreachable = self.unreachable.lock().expect("unreachable lock");
         unreachable.retain(|_, at| at.elapsed() < TRY_LAST);
         !unreachable.is_empty()
+    }
+
+    /// Runs a routed read on `addr` (the leader of its shard, as the route
+    /// last knew it). Any failure before the answer began is the caller's
+    /// cue to ask an index server instead.
+    pub(crate) async fn read_routed(&self, addr: &str, read: pb::RoutedRead) -> Result<RowStream> {
+        let answer = async {
+            match self.client(addr)?.read_routed(read).await {
+                Ok(response) => RowStream::start(response.into_inner()).await.map_err(Failure::into_error),
+                Err(status) => {
+                    if drsdb_common::error::never_arrived(&status) {
+                        self.unreachable.lock().expect("unreachable lock").insert(addr.to_string(), Instant::now());
+                    }
+                    Err(Error::from(status))
+                }
+            }
+        };
+        tokio::time::timeout(FIRST_ANSWER_TIMEOUT, answer)
+            .await
+            .map_err(|_| Error::unavailable(format!("{addr} gave no answer within {FIRST_ANSWER_TIMEOUT:?}")))?
     }
 
     /// Opens `fragment` on its leader, trying each replica in turn.

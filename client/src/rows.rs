@@ -196,6 +196,11 @@ impl RowStream {
         Ok(RowStream { columns, answer, fragments, direct: None })
     }
 
+    /// The route the index server sent with the result, if any (taken).
+    pub(crate) fn take_route(&mut self) -> Option<pb::Route> {
+        self.answer.take_route()
+    }
+
     /// True when the index server answered with fragments, not opened yet.
     pub(crate) fn has_fragments(&self) -> bool {
         self.fragments.is_some()

@@ -22,6 +22,27 @@ pub enum Collation {
 }
 
 impl Collation {
+    /// This collation on the wire.
+    pub fn to_pb(self) -> drsdb_proto::sort_key::Collation {
+        use drsdb_proto::sort_key::Collation as C;
+        match self {
+            Collation::Binary => C::Binary,
+            Collation::NoCase => C::Nocase,
+            Collation::RTrim => C::Rtrim,
+        }
+    }
+
+    /// The collation numbered `n` on the wire; `None` for a number this
+    /// version does not know.
+    pub fn from_pb(n: i32) -> Option<Collation> {
+        use drsdb_proto::sort_key::Collation as C;
+        match C::try_from(n).ok()? {
+            C::Binary => Some(Collation::Binary),
+            C::Nocase => Some(Collation::NoCase),
+            C::Rtrim => Some(Collation::RTrim),
+        }
+    }
+
     /// SQLite's collation of that name (case-insensitive, quotes allowed);
     /// names SQLite does not know are not possible in a statement it
     /// accepted, and count as BINARY.
@@ -151,25 +172,18 @@ impl SortKey {
 
 impl From<SortKey> for drsdb_proto::SortKey {
     fn from(k: SortKey) -> Self {
-        use drsdb_proto::sort_key::Collation as C;
-        let collation = match k.collation {
-            Collation::Binary => C::Binary,
-            Collation::NoCase => C::Nocase,
-            Collation::RTrim => C::Rtrim,
-        };
-        drsdb_proto::SortKey { collation: collation as i32, descending: k.descending, nulls_first: k.nulls_first }
+        drsdb_proto::SortKey {
+            collation: k.collation.to_pb() as i32,
+            descending: k.descending,
+            nulls_first: k.nulls_first,
+        }
     }
 }
 
 impl From<&drsdb_proto::SortKey> for SortKey {
     /// A collation number this version does not know reads as BINARY.
     fn from(k: &drsdb_proto::SortKey) -> Self {
-        use drsdb_proto::sort_key::Collation as C;
-        let collation = match C::try_from(k.collation) {
-            Ok(C::Nocase) => Collation::NoCase,
-            Ok(C::Rtrim) => Collation::RTrim,
-            _ => Collation::Binary,
-        };
+        let collation = Collation::from_pb(k.collation).unwrap_or(Collation::Binary);
         SortKey { collation, descending: k.descending, nulls_first: k.nulls_first }
     }
 }

@@ -17,9 +17,12 @@
 //! Everything here is a pure function: the meta group records its results
 //! (the shard map), and storage servers use it to know which groups to host.
 
+use crate::affinity::Affinity;
+use crate::error::{Error, Result};
 use crate::ids::{GroupId, NodeId};
 use crate::order::Collation;
 use crate::value::Value;
+use drsdb_proto as pb;
 
 /// Replicas per group (fewer only when the cluster has fewer servers).
 pub const REPLICATION_FACTOR: usize = 3;
@@ -87,6 +90,93 @@ pub fn shard_group(k: usize) -> GroupId {
 /// The groups of all `shards` shards, in shard order.
 pub fn shard_groups(shards: usize) -> Vec<GroupId> {
     (0..shards).map(shard_group).collect()
+}
+
+/// Where a shard key given as values lands, without SQLite: the key's
+/// values sit at `positions` of a list of values (a statement's parameters,
+/// a row being loaded), one per key column.
+///
+/// Invariant: `positions` and `columns` have the same length, zero only
+/// with one shard (every key lands there); `shards` is between 1 and
+/// [`MAX_SHARDS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRoute {
+    /// Where each key column's value is among the values.
+    pub positions: Vec<usize>,
+    /// Each key column's affinity and collation.
+    pub columns: Vec<(Affinity, Collation)>,
+    /// The cluster's data shards.
+    pub shards: usize,
+}
+
+impl KeyRoute {
+    /// The shard (counting from 0) of the key in `values`, when every key
+    /// value is one its column stores unchanged and not NULL; `None` when
+    /// only SQLite can tell (or a value is missing).
+    pub fn shard(&self, values: &[Value]) -> Option<usize> {
+        let mut key = Vec::with_capacity(self.positions.len());
+        for (at, (affinity, collation)) in self.positions.iter().zip(&self.columns) {
+            let v = values.get(*at)?;
+            if *v == Value::Null || !affinity.stores_unchanged(v) {
+                return None;
+            }
+            key.push((v.clone(), *collation));
+        }
+        Some(shard_of(key_hash(&key), self.shards))
+    }
+}
+
+impl From<&KeyRoute> for pb::KeyRoute {
+    fn from(r: &KeyRoute) -> Self {
+        use pb::key_column::Affinity as A;
+        let columns = r.columns.iter().map(|(affinity, collation)| {
+            let affinity = match affinity {
+                Affinity::Blob => A::Blob,
+                Affinity::Text => A::Text,
+                Affinity::Numeric => A::Numeric,
+                Affinity::Integer => A::Integer,
+                Affinity::Real => A::Real,
+            };
+            pb::KeyColumn { affinity: affinity as i32, collation: collation.to_pb() as i32 }
+        });
+        pb::KeyRoute {
+            params: r.positions.iter().map(|p| *p as u32).collect(),
+            columns: columns.collect(),
+            shards: r.shards as u32,
+        }
+    }
+}
+
+impl TryFrom<&pb::KeyRoute> for KeyRoute {
+    type Error = Error;
+
+    /// Refuses a route this version cannot follow exactly (an unknown
+    /// affinity or collation, mismatched lengths, a bad shard count).
+    fn try_from(r: &pb::KeyRoute) -> Result<KeyRoute> {
+        use pb::key_column::Affinity as A;
+        let malformed = |why: &str| Error::invalid(format!("malformed key route: {why}"));
+        let mut columns = Vec::with_capacity(r.columns.len());
+        for c in &r.columns {
+            let affinity = match A::try_from(c.affinity) {
+                Ok(A::Blob) => Affinity::Blob,
+                Ok(A::Text) => Affinity::Text,
+                Ok(A::Numeric) => Affinity::Numeric,
+                Ok(A::Integer) => Affinity::Integer,
+                Ok(A::Real) => Affinity::Real,
+                Err(_) => return Err(malformed("unknown affinity")),
+            };
+            let collation = Collation::from_pb(c.collation).ok_or_else(|| malformed("unknown collation"))?;
+            columns.push((affinity, collation));
+        }
+        if columns.len() != r.params.len() {
+            return Err(malformed("it needs one parameter per key column"));
+        }
+        let shards = r.shards as usize;
+        if !(1..=MAX_SHARDS).contains(&shards) || (columns.is_empty() && shards > 1) {
+            return Err(malformed("bad shard count"));
+        }
+        Ok(KeyRoute { positions: r.params.iter().map(|p| *p as usize).collect(), columns, shards })
+    }
 }
 
 /// The first hash of shard `k`'s slice; its slice ends where shard `k+1`'s
@@ -162,6 +252,40 @@ mod tests {
         }
         assert!(leaders.values().all(|&n| n == 2), "{leaders:?}");
         assert_eq!(placement(&nodes(&[7]), 2)[2].replicas, nodes(&[7]));
+    }
+
+    #[test]
+    fn a_key_route_places_keys_as_their_columns_store_them_and_crosses_the_wire_intact() {
+        let route = KeyRoute {
+            positions: vec![2, 0],
+            columns: vec![(Affinity::Text, Collation::NoCase), (Affinity::Integer, Collation::Binary)],
+            shards: 8,
+        };
+        let params = |name: &str, id: Value| vec![id, Value::Integer(99), Value::Text(name.into())];
+        let key = |name: &str, id: i64| {
+            shard_of(
+                key_hash(&[(Value::Text(name.into()), Collation::NoCase), (Value::Integer(id), Collation::Binary)]),
+                8,
+            )
+        };
+        assert_eq!(route.shard(&params("Ann", Value::Integer(5))), Some(key("ann", 5)));
+        // Only SQLite knows what these become (or they match nothing).
+        assert_eq!(route.shard(&params("ann", Value::Text("5".into()))), None);
+        assert_eq!(route.shard(&params("ann", Value::Null)), None);
+        assert_eq!(route.shard(&[Value::Integer(5)]), None, "a parameter is missing");
+        assert_eq!(KeyRoute::try_from(&pb::KeyRoute::from(&route)).unwrap(), route);
+        let one_shard = KeyRoute { positions: vec![], columns: vec![], shards: 1 };
+        assert_eq!(one_shard.shard(&[]), Some(0));
+        assert_eq!(KeyRoute::try_from(&pb::KeyRoute::from(&one_shard)).unwrap(), one_shard);
+
+        let mut bad = pb::KeyRoute::from(&route);
+        bad.columns[0].collation = 9;
+        assert!(KeyRoute::try_from(&bad).is_err(), "an unknown collation would hash wrongly");
+        let mut bad = pb::KeyRoute::from(&route);
+        bad.params.pop();
+        assert!(KeyRoute::try_from(&bad).is_err());
+        let bad = pb::KeyRoute { params: vec![], columns: vec![], shards: 4 };
+        assert!(KeyRoute::try_from(&bad).is_err(), "no key, several shards");
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub struct PartReader<S> {
     done: Option<pb::Done>,
     fragments: Option<pb::Fragments>,
     snapshot: Option<pb::Snapshot>,
+    route: Option<pb::Route>,
 }
 
 impl<S, E> PartReader<S>
@@ -84,6 +85,7 @@ where
             done: None,
             fragments: None,
             snapshot: None,
+            route: None,
         }
     }
 
@@ -97,6 +99,7 @@ where
             done: Some(done),
             fragments: None,
             snapshot: None,
+            route: None,
         }
     }
 
@@ -115,6 +118,7 @@ where
                 Some(pb::result_part::Part::Rows(r)) => self.rows.extend(value::rows_from(r)),
                 Some(pb::result_part::Part::Fragments(f)) => self.fragments = Some(f),
                 Some(pb::result_part::Part::Snapshot(s)) => self.snapshot = Some(s),
+                Some(pb::result_part::Part::Route(r)) => self.route = Some(r),
                 Some(pb::result_part::Part::Done(d)) => {
                     self.done = Some(d);
                     self.parts = None;
@@ -164,6 +168,11 @@ where
     /// The fragments an index server answered with, if it did (taken).
     pub fn take_fragments(&mut self) -> Option<pb::Fragments> {
         self.fragments.take()
+    }
+
+    /// The route an index server sent before the result, if it did (taken).
+    pub fn take_route(&mut self) -> Option<pb::Route> {
+        self.route.take()
     }
 }
 

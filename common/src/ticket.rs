@@ -20,6 +20,7 @@ use aws_lc_rs::hmac;
 use prost::Message;
 
 use crate::error::{Error, Result};
+use crate::shard::KeyRoute;
 use drsdb_proto as pb;
 
 /// Bytes of a ticket key.
@@ -81,29 +82,58 @@ impl TicketKey {
 
     /// Signs `read`, valid until `expires_ms` (ms since the Unix epoch).
     pub fn sign(&self, read: pb::ReadRequest, expires_ms: i64) -> pb::Ticket {
-        let body = pb::TicketBody { read: Some(read), expires_ms }.encode_to_vec();
+        self.sign_body(pb::TicketBody { read: Some(read), expires_ms, route: None })
+    }
+
+    /// Signs a route: `statement` run on the shard its parameters pick
+    /// under `route` (`Storage.ReadRouted`), valid until `expires_ms`.
+    pub fn sign_route(&self, statement: pb::Statement, route: &KeyRoute, expires_ms: i64) -> pb::Ticket {
+        let read = pb::ReadRequest { group: 0, statement: Some(statement) };
+        self.sign_body(pb::TicketBody { read: Some(read), expires_ms, route: Some(route.into()) })
+    }
+
+    fn sign_body(&self, body: pb::TicketBody) -> pb::Ticket {
+        let body = body.encode_to_vec();
         let signature = hmac::sign(&self.0, &body).as_ref().to_vec();
         pb::Ticket { body, signature }
     }
 
-    /// The read `ticket` carries, if its signature is ours and it has not
-    /// expired at `now_ms`.
+    /// The read a fragment's `ticket` carries, if its signature is ours
+    /// and it has not expired at `now_ms`.
     pub fn open(&self, ticket: &pb::Ticket, now_ms: i64) -> Result<pb::ReadRequest> {
+        let body = self.open_body(ticket, now_ms)?;
+        if body.route.is_some() {
+            return Err(Error::invalid("this ticket is a route: send it with parameters (ReadRouted)"));
+        }
+        body.read.ok_or_else(|| Error::invalid("malformed ticket: it carries no read"))
+    }
+
+    /// The statement and route a route's `ticket` carries, if its
+    /// signature is ours and it has not expired at `now_ms`.
+    pub fn open_route(&self, ticket: &pb::Ticket, now_ms: i64) -> Result<(pb::Statement, KeyRoute)> {
+        let body = self.open_body(ticket, now_ms)?;
+        let route = body.route.as_ref().ok_or_else(|| Error::invalid("this ticket is not a route"))?;
+        let statement = body.read.and_then(|r| r.statement);
+        let statement = statement.ok_or_else(|| Error::invalid("malformed ticket: it carries no statement"))?;
+        Ok((statement, KeyRoute::try_from(route)?))
+    }
+
+    fn open_body(&self, ticket: &pb::Ticket, now_ms: i64) -> Result<pb::TicketBody> {
         hmac::verify(&self.0, &ticket.body, &ticket.signature).map_err(|_| {
             Error::invalid(
-                "the fragment's ticket is not valid (not signed with this cluster's ticket key); ask an index \
-                 server to run the query",
+                "the ticket is not valid (not signed with this cluster's ticket key); ask an index server to run \
+                 the query",
             )
         })?;
         let body = pb::TicketBody::decode(ticket.body.as_slice())
             .map_err(|e| Error::invalid(format!("malformed ticket: {e}")))?;
         if now_ms > body.expires_ms {
             return Err(Error::invalid(format!(
-                "the fragment's ticket expired {} ms ago; run the query again",
+                "the ticket expired {} ms ago; run the query again",
                 now_ms - body.expires_ms
             )));
         }
-        body.read.ok_or_else(|| Error::invalid("malformed ticket: it carries no read"))
+        Ok(body)
     }
 }
 
@@ -134,9 +164,25 @@ mod tests {
         assert!(other.open(&t, 0).is_err());
         let mut forged = read();
         forged.statement.as_mut().unwrap().sql = "SELECT * FROM secrets".into();
-        t.body = pb::TicketBody { read: Some(forged), expires_ms: 1_000 }.encode_to_vec();
+        t.body = pb::TicketBody { read: Some(forged), expires_ms: 1_000, route: None }.encode_to_vec();
         let e = key().open(&t, 0).unwrap_err();
         assert!(e.to_string().contains("not valid"), "{e}");
+    }
+
+    #[test]
+    fn a_route_opens_only_as_a_route_and_a_fragment_only_as_a_fragment() {
+        let route = KeyRoute {
+            positions: vec![1],
+            columns: vec![(crate::affinity::Affinity::Integer, crate::order::Collation::Binary)],
+            shards: 4,
+        };
+        let statement: pb::Statement = crate::command::Statement::new("SELECT v FROM t WHERE id = ?2").into();
+        let t = key().sign_route(statement.clone(), &route, 1_000);
+        assert_eq!(key().open_route(&t, 1_000).unwrap(), (statement, route));
+        assert!(key().open(&t, 0).unwrap_err().to_string().contains("is a route"));
+        let fragment = key().sign(read(), 1_000);
+        assert!(key().open_route(&fragment, 0).unwrap_err().to_string().contains("not a route"));
+        assert!(key().open_route(&t, 1_001).unwrap_err().to_string().contains("expired"));
     }
 
     #[test]

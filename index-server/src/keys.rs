@@ -59,6 +59,19 @@ fn hash_unchanged(table: &Table, rows: &[Vec<Value>]) -> Option<Vec<u64>> {
         .collect()
 }
 
+/// Which parameter (counting from 0) `e` is, when it is a numbered
+/// placeholder (`?N`, as `sql::number_placeholders` writes them).
+pub fn placeholder_index(e: &Expr) -> Option<usize> {
+    use sqlparser::ast::Value as Literal;
+    match e {
+        Expr::Value(v) => match &v.value {
+            Literal::Placeholder(p) => p.strip_prefix('?')?.parse::<usize>().ok()?.checked_sub(1),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The value of `e` when it is a numbered parameter that has a value
 /// (`?N`, as `sql::number_placeholders` writes them), NULL, an integer or
 /// a plain string: what SQLite computes for it, without SQLite. `None`
@@ -71,10 +84,7 @@ pub fn plain_value(e: &Expr, params: &[Value]) -> Option<Value> {
     };
     let Expr::Value(v) = e else { return None };
     Some(match (&v.value, negative) {
-        (Literal::Placeholder(p), false) => {
-            let n: usize = p.strip_prefix('?')?.parse().ok()?;
-            params.get(n.checked_sub(1)?)?.clone()
-        }
+        (Literal::Placeholder(_), false) => params.get(placeholder_index(e)?)?.clone(),
         (Literal::Null, false) => Value::Null,
         (Literal::SingleQuotedString(s), false) => Value::Text(s.clone()),
         // Digits only: SQLite reads a larger literal as a real.

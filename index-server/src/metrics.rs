@@ -1,7 +1,8 @@
 //! Counters of what this index server has done since it started, printed
 //! by `SHOW METRICS`. They show where result rows travel: rows this server
-//! sent to clients itself, and fragments it handed out instead (whose rows
-//! went from the storage servers to the clients without passing here).
+//! sent to clients itself, and fragments and routes it handed out instead
+//! (whose rows went from the storage servers to the clients without
+//! passing here).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,6 +19,9 @@ pub struct Metrics {
     pub direct_results: AtomicU64,
     /// Fragments handed out (one per shard of a direct result).
     pub fragments_issued: AtomicU64,
+    /// Routes handed out: reads pinned to one shard by their parameters,
+    /// which the client then runs on that shard itself.
+    pub routes_issued: AtomicU64,
     /// Transactions committed on one shard (no two-phase commit round).
     pub commits_single_shard: AtomicU64,
     /// Transactions committed on several shards by two-phase commit
@@ -48,6 +52,7 @@ impl Metrics {
             ("rows_sent", read(&self.rows_sent)),
             ("direct_results", read(&self.direct_results)),
             ("fragments_issued", read(&self.fragments_issued)),
+            ("routes_issued", read(&self.routes_issued)),
             ("commits_single_shard", read(&self.commits_single_shard)),
             ("commits_multi_shard", read(&self.commits_multi_shard)),
             ("aborts", read(&self.aborts)),

@@ -30,7 +30,11 @@
 //!   table it names.
 //!
 //! A concatenation or merge planned with `Context::direct` is combined by
-//! the client from the storage servers' answers (direct streaming).
+//! the client from the storage servers' answers (direct streaming). A read
+//! pinned to one shard by placeholders (`WHERE id = ?`), or any read on a
+//! one-shard cluster, planned with `Context::routes` carries the
+//! `KeyRoute` that picks its shard from its parameters: the client then
+//! runs it again with other parameters on that shard itself.
 //!
 //! Not yet: hash joins, writes whose subqueries read other sharded
 //! tables, updates of shard keys.
@@ -39,15 +43,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::ControlFlow;
 
+use drsdb_common::affinity::Affinity;
+use drsdb_common::shard::{self, KeyRoute};
 use drsdb_common::sql::{Kind, ParseError};
-use drsdb_common::{shard, Error, GroupId, Result};
+use drsdb_common::{Error, GroupId, Result};
 use sqlparser::ast::{
     AssignmentTarget, BinaryOperator, Expr, FromTable, ObjectName, ObjectNamePart, Query, SetExpr, Statement,
     TableFactor, TableObject, Visit, Visitor,
 };
 
 use crate::catalog::{Catalog, Table};
-use crate::keys::Keys;
+use crate::keys::{self, Keys};
 use crate::pushdown::{self, Combine, Split};
 
 /// Where a statement's rows come from before an INSERT splits them.
@@ -70,6 +76,10 @@ pub enum Plan {
         group: GroupId,
         /// Why one shard answers for all.
         why: String,
+        /// For a read whose shard follows from its parameters alone (the
+        /// shard key pinned to placeholders), when the client asked for
+        /// routes: how other parameters pick the shard.
+        route: Option<KeyRoute>,
     },
     /// A write runs unchanged on every shard, each applying it to its own
     /// rows (or, for a reference table, to its copy); counts add up.
@@ -122,10 +132,22 @@ pub enum Plan {
 }
 
 impl Plan {
+    /// A statement for one shard, not routed by the client.
+    fn single(group: GroupId, why: impl Into<String>) -> Plan {
+        Plan::Single { group, why: why.into(), route: None }
+    }
+
     fn fmt_tree(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
         let pad = "  ".repeat(depth);
         match self {
-            Plan::Single { group, why } => writeln!(f, "{pad}Single shard (group {group}): {why}"),
+            Plan::Single { group, why, route } => {
+                writeln!(f, "{pad}Single shard (group {group}): {why}")?;
+                if let Some(r) = route {
+                    let params: Vec<String> = r.positions.iter().map(|p| format!("?{}", p + 1)).collect();
+                    writeln!(f, "{pad}  Routed by the client on {} (signed route)", params.join(", "))?;
+                }
+                Ok(())
+            }
             Plan::Broadcast { groups, same_seed } => {
                 let what = if *same_seed { "identical copies" } else { "each shard its own rows" };
                 writeln!(f, "{pad}Broadcast to {} shards ({what})", groups.len())
@@ -192,6 +214,9 @@ pub struct Context<'a> {
     /// fragments, on a server with a ticket key). Never for writes: the
     /// rows an INSERT … SELECT reads are the index server's to place.
     pub direct: bool,
+    /// Whether a read pinned to one shard by placeholders gets a
+    /// [`KeyRoute`] (the client asked for routes, and may read directly).
+    pub routes: bool,
 }
 
 impl Context<'_> {
@@ -228,7 +253,10 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
         return Ok(Plan::Schema { groups, creates });
     }
     if cx.shards == 1 {
-        return Ok(Plan::Single { group: groups[0], why: "the only shard".into() });
+        // Every read runs on the one shard, whatever its parameters.
+        let route =
+            (cx.routes && kind == Kind::Read).then(|| KeyRoute { positions: vec![], columns: vec![], shards: 1 });
+        return Ok(Plan::Single { group: groups[0], why: "the only shard".into(), route });
     }
     let statement = match parse(sql) {
         Ok(s) => s,
@@ -237,7 +265,7 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
         Err(ParseError::Unknown(_)) if kind == Kind::Read => {
             let refs = References::named_in(cx.catalog, sql)?;
             if refs.sharded.is_empty() {
-                return Ok(Plan::Single { group: groups[0], why: "reads no sharded table".into() });
+                return Ok(Plan::single(groups[0], "reads no sharded table"));
             }
             return Ok(Plan::Gather {
                 tables: refs.sharded.into_iter().collect(),
@@ -320,7 +348,7 @@ pub fn plan(cx: &Context<'_>, sql: &str, kind: Kind) -> Result<Plan> {
         }
         // Anything else that is not DDL (PRAGMA table_info and the like)
         // reads the schema, which every shard has.
-        _ => Ok(Plan::Single { group: groups[0], why: "statement reads no table rows".into() }),
+        _ => Ok(Plan::single(groups[0], "statement reads no table rows")),
     }
 }
 
@@ -350,7 +378,7 @@ fn created_table(statement: &Statement) -> Option<String> {
 fn plan_query(cx: &Context<'_>, q: &Query, refs: &References, source: Option<&str>) -> Result<Plan> {
     let groups = cx.groups();
     if refs.sharded.is_empty() {
-        return Ok(Plan::Single { group: groups[0], why: "reads no sharded table".into() });
+        return Ok(Plan::single(groups[0], "reads no sharded table"));
     }
     if let (SetExpr::Select(select), Some(source)) = (q.body.as_ref(), source) {
         // Every sharded table read is in the FROM clause, once, and they are co-located.
@@ -368,8 +396,9 @@ fn plan_query(cx: &Context<'_>, q: &Query, refs: &References, source: Option<&st
         let all_in_from = sharded_in_from.len() == refs.occurrences_of_sharded;
         if all_in_from && pushdown::co_located(cx.catalog, select) {
             for (table, alias) in &sharded_in_from {
-                if let Some(group) = pinned_shard(cx, table, alias.clone(), select.selection.as_ref())? {
-                    return Ok(Plan::Single { group, why: format!("key of {} pinned by WHERE", table.name) });
+                if let Some((group, route)) = pinned_shard(cx, table, alias.clone(), select.selection.as_ref())? {
+                    let why = format!("key of {} pinned by WHERE", table.name);
+                    return Ok(Plan::Single { group, why, route });
                 }
             }
             if let Some(split) = pushdown::split(cx.catalog, source, q, cx.keys.params) {
@@ -412,8 +441,8 @@ fn plan_change(
     if refs.sharded.len() > 1 || refs.occurrences_of_sharded > 1 {
         return Err(not_yet("an UPDATE or DELETE that reads other sharded tables (or its own in a subquery)"));
     }
-    if let Some(group) = pinned_shard(cx, table, alias, selection)? {
-        return Ok(Plan::Single { group, why: format!("key of {} pinned by WHERE", table.name) });
+    if let Some((group, _)) = pinned_shard(cx, table, alias, selection)? {
+        return Ok(Plan::single(group, format!("key of {} pinned by WHERE", table.name)));
     }
     Ok(Plan::Broadcast { groups, same_seed: false })
 }
@@ -428,13 +457,15 @@ fn is_key_column(table: &Table, column: &str) -> bool {
 }
 
 /// The shard holding every row `selection` can match, when its top-level
-/// ANDed terms set each shard key column equal to a constant.
+/// ANDed terms set each shard key column equal to a constant; with it,
+/// when those constants are all placeholders and `cx.routes`, the route
+/// that finds the shard for any of their values.
 fn pinned_shard(
     cx: &Context<'_>,
     table: &Table,
     alias: Option<String>,
     selection: Option<&Expr>,
-) -> Result<Option<GroupId>> {
+) -> Result<Option<(GroupId, Option<KeyRoute>)>> {
     let (Some(key), Some(selection)) = (table.key_columns(), selection) else { return Ok(None) };
     let qualifier = alias.unwrap_or_else(|| table.name.clone());
     let mut pinned: BTreeMap<usize, &Expr> = BTreeMap::new();
@@ -454,7 +485,16 @@ fn pinned_shard(
     }
     let exprs: Vec<Expr> = key.iter().map(|c| pinned[c].clone()).collect();
     let hash = cx.keys.hash_exprs(table, &exprs)?;
-    Ok(Some(shard::shard_group(shard::shard_of(hash, cx.shards))))
+    let positions: Option<Vec<usize>> = exprs.iter().map(keys::placeholder_index).collect();
+    let route = positions.filter(|_| cx.routes).map(|positions| KeyRoute {
+        positions,
+        columns: key
+            .iter()
+            .map(|c| (Affinity::of(&table.columns[*c].decl_type), table.columns[*c].collation))
+            .collect(),
+        shards: cx.shards,
+    });
+    Ok(Some((shard::shard_group(shard::shard_of(hash, cx.shards)), route)))
 }
 
 /// The column an expression names, if it is a bare or `qualifier.`-qualified column.

@@ -947,3 +947,62 @@ async fn bulk_loads_write_every_row_once_one_shard_per_batch_as_sqlite_stores_it
     let missing = client.loader("nope", &[], LoadOptions::default()).await.err().expect("unknown table refused");
     assert!(matches!(&missing, Error::InvalidInput(m) if m.contains("no such table")), "{missing}");
 }
+
+/// Point reads by key (`WHERE id = ?`) run on their shard's leader, sent
+/// there by the driver through a route an index server handed out once;
+/// every answer is the one the index server gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_reads_by_key_go_to_their_shard_directly_and_answer_as_through_an_index_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), Options { shards: Some(4), index_servers: 1, ..Options::default() }).await;
+    let mut client = cluster.client().await.unwrap();
+    client.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", &[]).await.unwrap();
+    let rows: Vec<String> = (1..=200).map(|i| format!("({i}, 'v{i}')")).collect();
+    client.execute(&format!("INSERT INTO t VALUES {}", rows.join(", ")), &[]).await.unwrap();
+    client
+        .execute("CREATE TABLE u(name TEXT COLLATE NOCASE, region INTEGER, n INTEGER, PRIMARY KEY(name, region))", &[])
+        .await
+        .unwrap();
+    client.execute("INSERT INTO u VALUES ('alice', 1, 10), ('alice', 2, 20), ('Bob', 1, 30)", &[]).await.unwrap();
+    let explained = client.execute("EXPLAIN SELECT v FROM t WHERE id = ?", params![1]).await.unwrap();
+    let plan: Vec<String> = explained.rows.iter().map(|r| r.get(0).unwrap()).collect();
+    assert_eq!(plan[1], "  Routed by the client on ?1 (signed route)", "{plan:?}");
+
+    let point = "SELECT v FROM t WHERE id = ?";
+    let value = |rs: drsdb_client::ResultSet| rs.rows.first().map(|r| r.get::<String>(0).unwrap());
+    let statements_before = metric(&mut client, "statements").await;
+    for id in 1..=200i64 {
+        assert_eq!(value(client.execute(point, params![id]).await.unwrap()), Some(format!("v{id}")));
+    }
+    assert_eq!(value(client.execute(point, params![1000]).await.unwrap()), None);
+    // The first read brought the route; the others (every shard's keys)
+    // did not reach the index server. (SHOW METRICS is one statement.)
+    assert_eq!(metric(&mut client, "statements").await - statements_before, 2);
+    assert_eq!(metric(&mut client, "routes_issued").await, 1);
+
+    // A key only SQLite converts ('7' into an INTEGER key) goes through
+    // the index server; a composite key under NOCASE is routed as SQLite
+    // compares it.
+    assert_eq!(value(client.execute(point, params!["7"]).await.unwrap()), Some("v7".into()));
+    let by_name = "SELECT n FROM u WHERE name = ?1 AND region = ?2";
+    for (name, region, n) in [("alice", 1, 10), ("ALICE", 2, 20), ("bob", 1, 30), ("BOB", 2, -1)] {
+        let rs = client.execute(by_name, params![name, region]).await.unwrap();
+        assert_eq!(rs.rows.first().map(|r| r.get::<i64>(0).unwrap()).unwrap_or(-1), n, "{name} {region}");
+    }
+
+    // Inside a transaction a read sees the transaction's writes (it runs
+    // through the index server); outside, the committed value.
+    client.execute("BEGIN", &[]).await.unwrap();
+    client.execute("UPDATE t SET v = 'mine' WHERE id = 3", &[]).await.unwrap();
+    assert_eq!(value(client.execute(point, params![3]).await.unwrap()), Some("mine".into()));
+    client.execute("ROLLBACK", &[]).await.unwrap();
+    assert_eq!(value(client.execute(point, params![3]).await.unwrap()), Some("v3".into()));
+
+    // A route planned before a schema change is refused by the shard; the
+    // read is planned again on the new schema.
+    client.execute("DROP TABLE t", &[]).await.unwrap();
+    client.execute("CREATE TABLE t(v TEXT, id INTEGER PRIMARY KEY)", &[]).await.unwrap();
+    client.execute("INSERT INTO t VALUES ('new', 3)", &[]).await.unwrap();
+    assert_eq!(value(client.execute(point, params![3]).await.unwrap()), Some("new".into()));
+    assert_eq!(value(client.execute(point, params![4]).await.unwrap()), None);
+}

@@ -272,7 +272,7 @@ impl StorageTier for InProcessTier {
             let statement = statement.clone();
             async move {
                 let node = self.target(group)?;
-                let answer = node.read(group.0, statement).await.map_err(Error::from);
+                let answer = node.read(group.0, statement, true).await.map_err(Error::from);
                 let parts = self.reply(group, false, answer).await?;
                 Ok(Box::pin(parts.map(|p| p.map_err(Error::from))) as Parts)
             }

@@ -15,7 +15,7 @@ use drsdb_common::config::Member;
 use drsdb_common::error::catch_panic;
 use drsdb_common::stream::part;
 use drsdb_common::ticket::TicketKey;
-use drsdb_common::tls;
+use drsdb_common::{shard, tls};
 use drsdb_common::{Error, GroupId, NodeId};
 use drsdb_proto as pb;
 use openraft::async_runtime::WatchReceiver;
@@ -151,9 +151,22 @@ impl Node {
         tls::require_server_peer(request, self.tls)
     }
 
+    /// The cluster's ticket key, which direct reads need.
+    fn ticket_key(&self) -> Result<&TicketKey, Status> {
+        self.tickets.as_ref().ok_or_else(|| {
+            Status::from(Error::invalid(
+                "this storage server has no ticket key, so it serves no direct reads; ask an index server to relay \
+                 the rows (or give every server the cluster's ticket.key)",
+            ))
+        })
+    }
+
     /// Runs a read on `group` after its read barrier (leader only),
-    /// streaming its result parts.
-    pub(crate) async fn read(&self, group: u64, statement: Statement) -> Result<PartStream, Status> {
+    /// streaming its result parts. With `snapshot`, the parts start with
+    /// the commit count of the read's snapshot (for a read over several
+    /// shards, whose snapshots are checked to be one cut); a read whose
+    /// answer stands alone skips it.
+    pub(crate) async fn read(&self, group: u64, statement: Statement, snapshot: bool) -> Result<PartStream, Status> {
         tracing::debug!(group, sql = %statement.sql, "read");
         let group = self.group(group)?.clone();
         group.read_barrier().await?;
@@ -183,14 +196,16 @@ impl Node {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 // One SQLite snapshot for the count and the query: a read
                 // over several shards checks the counts form a consistent cut.
-                let commits = db
-                    .internal(|c| {
-                        c.execute_batch("BEGIN")?;
-                        committed_count(c)
-                    })
-                    .map_err(|e| Failure::Environment(std::io::Error::other(e.to_string())))?;
-                let snapshot = pb::Snapshot { group: group_id.0, commits };
-                let _ = tx.blocking_send(Ok(part(pb::result_part::Part::Snapshot(snapshot))));
+                if snapshot {
+                    let commits = db
+                        .internal(|c| {
+                            c.execute_batch("BEGIN")?;
+                            committed_count(c)
+                        })
+                        .map_err(|e| Failure::Environment(std::io::Error::other(e.to_string())))?;
+                    let snapshot = pb::Snapshot { group: group_id.0, commits };
+                    let _ = tx.blocking_send(Ok(part(pb::result_part::Part::Snapshot(snapshot))));
+                }
                 db.run_parts(&statement, limits, ROWS_PER_PART, |p| tx.blocking_send(Ok(p)).is_ok())
             }));
             // Ends the read transaction (also after a panic: the connection
@@ -241,7 +256,7 @@ impl pb::storage_server::Storage for StorageService {
     async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<PartStream>, Status> {
         self.0.servers_only(&request)?;
         let (group, statement) = read_of(request.into_inner())?;
-        Ok(Response::new(self.0.read(group, statement).await?))
+        Ok(Response::new(self.0.read(group, statement, true).await?))
     }
 
     async fn commits(&self, request: Request<pb::CommitsRequest>) -> Result<Response<pb::CommitsState>, Status> {
@@ -254,15 +269,30 @@ impl pb::storage_server::Storage for StorageService {
     type ReadFragmentStream = PartStream;
 
     async fn read_fragment(&self, request: Request<pb::Ticket>) -> Result<Response<PartStream>, Status> {
-        let Some(tickets) = &self.0.tickets else {
-            return Err(Status::from(Error::invalid(
-                "this storage server has no ticket key, so it serves no direct reads; ask an index server to relay \
-                 the rows (or give every server the cluster's ticket.key)",
-            )));
-        };
-        let read = tickets.open(request.get_ref(), chrono::Utc::now().timestamp_millis())?;
+        let read = self.0.ticket_key()?.open(request.get_ref(), chrono::Utc::now().timestamp_millis())?;
         let (group, statement) = read_of(read)?;
-        Ok(Response::new(self.0.read(group, statement).await?))
+        Ok(Response::new(self.0.read(group, statement, true).await?))
+    }
+
+    type ReadRoutedStream = PartStream;
+
+    async fn read_routed(&self, request: Request<pb::RoutedRead>) -> Result<Response<PartStream>, Status> {
+        let tickets = self.0.ticket_key()?;
+        let pb::RoutedRead { ticket, params } = request.into_inner();
+        let ticket = ticket.ok_or_else(|| Error::invalid("malformed routed read: the ticket is missing"))?;
+        let (statement, route) = tickets.open_route(&ticket, chrono::Utc::now().timestamp_millis())?;
+        let mut statement = Statement::from(statement);
+        statement.params = params.into_iter().map(Into::into).collect();
+        let shard = route.shard(&statement.params).ok_or_else(|| {
+            Error::invalid(
+                "the statement's key parameters do not name a shard without SQLite; send it to an index server",
+            )
+        })?;
+        // A read runs on one replica, so its clock and seed are this
+        // server's own (the ticket's statement may be minutes old).
+        statement.now_ms = chrono::Utc::now().timestamp_millis();
+        statement.seed = rand::random();
+        Ok(Response::new(self.0.read(shard::shard_group(shard).0, statement, false).await?))
     }
 
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {

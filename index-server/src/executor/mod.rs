@@ -79,6 +79,15 @@ pub struct Executor {
     liveness_ms: i64,
 }
 
+/// What a read's client may do itself: read a split query's shards
+/// (fragments), and run the read again with other parameters on its
+/// shard (routes).
+#[derive(Clone, Copy, Debug)]
+struct DirectReads {
+    fragments: bool,
+    routes: bool,
+}
+
 /// How tickets for direct streaming are made.
 pub struct Tickets {
     /// The cluster's ticket key.
@@ -208,7 +217,12 @@ impl Executor {
 
         // Reads inside a transaction must see its writes: they run in its
         // shards' logs, through here.
-        let direct = self.tickets.is_some() && req.accept_fragments && req.txn_id.is_empty();
+        let fragments = self.tickets.is_some() && req.accept_fragments && req.txn_id.is_empty();
+        let want_route = req.want_route;
+        let direct = |kind: Kind| DirectReads {
+            fragments: fragments && kind == Kind::Read,
+            routes: fragments && kind == Kind::Read && want_route,
+        };
         let batch_rows = req.batch_rows as usize;
         if batch_rows > 0 && (kind != Kind::Write || explained(&req.sql).is_some()) {
             return Err(Error::invalid("batch_rows is for an INSERT … VALUES of one row"));
@@ -256,7 +270,8 @@ impl Executor {
                     if matches!(inner_kind, Kind::Read | Kind::Write) {
                         self.ensure_known(inner, inner_kind).await?;
                     }
-                    let direct = direct && inner_kind == Kind::Read;
+                    // Planned as for a client that reads directly, routes included.
+                    let direct = DirectReads { routes: direct(inner_kind).fragments, ..direct(inner_kind) };
                     let plan = self.plan(&self.catalog(), inner, &statement.params, inner_kind, shards, direct)?;
                     let rows = plan.to_string().lines().map(|l| vec![Value::Text(l.to_string())]).collect();
                     let columns = vec![pb::Column { name: "plan".into(), decl_type: String::new() }];
@@ -265,8 +280,7 @@ impl Executor {
                 if matches!(kind, Kind::Read | Kind::Write) {
                     self.ensure_known(&statement.sql, kind).await?;
                 }
-                let direct = direct && kind == Kind::Read;
-                self.plan_and_run(kind, statement, batch_rows, txn.as_ref(), shards, direct, out).await
+                self.plan_and_run(kind, statement, batch_rows, txn.as_ref(), shards, direct(kind), out).await
             }
         }
     }
@@ -287,7 +301,7 @@ impl Executor {
         batch_rows: usize,
         txn: Option<&Txn>,
         shards: usize,
-        direct: bool,
+        direct: DirectReads,
         out: &PartSender,
     ) -> Result<()> {
         let mut attempt = 0;
@@ -335,11 +349,12 @@ impl Executor {
         params: &[Value],
         kind: Kind,
         shards: usize,
-        direct: bool,
+        direct: DirectReads,
     ) -> Result<Plan> {
         let numbered = sql::number_placeholders(sql)?;
         let keys = Keys { params };
-        planner::plan(&Context { catalog, shards, keys: &keys, direct }, &numbered, kind)
+        let cx = Context { catalog, shards, keys: &keys, direct: direct.fragments, routes: direct.routes };
+        planner::plan(&cx, &numbered, kind)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -360,7 +375,10 @@ impl Executor {
             ));
         }
         match plan {
-            Plan::Single { group, .. } if kind == Kind::Read && txn.is_none() => {
+            Plan::Single { group, route, .. } if kind == Kind::Read && txn.is_none() => {
+                if let Some(route) = route {
+                    self.send_route(&route, &statement, out).await?;
+                }
                 self.stream_read(group, statement, out).await
             }
             Plan::Gather { tables, copies, filters, groups } => {

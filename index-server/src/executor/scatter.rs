@@ -8,6 +8,7 @@
 use drsdb_common::affinity::Affinity;
 use drsdb_common::command::Statement;
 use drsdb_common::order::Collation;
+use drsdb_common::shard::{self, KeyRoute};
 use drsdb_common::stream::{part, Combined, PartReader};
 use drsdb_common::tier::Parts;
 use drsdb_common::{Error, GroupId, Result};
@@ -140,6 +141,24 @@ impl Executor {
         Metrics::add(&self.metrics.fragments_issued, fragments.len() as u64);
         send(out, part(pb::result_part::Part::Fragments(pb::Fragments { fragments, keys, offset, limit }))).await?;
         send(out, done(0, 0, None)).await
+    }
+
+    /// Sends the client `route` for `statement` (before the statement's
+    /// own answer): its ticket, and the storage servers of every shard.
+    pub(super) async fn send_route(&self, route: &KeyRoute, statement: &Statement, out: &PartSender) -> Result<()> {
+        let Some(tickets) = &self.tickets else {
+            return Err(Error::io("planned a route without a ticket key"));
+        };
+        let expires_ms = chrono::Utc::now().timestamp_millis().saturating_add(tickets.ttl_ms);
+        let replicas = self.tier.replicas(&shard::shard_groups(route.shards)).await?;
+        let statement = Statement { params: Vec::new(), request_id: None, ..statement.clone() };
+        let route = pb::Route {
+            ticket: Some(tickets.key.sign_route(statement.into(), route, expires_ms)),
+            key: Some(route.into()),
+            shards: replicas.into_iter().map(|addrs| pb::Replicas { addrs }).collect(),
+        };
+        Metrics::add(&self.metrics.routes_issued, 1);
+        send(out, part(pb::result_part::Part::Route(route))).await
     }
 
     /// Streams a read from a shard's leader straight through.

@@ -76,6 +76,7 @@ const EXECUTE_SQL: &[&str] = &[
     "SELECT * FROM fz_g WHERE id < ?1",
     "SELECT count(*), sum(id), max(v) FROM fz_g",
     "SELECT v FROM fz_g WHERE id = 5",
+    "SELECT v FROM fz_g WHERE id = ?1",
     "SELECT * FROM fz_g ORDER BY v LIMIT 3",
     "SELECT ?1, ?2, ?3",
     "INSERT INTO fz_g(id, v) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
@@ -109,6 +110,7 @@ enum Method {
     Write,
     Read,
     ReadFragment,
+    ReadRouted,
     Status,
     AppendEntries,
     Vote,
@@ -124,19 +126,20 @@ enum Shape {
 }
 
 impl Method {
-    const ALL: [Method; 9] = [
+    const ALL: [Method; 10] = [
         Method::Execute,
         Method::IndexServers,
         Method::Write,
         Method::Read,
         Method::ReadFragment,
+        Method::ReadRouted,
         Method::Status,
         Method::AppendEntries,
         Method::Vote,
         Method::Snapshot,
     ];
     /// How often each is chosen, in the order of [`Method::ALL`].
-    const WEIGHTS: [u64; 9] = [25, 4, 14, 14, 10, 4, 12, 12, 5];
+    const WEIGHTS: [u64; 10] = [25, 4, 14, 14, 10, 8, 4, 12, 12, 5];
 
     fn path(self) -> &'static str {
         match self {
@@ -145,6 +148,7 @@ impl Method {
             Method::Write => "/drsdb.v1.Storage/Write",
             Method::Read => "/drsdb.v1.Storage/Read",
             Method::ReadFragment => "/drsdb.v1.Storage/ReadFragment",
+            Method::ReadRouted => "/drsdb.v1.Storage/ReadRouted",
             Method::Status => "/drsdb.v1.Storage/Status",
             Method::AppendEntries => "/drsdb.v1.Raft/AppendEntries",
             Method::Vote => "/drsdb.v1.Raft/Vote",
@@ -154,7 +158,7 @@ impl Method {
 
     fn shape(self) -> Shape {
         match self {
-            Method::Execute | Method::Read | Method::ReadFragment => Shape::ServerStreaming,
+            Method::Execute | Method::Read | Method::ReadFragment | Method::ReadRouted => Shape::ServerStreaming,
             Method::Snapshot => Shape::ClientStreaming,
             _ => Shape::Unary,
         }
@@ -167,7 +171,7 @@ impl Method {
 
     /// Sent with the client certificate (else the node's).
     fn client_certificate(self) -> bool {
-        matches!(self, Method::Execute | Method::IndexServers | Method::ReadFragment)
+        matches!(self, Method::Execute | Method::IndexServers | Method::ReadFragment | Method::ReadRouted)
     }
 }
 
@@ -593,6 +597,8 @@ struct Material {
     data_groups: Vec<u64>,
     /// Tickets of real direct reads.
     tickets: Vec<pb::Ticket>,
+    /// Tickets of real routes.
+    routes: Vec<pb::Ticket>,
     /// This run's messages so far (for request ids).
     sent: u64,
 }
@@ -620,6 +626,7 @@ impl Material {
                 accept_fragments: rng.chance(50),
                 txn_groups: (0..rng.below(3)).map(|_| rng.below(10) as u64).collect(),
                 batch_rows: if rng.chance(20) { rng.below(5) as u32 } else { 0 },
+                want_route: rng.chance(50),
             }
             .encode_to_vec(),
             Method::IndexServers => pb::IndexServersRequest {}.encode_to_vec(),
@@ -635,6 +642,14 @@ impl Material {
                 true => pb::Ticket { body: rng.some_bytes(200), signature: rng.bytes(32) }.encode_to_vec(),
                 false => rng.pick(&self.tickets).encode_to_vec(),
             },
+            Method::ReadRouted => pb::RoutedRead {
+                ticket: Some(match self.routes.is_empty() || rng.chance(20) {
+                    true => pb::Ticket { body: rng.some_bytes(200), signature: rng.bytes(32) },
+                    false => rng.pick(&self.routes).clone(),
+                }),
+                params: (0..rng.below(4)).map(|_| value(rng)).collect(),
+            }
+            .encode_to_vec(),
             Method::Status => pb::StatusRequest {}.encode_to_vec(),
             Method::AppendEntries => pb::AppendEntriesRequest {
                 group: NO_GROUP,
@@ -690,24 +705,40 @@ fn hex(b: &[u8]) -> String {
     }
 }
 
-/// Tickets of real direct reads of the fuzz table, from an index server.
-async fn tickets(target: &Target) -> Vec<pb::Ticket> {
-    let Ok(dialer) = Dialer::new(&target.client_tls) else { return Vec::new() };
-    let mut out = Vec::new();
-    for sql in ["SELECT * FROM fz_g", "SELECT * FROM fz_g ORDER BY v LIMIT 50"] {
+/// Tickets of real direct reads of the fuzz table (fragments, then
+/// routes), from an index server.
+async fn direct_tickets(target: &Target) -> (Vec<pb::Ticket>, Vec<pb::Ticket>) {
+    let Ok(dialer) = Dialer::new(&target.client_tls) else { return Default::default() };
+    let (mut fragments, mut routes) = (Vec::new(), Vec::new());
+    let reads = [
+        ("SELECT * FROM fz_g", vec![]),
+        ("SELECT * FROM fz_g ORDER BY v LIMIT 50", vec![]),
+        ("SELECT v FROM fz_g WHERE id = ?", vec![pb::Value::from(drsdb_common::Value::Integer(5))]),
+    ];
+    for (sql, params) in reads {
         let Some(addr) = target.index_servers().first() else { break };
         let Ok(channel) = dialer.lazy(addr) else { break };
         let mut client = pb::sql_client::SqlClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
-        let request = pb::ExecuteRequest { sql: sql.into(), accept_fragments: true, ..Default::default() };
+        let request = pb::ExecuteRequest {
+            sql: sql.into(),
+            params,
+            accept_fragments: true,
+            want_route: true,
+            ..Default::default()
+        };
         let Ok(Ok(response)) = tokio::time::timeout(HANG, client.execute(request)).await else { continue };
         let mut parts = response.into_inner();
         while let Ok(Ok(Some(part))) = tokio::time::timeout(HANG, parts.message()).await {
-            if let Some(pb::result_part::Part::Fragments(f)) = part.part {
-                out.extend(f.fragments.into_iter().filter_map(|f| f.ticket));
+            match part.part {
+                Some(pb::result_part::Part::Fragments(f)) => {
+                    fragments.extend(f.fragments.into_iter().filter_map(|f| f.ticket))
+                }
+                Some(pb::result_part::Part::Route(r)) => routes.extend(r.ticket),
+                _ => {}
             }
         }
     }
-    out
+    (fragments, routes)
 }
 
 /// Runs `fuzz grpc`.
@@ -733,9 +764,13 @@ async fn run_async(args: Args) -> anyhow::Result<bool> {
         client.execute(&sql, &[]).await.map_err(|e| anyhow::anyhow!("cannot set up {TABLE}: {e}"))?;
     }
     drop(client);
-    let mut material =
-        Material { data_groups: (1..=shards as u64).collect(), tickets: tickets(&target).await, sent: 0 };
-    println!("fuzz grpc: {} tickets of real direct reads to mutate", material.tickets.len());
+    let (tickets, routes) = direct_tickets(&target).await;
+    let mut material = Material { data_groups: (1..=shards as u64).collect(), tickets, routes, sent: 0 };
+    println!(
+        "fuzz grpc: {} tickets of real direct reads and {} routes to mutate",
+        material.tickets.len(),
+        material.routes.len()
+    );
     let client_dialer = Dialer::new(&target.client_tls)?;
     let node_dialer = Dialer::new(&target.node_tls)?;
     let index: Vec<Channel> = target.index_servers().iter().map(|a| client_dialer.lazy(a)).collect::<Result<_, _>>()?;
@@ -829,7 +864,7 @@ async fn run_async(args: Args) -> anyhow::Result<bool> {
             }
         }
         if (i + 1) % args.check_every == 0 {
-            material.tickets = tickets(&target).await;
+            (material.tickets, material.routes) = direct_tickets(&target).await;
             println!(
                 "fuzz grpc: {}/{} messages, {:.0} messages/s, {} findings",
                 i + 1,
