@@ -6,7 +6,10 @@
 //! and streams typed rows back: from the index server, or, for results
 //! that are the concatenation or merge of per-shard results, straight
 //! from the storage servers with the tickets the index server handed out
-//! (`direct`).
+//! (`direct`). A read pinned to one shard by its parameters (`WHERE id =
+//! ?`) comes with a route the session keeps by statement text: the next
+//! reads of that text go to their shard's leader directly, skipping the
+//! index server (`client`).
 //!
 //! ```no_run
 //! use drsdb_client::{params, Client};

@@ -61,7 +61,12 @@
 //!    shard, the shard's read signed with the cluster's ticket key
 //!    (`drsdb_common::ticket`), reads them from the storage servers and
 //!    combines them itself with the same `stream`; `metrics` counts the
-//!    rows this server sent and the fragments it handed out.
+//!    rows this server sent and the fragments it handed out. A read pinned
+//!    to one shard by placeholders (`WHERE id = ?`), from a client that
+//!    asks for routes, is answered with a route first
+//!    (`executor/scatter.rs`, `send_route`): the statement signed, and how
+//!    its parameters pick the shard. The client sends the same text with
+//!    other parameters to that shard's leader itself from then on.
 //! 7. After DDL the first shard's schema is recorded as the catalog in the
 //!    meta group, where other index servers read it.
 //!

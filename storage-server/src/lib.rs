@@ -50,7 +50,10 @@
 //!   index servers check a read over several shards against.
 //!   Clients read too, but only through `Storage.ReadFragment`: the same
 //!   read, carried by a ticket an index server signed with the cluster's
-//!   ticket key (direct streaming); every other call requires a server
+//!   ticket key (direct streaming), and `Storage.ReadRouted`: a signed
+//!   route's statement with the client's parameters, run on the shard
+//!   this server computes from them (without the commit count: its
+//!   answer stands alone). Every other call requires a server
 //!   certificate (`service`).
 //! - **Raft traffic**: `network` carries openraft's messages, as the
 //!   messages of `raft.proto`, over one gRPC channel per peer, tagged with

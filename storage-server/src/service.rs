@@ -171,6 +171,14 @@ impl Node {
         let group = self.group(group)?.clone();
         group.read_barrier().await?;
         let db = group.reader()?;
+        // A read whose answer stands alone is tried here first: a point
+        // read takes less than handing it to another thread would.
+        if !snapshot {
+            let _running = Running::start(&self.running_reads);
+            if let Some(parts) = read_short(&db, &statement) {
+                return Ok(Box::pin(tokio_stream::iter(parts)));
+            }
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
         // When the reader goes away (the client cancelled), stop the query
         // even if it is busy producing no rows. The watcher lets go of its
@@ -186,8 +194,8 @@ impl Node {
             }
         });
         let running = Running::start(&self.running_reads);
-        let limits =
-            Limits { cancel: Some(cancel), deadline: Some(std::time::Instant::now() + self.statement_timeout) };
+        let deadline = Some(std::time::Instant::now() + self.statement_timeout);
+        let limits = Limits { cancel: Some(cancel), deadline, short: false };
         let group_id = group.id;
         tokio::task::spawn_blocking(move || {
             let _finished = finished;
@@ -213,23 +221,57 @@ impl Node {
             if !db.is_autocommit() {
                 let _ = db.internal(|c| c.execute_batch("ROLLBACK"));
             }
-            let last = match result {
-                Err(_) => Err(Status::from(Error::Internal(
-                    "the storage server hit a bug while running this read and abandoned it; please report this with \
-                     the statement"
-                        .into(),
-                ))),
-                Ok(Ok(r)) => Ok(part(pb::result_part::Part::Done(pb::Done {
-                    rows_affected: r.rows_affected,
-                    last_insert_rowid: r.last_insert_rowid,
-                    ..Default::default()
-                }))),
-                Ok(Err(Failure::Statement(e))) => Err(Status::from(e)),
-                Ok(Err(Failure::Environment(e))) => Err(Status::from(Error::io(e))),
-            };
-            let _ = tx.blocking_send(last);
+            let _ = tx.blocking_send(last_part(result));
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+/// Result parts a short read may make: its columns and one batch of rows.
+const SHORT_READ_PARTS: usize = 2;
+
+/// The whole answer of `statement` when it is short: a few thousand
+/// SQLite steps at most (`Limits::short`) and [`SHORT_READ_PARTS`] parts.
+/// `None` when it is not (nothing was sent: it runs again on the blocking
+/// pool). Run on an async thread, so briefly.
+fn read_short(db: &drsdb_sqlite::Db, statement: &Statement) -> Option<Vec<Result<pb::ResultPart, Status>>> {
+    let parts = std::cell::RefCell::new(Vec::with_capacity(SHORT_READ_PARTS + 1));
+    let long = std::cell::Cell::new(false);
+    let limits = Limits { short: true, ..Limits::default() };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        db.run_parts(statement, limits, ROWS_PER_PART, |p| {
+            let mut parts = parts.borrow_mut();
+            long.set(long.get() || parts.len() >= SHORT_READ_PARTS);
+            parts.push(Ok(p));
+            !long.get()
+        })
+    }));
+    if long.get() || (matches!(result, Ok(Err(Failure::Statement(_)))) && db.yielded()) {
+        return None;
+    }
+    let mut parts = parts.into_inner();
+    parts.push(last_part(result));
+    Some(parts)
+}
+
+/// The last part of a read that ran (`result`, or the panic it hit): its
+/// `Done`, or its error.
+fn last_part(
+    result: std::thread::Result<Result<drsdb_common::command::StatementResult, Failure>>,
+) -> Result<pb::ResultPart, Status> {
+    match result {
+        Err(_) => Err(Status::from(Error::Internal(
+            "the storage server hit a bug while running this read and abandoned it; please report this with the \
+             statement"
+                .into(),
+        ))),
+        Ok(Ok(r)) => Ok(part(pb::result_part::Part::Done(pb::Done {
+            rows_affected: r.rows_affected,
+            last_insert_rowid: r.last_insert_rowid,
+            ..Default::default()
+        }))),
+        Ok(Err(Failure::Statement(e))) => Err(Status::from(e)),
+        Ok(Err(Failure::Environment(e))) => Err(Status::from(Error::io(e))),
     }
 }
 

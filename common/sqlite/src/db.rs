@@ -95,6 +95,11 @@ pub struct Limits {
     pub cancel: Option<Arc<AtomicBool>>,
     /// The statement stops once this instant has passed.
     pub deadline: Option<Instant>,
+    /// The statement stops at its first progress check (after
+    /// `STEPS_PER_CHECK` SQLite steps): a read tried on a thread that must
+    /// not block for long, run again elsewhere when it stops so
+    /// ([`Db::yielded`]).
+    pub short: bool,
 }
 
 /// Why a statement was interrupted.
@@ -103,6 +108,8 @@ enum Stop {
     Budget,
     Cancelled,
     Deadline,
+    /// A short read ([`Limits::short`]) that was not.
+    Long,
 }
 
 /// A connection plus the switches drsdb flips around each statement.
@@ -171,6 +178,7 @@ impl Stop {
                  narrow it, or split it into smaller statements"
             )),
             Stop::Cancelled => Error::invalid("statement cancelled: its reader went away"),
+            Stop::Long => Error::invalid("statement stopped: it is not short; run it again without `Limits::short`"),
             Stop::Deadline => Error::invalid(
                 "statement stopped: it ran longer than the storage server's statement_timeout_ms; narrow it, or \
                  raise the timeout",
@@ -263,6 +271,8 @@ impl Db {
                 env.checks_left = env.checks_left.saturating_sub(1);
                 env.stopped = if env.checks_left == 0 {
                     Some(Stop::Budget)
+                } else if env.limits.short {
+                    Some(Stop::Long)
                 } else if env.limits.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
                     Some(Stop::Cancelled)
                 } else if env.limits.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -422,6 +432,12 @@ impl Db {
     /// Why the last statement was interrupted, if it was.
     fn stopped(&self) -> Option<Stop> {
         self.env.lock().expect("env lock").stopped
+    }
+
+    /// True when the last statement, run with [`Limits::short`], stopped
+    /// because it was not short (its error says so too).
+    pub fn yielded(&self) -> bool {
+        self.stopped() == Some(Stop::Long)
     }
 
     fn run_prepared(
@@ -684,9 +700,15 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let deadline = Some(Instant::now() + Duration::from_millis(50));
-        assert!(stopped(Limits { cancel: None, deadline }).contains("statement_timeout_ms"));
+        assert!(stopped(Limits { deadline, ..Limits::default() }).contains("statement_timeout_ms"));
+        assert!(!db.yielded());
         let cancel = Arc::new(AtomicBool::new(true));
-        assert!(stopped(Limits { cancel: Some(cancel), deadline: None }).contains("cancelled"));
+        assert!(stopped(Limits { cancel: Some(cancel), ..Limits::default() }).contains("cancelled"));
+        assert!(stopped(Limits { short: true, ..Limits::default() }).contains("not short"));
+        assert!(db.yielded());
+        let short = Limits { short: true, ..Limits::default() };
+        assert_eq!(db.run(&stmt("SELECT 1", 0), short, |_| {}, |_| true).unwrap().rows_affected, 0);
+        assert!(!db.yielded(), "a short statement runs to its end");
     }
 
     #[test]

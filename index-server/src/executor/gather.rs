@@ -40,7 +40,7 @@ impl Executor {
         // Dropped with this future (statement timeout, client gone): the
         // query stops.
         let cancel = CancelOnDrop::default();
-        let limits = Limits { cancel: Some(cancel.0.clone()), deadline: None };
+        let limits = Limits { cancel: Some(cancel.0.clone()), ..Limits::default() };
         let result = tokio::task::spawn_blocking(move || {
             let r = db.run_parts(&statement, limits, rows_per_batch, |p| out.blocking_send(Ok(p)).is_ok());
             r.map(|_| {
