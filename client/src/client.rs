@@ -341,7 +341,8 @@ impl Client {
             accept_fragments: self.direct && self.relay_until.is_none(),
             txn_groups: self.txn.as_ref().map(|t| t.groups.clone()).unwrap_or_default(),
             batch_rows,
-            want_route: routable && kind == Kind::Read,
+            // A route kept for the text stays (these parameters needed SQLite).
+            want_route: routable && kind == Kind::Read && !self.routes.contains_key(text),
         };
         // Outside a transaction a statement may be sent again after a lost
         // reply: reads are harmless, writes are deduplicated by request id.

@@ -990,6 +990,30 @@ async fn point_reads_by_key_go_to_their_shard_directly_and_answer_as_through_an_
         assert_eq!(rs.rows.first().map(|r| r.get::<i64>(0).unwrap()).unwrap_or(-1), n, "{name} {region}");
     }
 
+    // Routed reads that are not short (many SQLite steps, many rows) give
+    // their whole answer too (the storage server runs them on its blocking
+    // pool, not on the thread that tried them first).
+    client.execute("CREATE REFERENCE TABLE r(x INTEGER)", &[]).await.unwrap();
+    client
+        .execute(
+            "INSERT INTO r WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 30000) SELECT x FROM c",
+            &[],
+        )
+        .await
+        .unwrap();
+    let routes_before = metric(&mut client, "routes_issued").await;
+    let long = "SELECT v, (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) \
+                SELECT sum(x) FROM c) FROM t WHERE id = ?";
+    let many = "SELECT r.x FROM t, r WHERE t.id = ? ORDER BY r.x";
+    for id in [5i64, 6, 7] {
+        let rs = client.execute(long, params![id]).await.unwrap();
+        assert_eq!(rs.rows[0].values(), &[Value::Text(format!("v{id}")), Value::Integer(20_000_100_000)][..]);
+        let rs = client.execute(many, params![id]).await.unwrap();
+        assert_eq!(rs.rows.len(), 30_000);
+        assert_eq!(rs.rows[29_999].values(), &[Value::Integer(30_000)][..]);
+    }
+    assert_eq!(metric(&mut client, "routes_issued").await - routes_before, 2, "the long reads were routed");
+
     // Inside a transaction a read sees the transaction's writes (it runs
     // through the index server); outside, the committed value.
     client.execute("BEGIN", &[]).await.unwrap();
