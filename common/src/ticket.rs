@@ -88,7 +88,7 @@ impl TicketKey {
     /// Signs a route: `statement` run on the shard its parameters pick
     /// under `route` (`Storage.ReadRouted`), valid until `expires_ms`.
     pub fn sign_route(&self, statement: pb::Statement, route: &KeyRoute, expires_ms: i64) -> pb::Ticket {
-        let read = pb::ReadRequest { group: 0, statement: Some(statement) };
+        let read = pb::ReadRequest { group: 0, statement: Some(statement), alone: true };
         self.sign_body(pb::TicketBody { read: Some(read), expires_ms, route: Some(route.into()) })
     }
 
@@ -146,7 +146,11 @@ mod tests {
     }
 
     fn read() -> pb::ReadRequest {
-        pb::ReadRequest { group: 3, statement: Some(crate::command::Statement::new("SELECT * FROM t").into()) }
+        pb::ReadRequest {
+            group: 3,
+            statement: Some(crate::command::Statement::new("SELECT * FROM t").into()),
+            alone: false,
+        }
     }
 
     #[test]

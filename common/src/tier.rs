@@ -49,8 +49,10 @@ pub trait StorageTier: Send + Sync {
     async fn write(&self, group: GroupId, command: Command, idempotent: bool) -> Result<CommandResult>;
 
     /// Runs a read-only statement on `group`'s leader after its
-    /// linearizable read barrier, streaming its result.
-    async fn read(&self, group: GroupId, statement: Statement) -> Result<Parts>;
+    /// linearizable read barrier, streaming its result; unless `alone`,
+    /// its parts start with its snapshot's commit count (a read of one of
+    /// several shards, checked to be one consistent cut with the others).
+    async fn read(&self, group: GroupId, statement: Statement, alone: bool) -> Result<Parts>;
 
     /// After a linearizable read barrier on `group`'s leader: how many
     /// transactions over several shards it has committed, and whether one
@@ -72,7 +74,7 @@ pub trait StorageTier: Send + Sync {
 
     /// Runs a read like [`StorageTier::read`] and collects its rows.
     async fn read_rows(&self, group: GroupId, statement: Statement) -> Result<Vec<Vec<Value>>> {
-        let mut reader = PartReader::new(self.read(group, statement).await?);
+        let mut reader = PartReader::new(self.read(group, statement, true).await?);
         let mut rows = Vec::new();
         while let Some(row) = reader.next().await? {
             rows.push(row);

@@ -254,8 +254,8 @@ impl StorageTier for GrpcTier {
         CommandResult::try_from(result)
     }
 
-    async fn read(&self, group: GroupId, statement: Statement) -> Result<Parts> {
-        let req = read_request(group, statement);
+    async fn read(&self, group: GroupId, statement: Statement, alone: bool) -> Result<Parts> {
+        let req = pb::ReadRequest { alone, ..read_request(group, statement) };
         let response = self
             .with_leader(group, true, |mut client| {
                 let req = req.clone();
@@ -305,5 +305,5 @@ impl StorageTier for GrpcTier {
 
 /// A read of `statement` on `group`, as sent.
 pub fn read_request(group: GroupId, statement: Statement) -> pb::ReadRequest {
-    pb::ReadRequest { group: group.0, statement: Some(statement.into()) }
+    pb::ReadRequest { group: group.0, statement: Some(statement.into()), alone: false }
 }

@@ -267,12 +267,12 @@ impl StorageTier for InProcessTier {
         .await
     }
 
-    async fn read(&self, group: GroupId, statement: Statement) -> Result<Parts> {
+    async fn read(&self, group: GroupId, statement: Statement, alone: bool) -> Result<Parts> {
         tier::with_leader(group, true, || {
             let statement = statement.clone();
             async move {
                 let node = self.target(group)?;
-                let answer = node.read(group.0, statement, true).await.map_err(Error::from);
+                let answer = node.read(group.0, statement, !alone).await.map_err(Error::from);
                 let parts = self.reply(group, false, answer).await?;
                 Ok(Box::pin(parts.map(|p| p.map_err(Error::from))) as Parts)
             }

@@ -297,8 +297,8 @@ impl pb::storage_server::Storage for StorageService {
 
     async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<PartStream>, Status> {
         self.0.servers_only(&request)?;
-        let (group, statement) = read_of(request.into_inner())?;
-        Ok(Response::new(self.0.read(group, statement, true).await?))
+        let (group, statement, alone) = read_of(request.into_inner())?;
+        Ok(Response::new(self.0.read(group, statement, !alone).await?))
     }
 
     async fn commits(&self, request: Request<pb::CommitsRequest>) -> Result<Response<pb::CommitsState>, Status> {
@@ -312,8 +312,8 @@ impl pb::storage_server::Storage for StorageService {
 
     async fn read_fragment(&self, request: Request<pb::Ticket>) -> Result<Response<PartStream>, Status> {
         let read = self.0.ticket_key()?.open(request.get_ref(), chrono::Utc::now().timestamp_millis())?;
-        let (group, statement) = read_of(read)?;
-        Ok(Response::new(self.0.read(group, statement, true).await?))
+        let (group, statement, alone) = read_of(read)?;
+        Ok(Response::new(self.0.read(group, statement, !alone).await?))
     }
 
     type ReadRoutedStream = PartStream;
@@ -436,7 +436,7 @@ fn anonymous_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
 }
 
 /// The group and statement of a read request.
-fn read_of(req: pb::ReadRequest) -> Result<(u64, Statement), Status> {
+fn read_of(req: pb::ReadRequest) -> Result<(u64, Statement, bool), Status> {
     let statement = req.statement.ok_or_else(|| Error::invalid("malformed read: the statement is missing"))?;
-    Ok((req.group, statement.into()))
+    Ok((req.group, statement.into(), req.alone))
 }

@@ -123,7 +123,7 @@ impl Executor {
         if let Some(t) = txn {
             return Ok((self.apply(group, statement, Some(t)).await?.rows, None));
         }
-        let mut reader = PartReader::new(self.tier.read(group, statement).await?);
+        let mut reader = PartReader::new(self.tier.read(group, statement, false).await?);
         let mut rows = Vec::new();
         while let Some(row) = reader.next().await? {
             rows.push(row);

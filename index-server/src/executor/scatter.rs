@@ -105,7 +105,7 @@ impl Executor {
             let columns = r.columns.into_iter().map(Into::into).collect();
             return Ok(PartReader::whole(columns, r.rows, pb::Done::default()));
         }
-        Ok(PartReader::new(self.tier.read(group, statement).await?))
+        Ok(PartReader::new(self.tier.read(group, statement, false).await?))
     }
 
     /// Answers a split query with fragments: for each shard, the storage
@@ -163,7 +163,7 @@ impl Executor {
 
     /// Streams a read from a shard's leader straight through.
     pub(super) async fn stream_read(&self, group: GroupId, statement: Statement, out: &PartSender) -> Result<()> {
-        let mut parts = self.tier.read(group, statement).await?;
+        let mut parts = self.tier.read(group, statement, true).await?;
         while let Some(p) = parts.next().await {
             send(out, p?).await?;
         }

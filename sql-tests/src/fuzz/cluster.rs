@@ -169,7 +169,7 @@ impl Target {
             let read = async {
                 let mut client =
                     pb::storage_client::StorageClient::new(dialer.lazy(&addr)?).max_decoding_message_size(MAX_MESSAGE);
-                let request = pb::ReadRequest { group, statement: Some(Statement::new(sql).into()) };
+                let request = pb::ReadRequest { group, statement: Some(Statement::new(sql).into()), alone: false };
                 let mut parts = PartReader::new(client.read(request).await?.into_inner());
                 let mut rows = Vec::new();
                 while let Some(row) = parts.next().await? {

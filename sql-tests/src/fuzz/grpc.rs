@@ -636,6 +636,7 @@ impl Material {
             Method::Read => pb::ReadRequest {
                 group: if rng.chance(70) { group(rng, &self.data_groups) } else { 0 },
                 statement: Some(statement(rng, &STORAGE_SQL[..5])),
+                alone: rng.chance(50),
             }
             .encode_to_vec(),
             Method::ReadFragment => match self.tickets.is_empty() || rng.chance(20) {
