@@ -142,9 +142,13 @@ impl Plan {
         match self {
             Plan::Single { group, why, route } => {
                 writeln!(f, "{pad}Single shard (group {group}): {why}")?;
-                if let Some(r) = route {
-                    let params: Vec<String> = r.positions.iter().map(|p| format!("?{}", p + 1)).collect();
-                    writeln!(f, "{pad}  Routed by the client on {} (signed route)", params.join(", "))?;
+                match route {
+                    Some(r) if r.positions.is_empty() => writeln!(f, "{pad}  Routed by the client (one shard)")?,
+                    Some(r) => {
+                        let params: Vec<String> = r.positions.iter().map(|p| format!("?{}", p + 1)).collect();
+                        writeln!(f, "{pad}  Routed by the client on {} (signed route)", params.join(", "))?;
+                    }
+                    None => {}
                 }
                 Ok(())
             }
