@@ -433,7 +433,8 @@ impl Client {
     /// `text`. `None` when there is none, or its parameters need SQLite to
     /// pick the shard, or the read failed before its answer began (a new
     /// leader, a schema change, an expired route, a server down: the route
-    /// is dropped): then an index server runs it.
+    /// is dropped; when a storage server could not be reached, the session
+    /// asks for relayed rows for a while): then an index server runs it.
     async fn read_routed(&mut self, text: &str, params: &[pb::Value]) -> Option<RowStream> {
         let route = self.routes.get(text)?;
         let values: Vec<Value> = params.iter().cloned().map(Value::from).collect();
@@ -444,6 +445,11 @@ impl Client {
             Err(e) => {
                 tracing::debug!(%leader, "routed read failed, asking an index server: {e}");
                 self.routes.remove(text);
+                // As for fragments: storage servers out of reach are not
+                // tried again for a while.
+                if self.storage.any_unreachable() {
+                    self.relay_until = Some(Instant::now() + RELAY_AFTER_UNREACHABLE);
+                }
                 None
             }
         }
