@@ -114,12 +114,15 @@ impl From<std::io::Error> for Error {
 }
 
 /// True when a failed call certainly never reached the server: the
-/// connection could not be opened. (A connection that broke after the
-/// request went out does not count: the server may have acted on it.)
+/// connection could not be opened, or the server's name did not resolve.
+/// (A connection that broke after the request went out does not count:
+/// the server may have acted on it.)
 pub fn never_arrived(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable && {
         let m = status.message().to_ascii_lowercase();
-        m.contains("tcp connect error") || m.contains("error trying to connect") || m.contains("connection refused")
+        ["tcp connect error", "error trying to connect", "connection refused", "dns error"]
+            .iter()
+            .any(|s| m.contains(s))
     }
 }
 
@@ -316,6 +319,15 @@ mod tests {
     async fn a_panic_in_a_request_becomes_an_error_answer() {
         let answer: Result<()> = catch_panic(async { panic!("boom") }).await;
         assert!(matches!(&answer, Err(Error::Internal(m)) if m.contains("boom")), "{answer:?}");
+    }
+
+    #[test]
+    fn only_calls_that_could_not_connect_never_arrived() {
+        for m in ["tcp connect error: Connection refused (os error 111)", "dns error", "error trying to connect"] {
+            assert!(never_arrived(&tonic::Status::unavailable(m)), "{m}");
+        }
+        assert!(!never_arrived(&tonic::Status::unavailable("connection reset by peer")));
+        assert!(!never_arrived(&tonic::Status::internal("dns error")), "another code: the call may have run");
     }
 
     #[test]
