@@ -89,6 +89,15 @@ impl StorageChannels {
         !unreachable.is_empty()
     }
 
+    /// The error of a call to `addr` that failed with `status`; a server
+    /// that could not be reached is remembered so ([`TRY_LAST`]).
+    fn failed(&self, addr: &str, status: tonic::Status) -> Error {
+        if drsdb_common::error::never_arrived(&status) {
+            self.unreachable.lock().expect("unreachable lock").insert(addr.to_string(), Instant::now());
+        }
+        Error::from(status)
+    }
+
     /// Runs a routed read on `addr` (the leader of its shard, as the route
     /// last knew it). Any failure before the answer began is the caller's
     /// cue to ask an index server instead.
@@ -96,12 +105,7 @@ impl StorageChannels {
         let answer = async {
             match self.client(addr)?.read_routed(read).await {
                 Ok(response) => RowStream::start(response.into_inner()).await.map_err(Failure::into_error),
-                Err(status) => {
-                    if drsdb_common::error::never_arrived(&status) {
-                        self.unreachable.lock().expect("unreachable lock").insert(addr.to_string(), Instant::now());
-                    }
-                    Err(Error::from(status))
-                }
+                Err(status) => Err(self.failed(addr, status)),
             }
         };
         tokio::time::timeout(FIRST_ANSWER_TIMEOUT, answer)
@@ -121,10 +125,7 @@ impl StorageChannels {
                 match self.client(&addr)?.read_fragment(ticket.clone()).await {
                     Ok(response) => return Ok(response.into_inner()),
                     Err(status) => {
-                        if drsdb_common::error::never_arrived(&status) {
-                            self.unreachable.lock().expect("unreachable lock").insert(addr.clone(), Instant::now());
-                        }
-                        let e = Error::from(status);
+                        let e = self.failed(&addr, status);
                         tracing::debug!(group = fragment.group, %addr, "fragment not opened: {e}");
                         if !matches!(e, Error::NotLeader { .. } | Error::Unavailable(_)) {
                             return Err(e);

@@ -34,7 +34,8 @@ use std::sync::Arc;
 
 use drsdb_common::affinity::Affinity;
 use drsdb_common::order::Collation;
-use drsdb_common::{shard, sql, Error, Result, Value};
+use drsdb_common::shard::{self, KeyRoute};
+use drsdb_common::{sql, Error, Result, Value};
 use tokio::task::JoinSet;
 
 use crate::Client;
@@ -104,9 +105,9 @@ pub struct Loader {
     columns: Vec<String>,
     /// Each target column's affinity.
     affinities: Vec<Affinity>,
-    /// The shard key's positions among the target columns and their
-    /// collations; `None` when rows are placed by the index server.
-    key: Option<Vec<(usize, Collation)>>,
+    /// Where a row's key lands (its positions among the target columns);
+    /// `None` when rows are placed by the index server.
+    key: Option<KeyRoute>,
     shards: usize,
     /// Rows waiting, one buffer per shard and a last one for rows the
     /// index server places.
@@ -155,7 +156,9 @@ impl Client {
         if let Some(twice) = targets.iter().enumerate().find(|(i, c)| targets[..*i].contains(c)) {
             return Err(Error::invalid(format!("column {} is named twice", known[*twice.1])));
         }
-        let key: Option<Vec<(usize, Collation)>> = match layout.reference || layout.key.is_empty() {
+        let shards = (layout.shards as usize).max(1);
+        let affinities: Vec<Affinity> = targets.iter().map(|t| Affinity::of(&layout.columns[*t].decl_type)).collect();
+        let key: Option<Vec<(usize, (Affinity, Collation))>> = match layout.reference || layout.key.is_empty() {
             true => None,
             false => layout
                 .key
@@ -163,11 +166,14 @@ impl Client {
                 .map(|k| {
                     let at = targets.iter().position(|t| *t as u32 == *k)?;
                     let column = &layout.columns[*k as usize];
-                    Some((at, Collation::from_name(&column.collation)))
+                    Some((at, (affinities[at], Collation::from_name(&column.collation))))
                 })
                 .collect(),
         };
-        let shards = (layout.shards as usize).max(1);
+        let key = key.map(|k| {
+            let (positions, columns) = k.into_iter().unzip();
+            KeyRoute { positions, columns, shards }
+        });
         let names: Vec<String> = targets.iter().map(|t| sql::quote_name(known[*t])).collect();
         let batch = options.batch.min(sql::MAX_PARAMS_PER_STATEMENT / (names.len() + 1)).max(1);
         let parallel = options.parallel.max(1);
@@ -190,7 +196,7 @@ impl Client {
             ),
             reference: layout.reference.then(|| (0, String::new())),
             columns: targets.iter().map(|t| known[*t].to_string()).collect(),
-            affinities: targets.iter().map(|t| Affinity::of(&layout.columns[*t].decl_type)).collect(),
+            affinities,
             key,
             shards,
             buffers: vec![Vec::new(); shards + 1],
@@ -243,7 +249,7 @@ impl Loader {
         for (v, a) in row.iter_mut().zip(&self.affinities) {
             *v = a.apply_exact(std::mem::replace(v, Value::Null));
         }
-        let at = self.shard_of(&row).unwrap_or(self.shards);
+        let at = self.key.as_ref().and_then(|k| k.shard(&row)).unwrap_or(self.shards);
         let size: usize = row.iter().map(Value::size).sum();
         if !self.buffers[at].is_empty() && self.bytes[at] + size > sql::MAX_BYTES_PER_STATEMENT {
             self.send(at).await?;
@@ -282,20 +288,6 @@ impl Loader {
             ))),
             None => Ok(self.committed()),
         }
-    }
-
-    /// The shard `row`'s key hashes to, when the loader can tell.
-    fn shard_of(&self, row: &[Value]) -> Option<usize> {
-        let key = self.key.as_ref()?;
-        let mut values = Vec::with_capacity(key.len());
-        for (at, collation) in key {
-            let v = &row[*at];
-            if *v == Value::Null || !self.affinities[*at].stores_unchanged(v) {
-                return None;
-            }
-            values.push((v.clone(), *collation));
-        }
-        Some(shard::shard_of(shard::key_hash(&values), self.shards))
     }
 
     /// Sends buffer `at` as one INSERT.

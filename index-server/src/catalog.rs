@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use drsdb_common::affinity::Affinity;
 use drsdb_common::order::Collation;
 use drsdb_common::{Error, Result, Value};
 use drsdb_sqlite::Db;
@@ -110,6 +111,14 @@ impl Table {
             Distribution::Sharded(Key::Columns(c)) => Some(c),
             _ => None,
         }
+    }
+
+    /// Each shard key column's affinity and collation (what a key value
+    /// becomes when stored, and how it compares), when the key is made of
+    /// declared columns.
+    pub fn key_types(&self) -> Option<Vec<(Affinity, Collation)>> {
+        let key = self.key_columns()?;
+        Some(key.iter().map(|c| (Affinity::of(&self.columns[*c].decl_type), self.columns[*c].collation)).collect())
     }
 
     /// True for a hash-partitioned table.

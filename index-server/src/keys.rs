@@ -19,7 +19,6 @@
 
 use std::sync::Mutex;
 
-use drsdb_common::affinity::Affinity;
 use drsdb_common::order::Collation;
 use drsdb_common::shard;
 use drsdb_common::{Error, Result, Value};
@@ -44,9 +43,7 @@ pub struct Keys<'a> {
 /// The key hashes of `rows` without SQLite, when every value is stored
 /// unchanged.
 fn hash_unchanged(table: &Table, rows: &[Vec<Value>]) -> Option<Vec<u64>> {
-    let key = table.key_columns()?;
-    let columns: Vec<(Affinity, Collation)> =
-        key.iter().map(|c| (Affinity::of(&table.columns[*c].decl_type), table.columns[*c].collation)).collect();
+    let columns = table.key_types()?;
     rows.iter()
         .map(|row| {
             let key: Option<Vec<(Value, Collation)>> = row

@@ -43,7 +43,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::ControlFlow;
 
-use drsdb_common::affinity::Affinity;
 use drsdb_common::shard::{self, KeyRoute};
 use drsdb_common::sql::{Kind, ParseError};
 use drsdb_common::{Error, GroupId, Result};
@@ -490,14 +489,9 @@ fn pinned_shard(
     let exprs: Vec<Expr> = key.iter().map(|c| pinned[c].clone()).collect();
     let hash = cx.keys.hash_exprs(table, &exprs)?;
     let positions: Option<Vec<usize>> = exprs.iter().map(keys::placeholder_index).collect();
-    let route = positions.filter(|_| cx.routes).map(|positions| KeyRoute {
-        positions,
-        columns: key
-            .iter()
-            .map(|c| (Affinity::of(&table.columns[*c].decl_type), table.columns[*c].collation))
-            .collect(),
-        shards: cx.shards,
-    });
+    let route = positions
+        .filter(|_| cx.routes)
+        .and_then(|positions| Some(KeyRoute { positions, columns: table.key_types()?, shards: cx.shards }));
     Ok(Some((shard::shard_group(shard::shard_of(hash, cx.shards)), route)))
 }
 
