@@ -173,7 +173,7 @@ impl Node {
         let db = group.reader()?;
         // A read whose answer stands alone is tried here first: a point
         // read takes less than handing it to another thread would.
-        if !snapshot {
+        if let Some(_slot) = (!snapshot).then(ShortSlot::take).flatten() {
             let _running = Running::start(&self.running_reads);
             if let Some(parts) = read_short(&db, &statement) {
                 return Ok(Box::pin(tokio_stream::iter(parts)));
@@ -224,6 +224,31 @@ impl Node {
             let _ = tx.blocking_send(last_part(result));
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+/// Short reads running on this process's async threads now.
+static SHORT_READS: AtomicUsize = AtomicUsize::new(0);
+
+/// The right to run a short read on an async thread. A short read is
+/// bounded in SQLite steps, but one step can take long (a LIKE over a huge
+/// text): so one of the runtime's threads (when it has several) stays free
+/// for Raft and other requests, whatever reads arrive; the others go to
+/// the blocking pool meanwhile.
+struct ShortSlot;
+
+impl ShortSlot {
+    /// A slot, unless as many short reads run as may.
+    fn take() -> Option<ShortSlot> {
+        let most = tokio::runtime::Handle::current().metrics().num_workers().saturating_sub(1).max(1);
+        SHORT_READS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < most).then_some(n + 1)).ok()?;
+        Some(ShortSlot)
+    }
+}
+
+impl Drop for ShortSlot {
+    fn drop(&mut self) {
+        SHORT_READS.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
